@@ -1,0 +1,347 @@
+"""The training loop as a plain iterator of immutable snapshots.
+
+``for snap in Trainer(...)`` trains and yields a :class:`Snapshot` every
+``snapshot_every`` steps and at each epoch's end. The same iterator drives the GUI from
+a worker thread: :meth:`Trainer.pause`, :meth:`Trainer.resume`, :meth:`Trainer.step_once`
+and :meth:`Trainer.stop` are thread-safe and cooperative (they take effect between
+batches). Snapshots hold copies, never live arrays, so a reader on another thread sees a
+consistent picture.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .layers import _QuantBase
+from .model import Sequential, softmax_cross_entropy
+from .optimizers import Optimizer, make_optimizer
+
+__all__ = ["Trainer", "Snapshot", "LayerTelemetry", "History", "TrainingDiverged"]
+
+WEIGHT_BINS = 60
+PREACT_RANGE = 3.0
+PREACT_BINS = 60
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def _frozen(a) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True)
+class LayerTelemetry:
+    """What one quantized layer looked like at a snapshot (all plain copies)."""
+
+    name: str
+    type_name: str
+    binary_kernel: bool
+    weight_counts: np.ndarray  # histogram of latent weights
+    weight_edges: np.ndarray
+    clip: float | None  # weight_clip bound, or None when clipping is off
+    frac_at_clip: float  # fraction of latent weights with |w| >= clip (or >= 1 if no clip)
+    weight_abs_max: float
+    flip_ratio: float  # fraction of weight signs changed since the previous snapshot
+    preact_counts: np.ndarray | None  # histogram of the input quantizer's input
+    preact_edges: np.ndarray | None
+    gate_window: tuple[float, float] | None
+    gated_fraction: float | None  # fraction of input gradients the STE zeroed
+    grad_norm: float  # L2 norm of the kernel gradient
+
+
+@dataclass(frozen=True)
+class History:
+    """Curves so far: one point per snapshot, and one per finished epoch."""
+
+    step: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    epoch: np.ndarray
+    epoch_loss: np.ndarray
+    epoch_accuracy: np.ndarray
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray
+    flip_ratio: np.ndarray  # (points, quant layers)
+    gated_fraction: np.ndarray  # (points, quant layers); NaN where a layer has no STE
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of training at one moment."""
+
+    event: str  # "step", "epoch", "done" or "stopped"
+    step: int  # batches done in all
+    epoch: int  # 1-based epoch being trained (or just finished at "epoch")
+    epochs: int
+    batch: int  # batches done in this epoch
+    batches_per_epoch: int
+    loss: float  # running mean over this epoch
+    accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float
+    images_per_second: float
+    elapsed: float
+    layers: tuple[LayerTelemetry, ...]
+    history: History
+
+    @property
+    def progress(self) -> float:
+        total = self.epochs * self.batches_per_epoch
+        return self.step / total if total else 1.0
+
+
+@dataclass
+class _Curves:
+    step: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    epoch: list = field(default_factory=list)
+    epoch_loss: list = field(default_factory=list)
+    epoch_accuracy: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
+    flip_ratio: list = field(default_factory=list)
+    gated_fraction: list = field(default_factory=list)
+
+    def freeze(self, n_layers: int) -> History:
+        def arr2(rows):
+            return _frozen(np.array(rows, dtype=np.float64).reshape(len(rows), n_layers))
+
+        return History(
+            step=_frozen(np.array(self.step, np.int64)),
+            loss=_frozen(np.array(self.loss, np.float64)),
+            accuracy=_frozen(np.array(self.accuracy, np.float64)),
+            epoch=_frozen(np.array(self.epoch, np.int64)),
+            epoch_loss=_frozen(np.array(self.epoch_loss, np.float64)),
+            epoch_accuracy=_frozen(np.array(self.epoch_accuracy, np.float64)),
+            val_loss=_frozen(np.array(self.val_loss, np.float64)),
+            val_accuracy=_frozen(np.array(self.val_accuracy, np.float64)),
+            flip_ratio=arr2(self.flip_ratio),
+            gated_fraction=arr2(self.gated_fraction),
+        )
+
+
+class Trainer:
+    """Trains ``model`` on (x, y) with mini-batches; iterate it to run.
+
+    Parameters
+    ----------
+    model: the :class:`Sequential` to train (updated in place).
+    x_train, y_train: float32 inputs (N, ...) and int labels (N,).
+    x_val, y_val: optional validation set, evaluated at each epoch's end.
+    optimizer: an :class:`Optimizer` or a name (``adam``, ``sgd``, ``bop``).
+    seed: seeds shuffling and stochastic binarizers, so a run is repeatable.
+    snapshot_every: yield a snapshot every this many steps (and at epoch ends).
+    telemetry: compute per-layer histograms at snapshots (off for benchmarks).
+    """
+
+    def __init__(self, model: Sequential, x_train, y_train, x_val=None, y_val=None, *,
+                 optimizer: Optimizer | str = "adam", epochs: int = 1, batch_size: int = 64,
+                 seed: int = 0, snapshot_every: int = 20, telemetry: bool = True,
+                 shuffle: bool = True):
+        if len(x_train) != len(y_train):
+            raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")
+        if len(x_train) == 0:
+            raise ValueError("the training set is empty")
+        if x_train.shape[1:] != model.input_shape:
+            raise ValueError(f"data shape {x_train.shape[1:]} does not match the model's input "
+                             f"{model.input_shape}")
+        if int(epochs) < 1 or int(batch_size) < 1 or int(snapshot_every) < 1:
+            raise ValueError("epochs, batch_size and snapshot_every must be positive")
+        n_out = model.output_shape[0]
+        if int(np.max(y_train)) >= n_out or int(np.min(y_train)) < 0:
+            raise ValueError(f"labels must be in [0, {n_out}), got [{np.min(y_train)}, {np.max(y_train)}]")
+        self.model = model
+        self.x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+        self.y_train = np.asarray(y_train, dtype=np.int64)
+        self.x_val = None if x_val is None else np.ascontiguousarray(x_val, dtype=np.float32)
+        self.y_val = None if y_val is None else np.asarray(y_val, dtype=np.int64)
+        self.optimizer = make_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.snapshot_every = int(snapshot_every)
+        self.telemetry = bool(telemetry)
+        self.shuffle = bool(shuffle)
+        self.batches_per_epoch = math.ceil(len(self.x_train) / self.batch_size)
+        self._rng = np.random.default_rng(self.seed)
+        self._params = [p for _, p in model.params()]
+        self._quant = model.quant_layers
+        self._prev_signs = [np.signbit(q.kernel.value).copy() for q in self._quant]
+        self._curves = _Curves()
+        self._run = threading.Event()
+        self._run.set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._step_budget = 0
+        self.last_snapshot: Snapshot | None = None
+
+    # -- control (thread-safe)
+    def pause(self) -> None:
+        self._run.clear()
+
+    def resume(self) -> None:
+        self._run.set()
+
+    def step_once(self) -> None:
+        """While paused, let exactly one more batch run (and yield its snapshot)."""
+        with self._lock:
+            self._step_budget += 1
+        self._run.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._run.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._run.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def _wait_turn(self) -> bool:
+        """Block while paused; True if the next batch may run, False to stop."""
+        while True:
+            self._run.wait()
+            if self._stop.is_set():
+                return False
+            with self._lock:
+                if self._step_budget > 0:
+                    self._step_budget -= 1
+                    if self._step_budget == 0:
+                        self._run.clear()
+                    return True
+            if self._run.is_set():
+                return True
+
+    # -- the loop
+    def __iter__(self) -> Iterator[Snapshot]:
+        model, opt = self.model, self.optimizer
+        n = len(self.x_train)
+        total_steps = self.epochs * self.batches_per_epoch
+        start = time.perf_counter()
+        step = 0
+        val_loss = val_acc = None
+        window_t, window_images = time.perf_counter(), 0
+        ips = 0.0
+        for epoch in range(1, self.epochs + 1):
+            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+            loss_sum = correct = seen = 0.0
+            for b in range(self.batches_per_epoch):
+                if not self._wait_turn():
+                    yield self._snapshot("stopped", step, epoch, b, loss_sum, correct, seen,
+                                         val_loss, val_acc, ips, start)
+                    return
+                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                xb, yb = self.x_train[idx], self.y_train[idx]
+                logits = model.forward(xb, training=True, rng=self._rng)
+                loss, dlogits = softmax_cross_entropy(logits, yb)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at step {step + 1} (epoch {epoch}); "
+                        f"lower the learning rate (now {opt.current_lr:g}) or turn weight "
+                        f"clipping on")
+                model.backward(dlogits)
+                opt.step(self._params)
+                step += 1
+                loss_sum += loss * len(idx)
+                correct += float(np.sum(logits.argmax(axis=1) == yb))
+                seen += len(idx)
+                window_images += len(idx)
+                last = b == self.batches_per_epoch - 1
+                paused_after = self.paused
+                if step % self.snapshot_every == 0 or last or paused_after or self._stop.is_set():
+                    now = time.perf_counter()
+                    if now > window_t:
+                        ips = window_images / (now - window_t)
+                    window_t, window_images = now, 0
+                    if last and self.x_val is not None:
+                        val_loss, val_acc = model.evaluate(self.x_val, self.y_val)
+                        window_t = time.perf_counter()  # validation time is not training speed
+                    event = "epoch" if last else "step"
+                    if last and epoch == self.epochs:
+                        event = "done"
+                    yield self._snapshot(event, step, epoch, b + 1, loss_sum, correct, seen,
+                                         val_loss, val_acc, ips, start, epoch_end=last)
+        assert step == total_steps
+
+    def _snapshot(self, event, step, epoch, batch, loss_sum, correct, seen, val_loss, val_acc,
+                  ips, start, epoch_end=False) -> Snapshot:
+        loss = loss_sum / seen if seen else float("nan")
+        acc = correct / seen if seen else float("nan")
+        layers = tuple(self._layer_telemetry(i, q) for i, q in enumerate(self._quant)) \
+            if self.telemetry else ()
+        c = self._curves
+        if seen:
+            c.step.append(step)
+            c.loss.append(loss)
+            c.accuracy.append(acc)
+            c.flip_ratio.append([t.flip_ratio for t in layers] if layers else [np.nan] * len(self._quant))
+            c.gated_fraction.append(
+                [np.nan if t.gated_fraction is None else t.gated_fraction for t in layers]
+                if layers else [np.nan] * len(self._quant))
+        if epoch_end:
+            c.epoch.append(epoch)
+            c.epoch_loss.append(loss)
+            c.epoch_accuracy.append(acc)
+            c.val_loss.append(np.nan if val_loss is None else val_loss)
+            c.val_accuracy.append(np.nan if val_acc is None else val_acc)
+        snap = Snapshot(
+            event=event, step=step, epoch=epoch, epochs=self.epochs, batch=batch,
+            batches_per_epoch=self.batches_per_epoch, loss=loss, accuracy=acc,
+            val_loss=val_loss, val_accuracy=val_acc,
+            learning_rate=self.optimizer.current_lr, images_per_second=ips,
+            elapsed=time.perf_counter() - start, layers=layers,
+            history=c.freeze(len(self._quant)),
+        )
+        self.last_snapshot = snap
+        return snap
+
+    def _layer_telemetry(self, i: int, q: _QuantBase) -> LayerTelemetry:
+        w = q.kernel.value
+        clip = q.kernel.clip
+        amax = float(np.max(np.abs(w))) if w.size else 0.0
+        r = max(1.25, amax * 1.05)
+        counts, edges = np.histogram(w, bins=WEIGHT_BINS, range=(-r, r))
+        bound = clip if clip is not None else 1.0
+        at_clip = float(np.mean(np.abs(w) >= bound * (1 - 1e-6)))
+        signs = np.signbit(w)
+        flips = float(np.mean(signs != self._prev_signs[i]))
+        self._prev_signs[i] = signs
+        pc = pe = window = gated = None
+        iq = q.input_quantizer
+        if iq is not None and q.last_input is not None:
+            x = q.last_input
+            pc, pe = np.histogram(x, bins=PREACT_BINS, range=(-PREACT_RANGE, PREACT_RANGE))
+            window = iq.gate_window()
+            gated = float(1.0 - np.mean(iq.gate(x)))
+        g = q.kernel.grad
+        return LayerTelemetry(
+            name=q.name, type_name=q.type_name, binary_kernel=q.kernel_binary,
+            weight_counts=_frozen(counts), weight_edges=_frozen(edges), clip=clip,
+            frac_at_clip=at_clip, weight_abs_max=amax, flip_ratio=flips,
+            preact_counts=None if pc is None else _frozen(pc),
+            preact_edges=None if pe is None else _frozen(pe),
+            gate_window=window, gated_fraction=gated,
+            grad_norm=float(np.sqrt(np.sum(g.astype(np.float64) ** 2))),
+        )
+
+    def run(self) -> Snapshot:
+        """Train to the end and return the last snapshot."""
+        last = None
+        for last in self:
+            pass
+        return last

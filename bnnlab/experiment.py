@@ -1,0 +1,71 @@
+"""From a scene to a model and a trainer: the glue the CLI and the GUI share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .core.model import Sequential
+from .core.optimizers import make_optimizer, make_schedule
+from .core.trainer import Trainer
+from .data import Dataset, load_dataset
+from .io.scenes import Scene, SceneError
+
+__all__ = ["Prepared", "build_model", "prepare_data", "make_trainer", "scale_inputs"]
+
+
+def scale_inputs(x: np.ndarray, scene: Scene, kind: str) -> np.ndarray:
+    """Apply the scene's pixel scaling to images in [0, 1]; points pass unchanged."""
+    if kind == "image" and scene.input_scale == "symmetric":
+        return (x * 2.0 - 1.0).astype(np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
+def build_model(scene: Scene, input_shape: tuple[int, ...], num_classes: int) -> Sequential:
+    """The scene's model, checked against the data's input shape and class count."""
+    try:
+        model = Sequential.from_config(
+            {"name": scene.name, "input_shape": list(input_shape), "layers": scene.resolved_layers()},
+            seed=scene.seed,
+        )
+    except ValueError as exc:
+        raise SceneError(f"scene {scene.name!r}: the model does not fit the data {input_shape}: {exc}") from None
+    if model.output_shape != (num_classes,):
+        raise SceneError(f"scene {scene.name!r}: the model outputs {model.output_shape} but the "
+                         f"dataset has {num_classes} classes; make the last layer's units {num_classes}")
+    return model
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Data ready for training: scaled arrays plus the dataset's description."""
+
+    dataset: Dataset
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def prepare_data(scene: Scene, data_dir=None, progress: Callable[[int, int], None] | None = None,
+                 download: bool = True) -> Prepared:
+    ds = load_dataset(scene.dataset, data_dir, download=download, progress=progress,
+                      seed=scene.seed, limit_train=scene.limit_train or None,
+                      limit_test=scene.limit_test or None)
+    return Prepared(ds, scale_inputs(ds.x_train, scene, ds.kind), ds.y_train,
+                    scale_inputs(ds.x_test, scene, ds.kind), ds.y_test)
+
+
+def make_trainer(scene: Scene, model: Sequential, data: Prepared, *, epochs: int | None = None,
+                 telemetry: bool = True) -> Trainer:
+    epochs = scene.epochs if epochs is None else epochs
+    opt = make_optimizer(scene.optimizer, learning_rate=scene.learning_rate, **scene.optimizer_options)
+    steps = epochs * -(-len(data.x_train) // scene.batch_size)
+    target = opt.fp if scene.optimizer == "bop" else opt
+    target.schedule = make_schedule(scene.schedule, scene.learning_rate, steps,
+                                    steps_per_epoch=-(-len(data.x_train) // scene.batch_size))
+    return Trainer(model, data.x_train, data.y_train, data.x_test, data.y_test, optimizer=opt,
+                   epochs=epochs, batch_size=scene.batch_size, seed=scene.seed,
+                   snapshot_every=scene.snapshot_every, telemetry=telemetry)
