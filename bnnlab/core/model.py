@@ -11,7 +11,7 @@ import numpy as np
 
 from .layers import Layer, Param, _QuantBase, layer_from_config
 
-__all__ = ["Sequential", "softmax", "softmax_cross_entropy", "save_checkpoint", "load_checkpoint",
+__all__ = ["Sequential", "softmax", "softmax_cross_entropy", "save_checkpoint", "load_checkpoint", "model_from_state",
            "CheckpointError"]
 
 
@@ -174,7 +174,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Sequential, dict[str, Any]
     """Read a checkpoint written by :func:`save_checkpoint`; (model, meta)."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Opened here so the file is closed even when numpy rejects its contents.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             if "header" not in z.files:
                 raise CheckpointError(f"{path}: not a bnnlab checkpoint (no header)")
             header = json.loads(bytes(z["header"]).decode())
@@ -197,3 +198,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Sequential, dict[str, Any]
         raise CheckpointError(f"{path}: {exc}") from None
     return model, header.get("meta", {})
 
+
+
+def model_from_state(config: dict[str, Any], state: dict[str, np.ndarray]) -> Sequential:
+    """A fresh model with a snapshot's weights (for inference off the training thread)."""
+    model = Sequential.from_config(config)
+    model.load_state_dict(state)
+    return model

@@ -29,8 +29,10 @@ def unpack_rows_ref(words: np.ndarray, k: int) -> np.ndarray:
 
 
 def binary_dot_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """±1 matrix product a (M, K) @ b (K, N) in integers: the binary GEMM's meaning."""
-    return (np.sign(a + 0.5).astype(np.int64) @ np.sign(b + 0.5).astype(np.int64)).astype(np.int32)
+    """sign(a) @ sign(b) in integers for a (M, K), b (K, N): what the binary GEMM computes."""
+    sa = np.where(np.asarray(a) >= 0, 1, -1).astype(np.int64)
+    sb = np.where(np.asarray(b) >= 0, 1, -1).astype(np.int64)
+    return (sa @ sb).astype(np.int32)
 
 
 def xnor_gemm_ref(a_bits: np.ndarray, b_bits: np.ndarray, k: int) -> np.ndarray:

@@ -94,6 +94,8 @@ class Snapshot:
     elapsed: float
     layers: tuple[LayerTelemetry, ...]
     history: History
+    model_config: dict  # Sequential.config() of the model being trained
+    model_state: dict  # read-only copies of every array, for inference views (try-it, filters)
 
     @property
     def progress(self) -> float:
@@ -180,6 +182,7 @@ class Trainer:
         self._quant = model.quant_layers
         self._prev_signs = [np.signbit(q.kernel.value).copy() for q in self._quant]
         self._curves = _Curves()
+        self._model_config = model.config()
         self._run = threading.Event()
         self._run.set()
         self._stop = threading.Event()
@@ -306,6 +309,8 @@ class Trainer:
             learning_rate=self.optimizer.current_lr, images_per_second=ips,
             elapsed=time.perf_counter() - start, layers=layers,
             history=c.freeze(len(self._quant)),
+            model_config=self._model_config,
+            model_state={k: _frozen(v) for k, v in self.model.state_dict().items()},
         )
         self.last_snapshot = snap
         return snap

@@ -53,7 +53,8 @@ class Dataset:
         # Cheap invariants checked once here, so no consumer has to re-check them.
         if self.kind not in ("image", "points"):
             raise DatasetError(f"{self.name}: unknown kind {self.kind!r}")
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        splits = (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test))
+        for split, x, y in splits:
             if x.dtype != np.float32 or y.dtype != np.int64:
                 raise DatasetError(
                     f"{self.name}: {split} arrays must be float32/int64, got {x.dtype}/{y.dtype}"

@@ -112,9 +112,11 @@ def _stream(url: str, out, progress: ProgressFn | None, timeout: float) -> str:
     except urllib.error.URLError as exc:
         raise _AttemptFailed(f"cannot connect ({exc.reason})") from None
     except http.client.IncompleteRead as exc:
-        raise _AttemptFailed(f"connection closed early after {done + len(exc.partial)} bytes") from None
+        got = done + len(exc.partial)
+        raise _AttemptFailed(f"connection closed early after {got} bytes") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise _AttemptFailed(f"transfer failed after {done} bytes ({exc or type(exc).__name__})") from None
+        reason = str(exc) or type(exc).__name__
+        raise _AttemptFailed(f"transfer failed after {done} bytes ({reason})") from None
     if total >= 0 and done != total:
         raise _AttemptFailed(f"received {done} bytes but the server announced {total}")
     return digest.hexdigest()

@@ -130,7 +130,8 @@ def encode_idx(array: np.ndarray) -> bytes:
     if code is None:
         raise ValueError(f"IDX cannot store dtype {array.dtype}")
     if not 1 <= array.ndim <= MAX_DIMS or 0 in array.shape:
-        raise ValueError(f"IDX files here hold 1..{MAX_DIMS} non-empty dimensions, not {array.shape}")
+        raise ValueError(
+            f"IDX files here hold 1..{MAX_DIMS} non-empty dimensions, not {array.shape}")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
 

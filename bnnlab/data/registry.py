@@ -73,7 +73,8 @@ def _mnist_files(md5s: tuple[str, str, str, str],
     names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
     roles = ("train_images", "train_labels", "test_images", "test_labels")
-    return {role: FileSpec(n, m, r) for role, n, m, r in zip(roles, names, md5s, raw_md5s)}
+    rows = zip(roles, names, md5s, raw_md5s, strict=True)
+    return {role: FileSpec(n, m, r) for role, n, m, r in rows}
 
 
 # Published md5s of the .gz files: MNIST's match /work/shared/data/mnist/MD5SUMS and torchvision;
@@ -138,8 +139,8 @@ class _Builtin:
     build: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _points_builtin(name: str, description: str) -> _Builtin:
-    info = DatasetInfo(name, name.capitalize(), "points", description, False, toy.CLASS_NAMES, (2,))
+def _points_builtin(name: str, title: str, description: str) -> _Builtin:
+    info = DatasetInfo(name, title, "points", description, False, toy.CLASS_NAMES, (2,))
     return _Builtin(info, lambda seed: toy.make_split(name, seed))
 
 
@@ -151,11 +152,11 @@ BUILTIN_DATASETS: dict[str, _Builtin] = {
                     False, digits.CLASS_NAMES, (digits.SIZE, digits.SIZE, 1)),
         digits.make_split,
     ),
-    "circle": _points_builtin("circle", "A disc of one class inside a ring of the other."),
-    "xor": _points_builtin("xor", "Four quadrants; the class is the sign of x*y."),
-    "gauss": _points_builtin("gauss", "Two Gaussian blobs."),
-    "spiral": _points_builtin("spiral", "Two interleaved spirals."),
-    "moons": _points_builtin("moons", "Two interleaved half circles."),
+    "circle": _points_builtin("circle", "Circle", "A disc of one class in a ring of the other."),
+    "xor": _points_builtin("xor", "XOR", "Four quadrants; the class is the sign of x*y."),
+    "gauss": _points_builtin("gauss", "Gaussian", "Two Gaussian blobs."),
+    "spiral": _points_builtin("spiral", "Spiral", "Two interleaved spirals."),
+    "moons": _points_builtin("moons", "Moons", "Two interleaved half circles."),
 }
 
 
@@ -210,7 +211,8 @@ def load_dataset(
     """
     key = _canonical(name)
     for label, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        valid = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
+        if limit is not None and not valid:
             raise DatasetError(f"{label} must be a positive integer or None, not {limit!r}")
     if key in BUILTIN_DATASETS:
         builtin = BUILTIN_DATASETS[key]
@@ -226,7 +228,8 @@ def load_dataset(
 
 # ----------------------------------------------------------------------------- finding files
 
-def _candidates(spec: FileDatasetSpec, data_dir: str | os.PathLike | None) -> list[tuple[str, Path | None]]:
+def _candidates(spec: FileDatasetSpec,
+                data_dir: str | os.PathLike | None) -> list[tuple[str, Path | None]]:
     env = os.environ.get(DATA_DIR_ENV)
     return [
         ("data_dir argument", Path(data_dir).expanduser() / spec.name if data_dir else None),
@@ -254,7 +257,8 @@ def _find_or_download(spec: FileDatasetSpec, data_dir: str | os.PathLike | None,
         found = sum(_locate(folder, f) is not None for f in spec.files)
         if found == len(spec.files):
             return folder
-        looked.append(f"  {folder} ({label}): {'missing' if not found else f'only {found} of 4 files'}")
+        state = f"only {found} of 4 files" if found else "missing"
+        looked.append(f"  {folder} ({label}): {state}")
     fix = (f"pass --data-dir DIR (data_dir=DIR) where DIR/{spec.name}/ holds "
            f"{', '.join(f.filename for f in spec.files)} (or the same names without .gz), "
            f"or set {DATA_DIR_ENV}=DIR")
@@ -322,7 +326,8 @@ def _load_pair(spec: FileDatasetSpec, folder: Path, images_file: FileSpec, label
                            f"{labels.dtype} {labels.shape}; replace it with the original file")
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{img_path} holds {images.shape[0]} images but {lbl_path} holds "
-                           f"{labels.shape[0]} labels; the two files must come from the same release")
+                           f"{labels.shape[0]} labels; the two files must come from the same "
+                           "release")
     num_classes = len(spec.class_names)
     if labels.size and labels.max() >= num_classes:
         bad = int(np.argmax(labels >= num_classes))

@@ -106,4 +106,5 @@ def make_split(name: str, seed: int, n_train: int = DEFAULT_TRAIN, n_test: int =
                noise: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, y_train, x_test, y_test)`` of set ``name``, fully determined by ``seed``."""
     rng_train, rng_test = split_rngs(name, seed)
-    return (*make_points(name, n_train, rng_train, noise), *make_points(name, n_test, rng_test, noise))
+    return (*make_points(name, n_train, rng_train, noise),
+            *make_points(name, n_test, rng_test, noise))

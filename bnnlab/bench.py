@@ -1,0 +1,202 @@
+"""``bnnlab bench``: binary kernels against float32 BLAS, measured in the same run.
+
+Every figure is the median of several repeats, and every ratio compares two figures
+measured here, now, on this CPU, with the same thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = ["run_bench", "cpu_features"]
+
+GEMM_SHAPES = [(64, 576, 64), (5184, 576, 64), (1024, 4608, 256), (4096, 4096, 4096)]
+
+
+def cpu_features() -> dict:
+    """CPU name and the features the binary kernels care about (as LLVM sees them)."""
+    import llvmlite.binding as llvm
+
+    feats = llvm.get_host_cpu_features()
+    keys = ("popcnt", "avx2", "avx512f", "avx512vpopcntdq", "avx512bw")
+    return {"cpu": llvm.get_host_cpu_name(), "machine": platform.machine(),
+            **{k: bool(feats.get(k, False)) for k in keys}}
+
+
+@contextmanager
+def threads(n: int):
+    """Limit both Numba and BLAS to n threads inside the block."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def median_time(fn, repeats: int, min_time: float = 0.0) -> float:
+    fn()  # warm caches and compile
+    times = []
+    t_end = time.perf_counter() + min_time
+    while len(times) < repeats or time.perf_counter() < t_end:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 10 * repeats:
+            break
+    return float(np.median(times))
+
+
+def bench_gemm(m, k, n, repeats, nthreads=1):
+    from .core import kernels as K
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    abits = np.empty((m, K.words_for(k)), np.uint64)
+    K.pack_rows(a, abits)
+    bt = K.pack_weights(np.where(b >= 0, 1.0, -1.0).astype(np.float32))
+    out = np.empty((m, n), np.int32)
+    fout = np.empty((m, n), np.float32)
+    ops = 2.0 * m * n * k
+    with threads(nthreads):
+        tb = median_time(lambda: K.xnor_gemm(abits, bt, k, out, parallel=nthreads > 1), repeats, 0.2)
+        tf = median_time(lambda: np.matmul(a, b, out=fout), repeats, 0.2)
+    return {"case": f"gemm {m}x{k}x{n}", "threads": nthreads,
+            "binary_tops": ops / tb / 1e12, "float32_gflops": ops / tf / 1e9,
+            "binary_ms": tb * 1e3, "float32_ms": tf * 1e3, "ratio": tf / tb}
+
+
+def _larq_models():
+    from .experiment import build_model
+    from .io.scenes import load_preset
+
+    scene = load_preset("larq-mnist-bnn")
+    bnn = build_model(scene, (28, 28, 1), 10)
+    fp = build_model(scene.full_precision_twin(), (28, 28, 1), 10)
+    for layer, twin in zip(bnn.layers, fp.layers):
+        # The float twin gets the same (binarized) weights so both do the same arithmetic.
+        for p, q in zip(layer.params(), twin.params()):
+            q.value[...] = np.where(p.value >= 0, 1.0, -1.0)
+    return bnn, fp
+
+
+def bench_layers(repeats, batch=256):
+    bnn, fp = _larq_models()
+    rng = np.random.default_rng(1)
+    x = rng.random((batch, 28, 28, 1), dtype=np.float32)
+    rows = []
+    with threads(1):
+        acts = [x]
+        for layer in bnn.layers:
+            acts.append(layer.forward(acts[-1]))
+        for i, (lb, lf) in enumerate(zip(bnn.layers, fp.layers)):
+            if getattr(lb, "binary", False):
+                xin = np.where(acts[i] >= 0, 1.0, -1.0).astype(np.float32)
+                tb = median_time(lambda: lb.forward(xin), repeats, 0.2)
+                tf = median_time(lambda: lf.forward(xin), repeats, 0.2)
+                rows.append({"case": f"layer {lb.name} {tuple(lb.input_shape)}->{tuple(lb.output_shape)}",
+                             "batch": batch, "threads": 1, "binary_ms": tb * 1e3,
+                             "float32_ms": tf * 1e3, "ratio": tf / tb})
+    return rows
+
+
+def bench_inference(repeats):
+    bnn, fp = _larq_models()
+    rng = np.random.default_rng(2)
+    rows = []
+    for batch in (1, 256):
+        x = rng.random((batch, 28, 28, 1), dtype=np.float32)
+        for nt in (1, 2):
+            with threads(nt):
+                tb = median_time(lambda: bnn.forward(x), repeats, 0.3)
+                tf = median_time(lambda: fp.forward(x), repeats, 0.3)
+            rows.append({"case": f"larq-mnist-bnn inference batch {batch}", "threads": nt,
+                         "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
+                         "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3,
+                         "ratio": tf / tb})
+    return rows
+
+
+def bench_training(steps):
+    from .core.model import softmax_cross_entropy
+    from .core.optimizers import Adam
+
+    bnn, _ = _larq_models()
+    rng = np.random.default_rng(3)
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 64)
+    opt = Adam(1e-3)
+    params = [p for _, p in bnn.params()]
+
+    def step():
+        logits = bnn.forward(x, training=True)
+        _, g = softmax_cross_entropy(logits, y)
+        bnn.backward(g)
+        opt.step(params)
+
+    rows = []
+    for nt in (1, 2):
+        with threads(nt):
+            t = median_time(step, steps)
+        rows.append({"case": "larq-mnist-bnn training step, batch 64", "threads": nt,
+                     "step_ms": t * 1e3, "epoch_s_estimate": t * 938})
+    return rows
+
+
+def _fmt(row) -> str:
+    case = row["case"]
+    if "binary_tops" in row:
+        return (f"{case:<34} {row['threads']}T  binary {row['binary_tops']:.3f} Tops/s "
+                f"({row['binary_ms']:.3f} ms)  float32 {row['float32_gflops']:.1f} GFLOP/s "
+                f"({row['float32_ms']:.3f} ms)  ratio {row['ratio']:.1f}x")
+    if "binary_images_per_s" in row:
+        return (f"{case:<34} {row['threads']}T  binary {row['binary_images_per_s']:,.0f} img/s "
+                f"({row['binary_latency_ms']:.3f} ms)  float32 {row['float32_images_per_s']:,.0f} "
+                f"img/s  ratio {row['ratio']:.1f}x")
+    if "step_ms" in row:
+        return (f"{case:<34} {row['threads']}T  {row['step_ms']:.2f} ms/step, "
+                f"~{row['epoch_s_estimate']:.1f} s per 938-step epoch")
+    return (f"{case:<34} {row['threads']}T  binary {row['binary_ms']:.3f} ms  float32 "
+            f"{row['float32_ms']:.3f} ms  ratio {row['ratio']:.1f}x")
+
+
+def run_bench(args) -> int:
+    from .core.kernels import warm_up
+
+    quick = bool(getattr(args, "quick", False))
+    repeats = args.repeats or (5 if quick else 15)
+    warm_up()
+    out = {"cpu": cpu_features(), "repeats": repeats, "results": []}
+    if not args.json:
+        c = out["cpu"]
+        print(f"cpu {c['cpu']} ({c['machine']}): popcnt={c['popcnt']} avx2={c['avx2']} "
+              f"avx512vpopcntdq={c['avx512vpopcntdq']}; medians of >= {repeats} runs")
+
+    def emit(rows):
+        for r in rows:
+            out["results"].append(r)
+            if not args.json:
+                print(_fmt(r), flush=True)
+
+    for shape in GEMM_SHAPES:
+        if quick and shape == (4096, 4096, 4096):
+            continue
+        emit([bench_gemm(*shape, repeats=repeats, nthreads=1)])
+        if shape[0] >= 1024:
+            emit([bench_gemm(*shape, repeats=repeats, nthreads=2)])
+    emit(bench_layers(repeats))
+    emit(bench_inference(repeats))
+    emit(bench_training(max(5, repeats)))
+    if args.json:
+        print(json.dumps(out, indent=1))
+    return 0

@@ -1,0 +1,303 @@
+"""The ``bnnlab`` command: the app, and train / summary / filters / bench.
+
+Every subcommand takes ``--json`` for machine-readable output. Bad arguments and bad
+files exit with status 2 and a one-line reason on stderr; a run that fails (e.g. a
+diverging loss) exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+__all__ = ["main"]
+
+SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load_scene_arg(arg: str):
+    from .io.scenes import SceneError, load_preset, load_scene, preset_names
+
+    p = Path(arg)
+    try:
+        if p.suffix == ".toml" or p.exists():
+            return load_scene(p)
+        return load_preset(arg)
+    except SceneError as exc:
+        msg = str(exc)
+        if not p.exists() and p.suffix != ".toml":
+            msg = f"{arg!r} is neither a scene file nor a preset; presets: {', '.join(preset_names())}"
+        raise CliError(msg) from None
+
+
+def _model_from_arg(arg: str):
+    """A model from a scene (freshly initialized) or a checkpoint (trained weights)."""
+    from .core.model import CheckpointError, load_checkpoint
+    from .data import DatasetError, dataset_info
+    from .experiment import build_model
+
+    if arg.endswith(".npz"):
+        try:
+            model, _ = load_checkpoint(arg)
+        except CheckpointError as exc:
+            raise CliError(str(exc)) from None
+        return model, "checkpoint"
+    scene = _load_scene_arg(arg)
+    try:
+        info = dataset_info(scene.dataset)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    from .io.scenes import SceneError
+
+    try:
+        return build_model(scene, info.input_shape, len(info.class_names)), "scene"
+    except SceneError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _progress_bar(done: int, total: int, text: str, width: int = 28) -> str:
+    frac = done / total if total else 1.0
+    n = int(round(frac * width))
+    return f"\r[{'#' * n}{'.' * (width - n)}] {100 * frac:5.1f}% {text}"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from .core.model import save_checkpoint
+    from .core.trainer import TrainingDiverged
+    from .data import DatasetError
+    from .experiment import build_model, make_trainer, prepare_data
+    from .io.scenes import SceneError
+
+    scene = _load_scene_arg(args.scene)
+    if args.seed is not None:
+        scene.seed = args.seed
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise CliError("--epochs must be at least 1")
+        scene.epochs = args.epochs
+    if args.limit_train is not None:
+        scene.limit_train = args.limit_train
+    if args.out:
+        folder = Path(args.out).resolve().parent
+        if not folder.is_dir():
+            raise CliError(f"--out: folder {folder} does not exist")
+    tty = sys.stderr.isatty() and not args.json
+
+    def dl_progress(done, total):
+        if tty:
+            sys.stderr.write(_progress_bar(done, max(total, 1), f"downloading {scene.dataset}"))
+
+    try:
+        data = prepare_data(scene, args.data_dir, progress=dl_progress)
+        model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
+    except (DatasetError, SceneError) as exc:
+        raise CliError(str(exc)) from None
+    trainer = make_trainer(scene, model, data, telemetry=False)
+    if not args.json:
+        print(f"training {scene.name} on {data.dataset.name} ({len(data.x_train)} train, "
+              f"{len(data.x_test)} test images), {scene.epochs} epochs, seed {scene.seed}")
+    epoch_start = time.perf_counter()
+    results = []
+    try:
+        for snap in trainer:
+            if tty:
+                sys.stderr.write(_progress_bar(
+                    snap.batch, snap.batches_per_epoch,
+                    f"epoch {snap.epoch}/{snap.epochs} loss {snap.loss:.4f} acc {snap.accuracy:.4f} "
+                    f"{snap.images_per_second:,.0f} img/s"))
+                sys.stderr.flush()
+            if snap.event in ("epoch", "done"):
+                now = time.perf_counter()
+                seconds = now - epoch_start
+                epoch_start = now
+                row = {
+                    "epoch": snap.epoch, "loss": snap.loss, "accuracy": snap.accuracy,
+                    "val_loss": snap.val_loss, "val_accuracy": snap.val_accuracy,
+                    "seconds": round(seconds, 3),
+                    "images_per_second": round(len(data.x_train) / seconds, 1) if seconds else None,
+                }
+                results.append(row)
+                if tty:
+                    sys.stderr.write("\r" + " " * 100 + "\r")
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                else:
+                    va = "n/a" if snap.val_accuracy is None else f"{snap.val_accuracy:.4f}"
+                    print(f"epoch {snap.epoch}/{snap.epochs}: loss {snap.loss:.4f} "
+                          f"accuracy {snap.accuracy:.4f} val_accuracy {va} "
+                          f"({seconds:.1f} s, {row['images_per_second']:,.0f} img/s incl. validation)",
+                          flush=True)
+    except TrainingDiverged as exc:
+        print(f"bnnlab train: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        trainer.stop()
+        print("\nbnnlab train: interrupted", file=sys.stderr)
+        return 130
+    if args.out:
+        save_checkpoint(args.out, model, meta={"scene": scene.name, "dataset": data.dataset.name,
+                                               "epochs": results})
+        if not args.json:
+            print(f"saved {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .core.summary import format_summary, profile_model
+
+    model, _ = _model_from_arg(args.target)
+    prof = profile_model(model)
+    if args.json:
+        print(json.dumps({
+            "name": prof.name,
+            "layers": [{
+                "name": lp.name, "type": lp.type_name, "input_precision": lp.input_precision,
+                "output_shape": list(lp.output_shape), "params_1bit": lp.params_1bit,
+                "params_32bit": lp.params_32bit, "memory_kib": lp.memory_kib,
+                "macs_1bit": lp.macs_1bit, "macs_32bit": lp.macs_32bit} for lp in prof.layers],
+            "params_1bit": prof.params_1bit, "params_32bit": prof.params_32bit,
+            "total_params": prof.total_params, "trainable_params": prof.trainable_params,
+            "non_trainable_params": prof.non_trainable_params, "memory_kib": prof.memory_kib,
+            "memory_kib_8bit": prof.memory_kib_8bit, "float32_kib": prof.float32_kib,
+            "compression_ratio": prof.compression_ratio, "macs_1bit": prof.macs_1bit,
+            "macs_32bit": prof.macs_32bit, "binarized_mac_ratio": prof.binarized_mac_ratio,
+            "energy_pj": prof.energy_pj, "energy_pj_float32": prof.energy_pj_float32,
+        }, indent=1))
+    else:
+        print(format_summary(prof))
+    return 0
+
+
+def cmd_filters(args) -> int:
+    from .core.filters import analyze_filters, pattern_grid
+
+    model, origin = _model_from_arg(args.target)
+    reports = analyze_filters(model, top=args.top)
+    if args.json:
+        print(json.dumps([{
+            "layer": r.layer, "in_channels": r.in_channels, "out_channels": r.out_channels,
+            "total": r.total, "unique": r.unique, "unique_up_to_sign": r.unique_up_to_sign,
+            "top": [list(t) for t in r.top], "ops_total": r.ops_total, "ops_dedup": r.ops_dedup,
+            "saving": r.saving} for r in reports], indent=1))
+        return 0
+    if not reports:
+        print("no binary 3x3 convolutions in this model")
+        return 0
+    if origin == "scene":
+        print("(freshly initialized weights: pass a checkpoint from `bnnlab train --out` "
+              "to see a trained model)")
+    for r in reports:
+        print(f"{r.layer}: {r.in_channels} x {r.out_channels} = {r.total} 2-D filters; "
+              f"{r.unique} unique of 512 patterns ({100 * r.unique_fraction:.1f}%), "
+              f"{r.unique_up_to_sign} counting a filter and its inverse as one")
+        print(f"  XNOR-popcount work: {r.ops_total:,} -> {r.ops_dedup:,} binary MACs if each "
+              f"(input channel, pattern up to sign) is applied once: {100 * r.saving:.1f}% saved")
+        tops = r.top[:6]
+        grids = [pattern_grid(p) for p, _ in tops]
+        print("  most common: " + "   ".join(f"#{p:<3d} x{c:<3d}" for p, c in tops))
+        for row in range(3):
+            print("               " + "   ".join(
+                "".join("#" if v < 0 else "." for v in g[row]).ljust(9) for g in grids))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def cmd_gui(args) -> int:
+    try:
+        from .gui.app import main as gui_main
+    except ImportError as exc:
+        raise CliError(f"the desktop app cannot start: {exc}") from None
+    return gui_main([args.scene] if args.scene else [])
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CliError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bnnlab", description="Explore, train and measure binarized neural networks. "
+                "With no command (or a scene file), opens the desktop app.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a scene (file or preset name)")
+    t.add_argument("scene")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--limit-train", type=int, help="use only the first N training examples")
+    t.add_argument("--out", help="write a checkpoint (.npz) here")
+    t.add_argument("--json", action="store_true", help="one JSON object per epoch")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("summary", help="Larq-style model summary of a scene or checkpoint")
+    s.add_argument("target")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_summary)
+
+    f = sub.add_parser("filters", help="duplicate binary 3x3 filters of a scene or checkpoint")
+    f.add_argument("target")
+    f.add_argument("--top", type=int, default=16)
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_filters)
+
+    b = sub.add_parser("bench", help="binary kernels against float32 BLAS, measured in one run")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--quick", action="store_true", help="fewer repeats, skip the largest cases")
+    b.add_argument("--repeats", type=int, default=None)
+    b.add_argument("--data-dir")
+    b.set_defaults(func=cmd_bench)
+
+    g = sub.add_parser("gui", help="open the desktop app")
+    g.add_argument("scene", nargs="?")
+    g.set_defaults(func=cmd_gui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+        argv = ["gui", *argv]
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return int(args.func(args) or 0)
+    except CliError as exc:
+        msg = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(msg if msg.startswith("bnnlab") else f"bnnlab: {msg}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,117 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnnlab.cli import main
+from bnnlab.core.model import load_checkpoint, save_checkpoint
+from bnnlab.data.fakes import fake_spec, write_fake_files
+from bnnlab.data.registry import FILE_DATASETS
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_summary_text_and_json(capsys):
+    code, out, _ = run(capsys, "summary", "larq-mnist-bnn")
+    assert code == 0 and "13.19 KiB" in out and "0.9303" in out
+    code, out, _ = run(capsys, "summary", "larq-mnist-bnn", "--json")
+    d = json.loads(out)
+    assert d["params_1bit"] == 93088 and d["macs_1bit"] == 2599552
+
+
+def test_train_json_per_epoch_and_checkpoint(capsys, tmp_path):
+    ckpt = tmp_path / "toy.npz"
+    code, out, _ = run(capsys, "train", "toy-xor", "--epochs", "2", "--json", "--out", str(ckpt), "--seed", "1")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"epoch", "loss", "accuracy", "val_accuracy", "seconds", "images_per_second"} <= set(r)
+    model, meta = load_checkpoint(ckpt)
+    assert meta["scene"] == "toy-xor" and len(meta["epochs"]) == 2
+    # the checkpoint holds plain arrays: readable without pickle
+    with np.load(ckpt, allow_pickle=False) as z:
+        assert "header" in z.files
+
+
+def test_train_on_fake_mnist_via_data_dir(capsys, tmp_path, monkeypatch):
+    md5s = write_fake_files(tmp_path / "mnist", n_train=64, n_test=32)
+    monkeypatch.setitem(FILE_DATASETS, "mnist", fake_spec("mnist", md5s))
+    code, out, err = run(capsys, "train", "larq-mnist-bnn", "--epochs", "1", "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert "epoch 1/1" in out and "64 train" in out
+
+
+def test_filters_on_checkpoint_and_scene(capsys, tmp_path):
+    code, out, _ = run(capsys, "filters", "larq-mnist-bnn", "--json")
+    reports = json.loads(out)
+    assert [r["layer"] for r in reports] == ["quant_conv2d", "quant_conv2d_1", "quant_conv2d_2"]
+    code, out, _ = run(capsys, "filters", "quickstart")
+    assert code == 0 and "unique of 512 patterns" in out and "saved" in out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "no-such-scene"], "neither a scene file nor a preset"),
+    (["train", "quickstart", "--epochs", "0"], "--epochs"),
+    (["train", "quickstart", "--epochs", "x"], "invalid int value"),
+    (["summary", "missing.npz"], "no such file"),
+    (["train", "larq-mnist-bnn", "--data-dir", "/nonexistent"], "BNNLAB_DATA_DIR"),
+    (["frobnicate"], "gui"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, argv, match):
+    monkeypatch.setenv("BNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BNNLAB_MIRROR", "http://127.0.0.1:9/")  # closed port: nothing leaves this machine
+    monkeypatch.delenv("BNNLAB_DATA_DIR", raising=False)
+    monkeypatch.setitem(FILE_DATASETS, "mnist", fake_spec("mnist", {}))  # no mirrors, no system folder
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bnnlab")
+    if match != "gui":
+        assert match in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(capsys, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    code, _, err = run(capsys, "filters", str(bad))
+    assert code == 2 and "not a readable bnnlab checkpoint" in err
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from bnnlab.experiment import build_model
+    from bnnlab.io.scenes import load_preset
+
+    model = build_model(load_preset("toy-xor"), (2,), 2)
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(target, model)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_python_dash_m_and_bench_quick_json():
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-m", "bnnlab", "summary", "toy-xor"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "Total" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "bnnlab", "bench", "--quick", "--repeats", "2", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    cases = [row["case"] for row in d["results"]]
+    assert "gemm 5184x576x64" in cases and "avx2" in d["cpu"]
+    gemm = next(row for row in d["results"] if row["case"] == "gemm 5184x576x64")
+    assert gemm["ratio"] > 0 and gemm["binary_tops"] > 0
