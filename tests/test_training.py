@@ -163,3 +163,12 @@ def test_quickstart_scene_learns_builtin_digits():
     model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
     last = make_trainer(scene, model, data).run()
     assert last.val_accuracy > 0.6  # chance is 0.1
+
+
+def test_full_precision_twin_keeps_a_nonlinearity_and_learns_xor():
+    scene = load_preset("toy-xor").full_precision_twin()
+    data = prepare_data(scene)
+    model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
+    assert not any(getattr(layer, "binary", False) or getattr(layer, "kernel_binary", False)
+                   for layer in model.layers)
+    assert make_trainer(scene, model, data).run().val_accuracy > 0.9

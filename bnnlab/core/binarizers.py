@@ -26,6 +26,7 @@ __all__ = [
     "ApproxSign",
     "SwishSign",
     "Identity",
+    "HardTanh",
     "get_binarizer",
     "binarizer_names",
     "register_binarizer",
@@ -264,6 +265,34 @@ class Identity(Binarizer):
         return np.asarray(x, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class HardTanh(Binarizer):
+    """Hard tanh, ``clip(x, -1, 1)``: what the binarizers approximate in full precision.
+
+    Forward ``clip(x, -1, 1)`` (the expectation of ``stochastic_sign``); backward
+    ``dy * 1[|x| <= 1]``, the same gate as ``ste_sign``. Used as the activation of a
+    binary network's full-precision twin, so the twin keeps a nonlinearity.
+    """
+
+    name = "hard_tanh"
+    binary = False
+
+    def forward(self, x, rng=None):
+        return np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
+
+    def grad(self, x):
+        return _gated(x, 1.0)
+
+    def probability(self, x):
+        return hard_sigmoid(x)
+
+    def expected(self, x):
+        return self.forward(x)
+
+    def gate_window(self):
+        return (-1.0, 1.0)
+
+
 def _check_clip(clip_value):
     if clip_value is not None and not (isinstance(clip_value, (int, float)) and clip_value > 0):
         raise ValueError(f"clip_value must be a positive number or None, got {clip_value!r}")
@@ -277,7 +306,7 @@ def register_binarizer(name: str, factory: Callable[..., Binarizer]) -> None:
     _REGISTRY[name] = factory
 
 
-for _cls in (Sign, SteSign, StochasticSign, ApproxSign, SwishSign, Identity):
+for _cls in (Sign, SteSign, StochasticSign, ApproxSign, SwishSign, HardTanh, Identity):
     register_binarizer(_cls.name, _cls)
 
 

@@ -82,19 +82,19 @@ class Scene:
         return out
 
     def full_precision_twin(self) -> "Scene":
-        """The same network with every binarizer and clip removed."""
+        """The same network in full precision: float kernels, no clipping, and hard tanh
+        (``clip(x, -1, 1)``) where a binarizer was, so the twin keeps its nonlinearity."""
         twin = self.copy()
-        twin.name = f"{self.name} (full precision)"
+        twin.name = f"{self.name}-fp-twin"
         twin.activation_binarizer = twin.kernel_binarizer = twin.weight_clip = None
         layers = []
-        for lc in self.layers:
+        for lc in self.resolved_layers():
             lc = dict(lc)
-            if lc.get("type") == "QuantConv2D":
-                lc["type"] = "Conv2D"
-            elif lc.get("type") == "QuantDense":
-                lc["type"] = "Dense"
-            for key in ("input_quantizer", "kernel_quantizer", "kernel_constraint"):
-                lc.pop(key, None)
+            if lc.get("type") in ("QuantConv2D", "QuantDense"):
+                if lc.get("input_quantizer"):
+                    lc["input_quantizer"] = "hard_tanh"
+                lc.pop("kernel_quantizer", None)
+                lc.pop("kernel_constraint", None)
             layers.append(lc)
         twin.layers = layers
         return twin
