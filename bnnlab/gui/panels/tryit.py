@@ -1,0 +1,438 @@
+"""Try the network: draw a digit (or pick a test image) and read its class probabilities,
+or, for 2-D point sets, watch its decision boundary over the plane.
+
+Inference runs on a worker thread (:class:`LatestOnly`): the GUI thread only prepares
+inputs and draws results, so the pen never lags behind the mouse and snapshots arriving at
+the training rate cost the window almost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.model import model_from_state
+from ..views.background import LatestOnly
+from ..views.bars import BarChart
+from ..views.canvas import DrawingCanvas
+from ..views.decision_map import DecisionMap
+from ..views.digit_prep import to_mnist
+from ..views.picture import Picture
+from ..views.qtfix import keep_true_alive
+from ..views.style import BNN_COLOR, TWIN_COLOR
+from ..views.throttle import Throttle
+
+__all__ = ["TryItPanel", "grid_extent"]
+
+GRID = 100  # heatmap resolution per axis: 10^4 points, one forward pass
+
+
+def grid_extent(xy: np.ndarray | None, margin: float = 0.1) -> tuple[float, float, float, float]:
+    """(x_min, x_max, y_min, y_max) covering the points with a margin, square like Playground."""
+    if xy is None or len(xy) == 0:
+        return (-6.0, 6.0, -6.0, 6.0)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    centre, half = (lo + hi) / 2, float(max(hi - lo)) / 2 * (1 + margin) or 1.0
+    return (float(centre[0] - half), float(centre[0] + half),
+            float(centre[1] - half), float(centre[1] + half))
+
+
+# ---------------------------------------------------------------- worker side (no Qt)
+class _Models:
+    """The inference model of the newest snapshot, rebuilt only when the snapshot changes.
+    Used from the worker thread only."""
+
+    def __init__(self):
+        self._snapshot = None
+        self._model = None
+
+    def get(self, snapshot):
+        if snapshot is None:
+            return None
+        if snapshot is not self._snapshot:
+            self._model = model_from_state(snapshot.model_config, snapshot.model_state)
+            self._snapshot = snapshot
+        return self._model
+
+
+def _classify(models: _Models, twin_models: _Models, snapshot, twin, x: np.ndarray):
+    probs = models.get(snapshot).predict_proba(x)[0].astype(np.float64)
+    twin_model = twin_models.get(twin)
+    twin_probs = None if twin_model is None else twin_model.predict_proba(x)[0].astype(np.float64)
+    return probs, twin_probs
+
+
+def _field_and_accuracy(model, grid_points, x_test, y_test):
+    p = model.predict_proba(grid_points, batch_size=len(grid_points))
+    field = p[:, min(1, p.shape[1] - 1)].reshape(GRID, GRID)
+    acc = None
+    if x_test is not None and y_test is not None and len(x_test):
+        acc = float(np.mean(model.predict_proba(x_test).argmax(axis=1) == y_test))
+    return field, acc
+
+
+def _boundaries(models: _Models, twin_models: _Models, snapshot, twin, grid_points,
+                x_test, y_test):
+    field, acc = _field_and_accuracy(models.get(snapshot), grid_points, x_test, y_test)
+    twin_model = twin_models.get(twin)
+    twin_result = None if twin_model is None else \
+        _field_and_accuracy(twin_model, grid_points, x_test, y_test)
+    return field, acc, twin_result, getattr(snapshot, "step", 0)
+
+
+def _tagged(generation: int, fn, args):
+    # Errors travel back as data, tagged like results, so the view knows which request failed.
+    try:
+        return generation, fn(*args), None
+    except Exception as exc:  # noqa: BLE001 - any model error must reach the view
+        return generation, None, f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------- the panel
+class TryItPanel(QWidget):
+    """Inference on the latest snapshot (and its full-precision twin, when given).
+
+    ``set_snapshot`` may be called at the training rate: it stores the snapshot and at most
+    four times a second (and only while the panel is visible) asks the worker for fresh
+    results.
+    """
+
+    def __init__(self, parent: QWidget | None = None, seed: int = 0):
+        keep_true_alive()
+        super().__init__(parent)
+        self._rng = np.random.default_rng(seed)
+        self._snapshot = self._twin_snapshot = None
+        self._kind: str | None = None
+        self._class_names: tuple[str, ...] = ()
+        self._x_test = self._y_test = None
+        self._x_test_given = None
+        self._symmetric = False
+        self._stale = False
+        self._source = "drawing"
+        self._input = np.zeros((28, 28), np.float32)
+        self._probs: np.ndarray | None = None
+        self._twin_probs: np.ndarray | None = None
+        self._field = self._twin_field = None
+        self._extent = (-6.0, 6.0, -6.0, 6.0)
+        self._grid_points = np.zeros((0, 2), np.float32)
+        self._models, self._twin_models = _Models(), _Models()
+        self._asked: dict[str, int] = {}  # request generation per job kind
+        self._answered: dict[str, int] = {}
+        self._worker = LatestOnly(self)
+        self._worker.finished.connect(self._on_result)
+        self._refresh = Throttle(self._request, 0.25, self)
+        self._follow_pen = Throttle(self._predict_drawing, 1 / 30, self)
+        self._build()
+
+    def heightForWidth(self, width: int) -> int:
+        # Word-wrapped labels give the layout a height-for-width, which a scroll area
+        # would honour with the panel's preferred height, taller than the window; -1
+        # lets it fit the panel to the view (never below the minimum size).
+        return -1
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        self.pages = QStackedWidget()
+        root.addWidget(self.pages)
+        self.placeholder = QLabel("Train a model (or open one) to try it here.")
+        self.placeholder.setAlignment(Qt.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.pages.addWidget(self.placeholder)
+        self.pages.addWidget(self._build_image_page())
+        self.pages.addWidget(self._build_points_page())
+
+    def _build_image_page(self) -> QWidget:
+        page = QWidget()
+        grid = QGridLayout(page)
+        left = QVBoxLayout()
+        title = QLabel("<b>Draw a digit</b> (left button; right button clears)")
+        left.addWidget(title)
+        self.canvas = DrawingCanvas()
+        left.addWidget(self.canvas, 0, Qt.AlignHCenter)
+        buttons = QHBoxLayout()
+        self.clear_button = QPushButton("Clear")
+        self.random_button = QPushButton("Random test image")
+        buttons.addWidget(self.clear_button)
+        buttons.addWidget(self.random_button)
+        left.addLayout(buttons)
+        pick = QHBoxLayout()
+        pick.addWidget(QLabel("Test image #"))
+        self.test_spin = QSpinBox()
+        self.test_spin.setRange(0, 0)
+        self.test_spin.setEnabled(False)
+        pick.addWidget(self.test_spin, 1)
+        left.addLayout(pick)
+        self.source_label = QLabel("Input: your drawing")
+        self.source_label.setWordWrap(True)
+        left.addWidget(self.source_label)
+        how = QLabel("Like MNIST digits, a drawing is cropped, scaled to fit 20 × 20 pixels "
+                     "and placed in 28 × 28 with its centre of mass in the middle.")
+        how.setWordWrap(True)
+        how.setStyleSheet("color: #666;")
+        how.setMaximumWidth(280)
+        left.addWidget(how)
+        left.addStretch(1)
+        grid.addLayout(left, 0, 0, 2, 1)
+
+        self.input_view = Picture("what the network sees (28 × 28)", (0.0, 1.0),
+                                  caption="0 black, 1 white")
+        self.input_view.setFixedSize(250, 275)
+        middle = QVBoxLayout()
+        middle.addWidget(self.input_view)
+        self.prediction = QLabel()
+        self.prediction.setTextFormat(Qt.RichText)
+        self.prediction.setWordWrap(True)
+        self.prediction.setFixedWidth(250)
+        self.prediction.setStyleSheet("font-size: 13pt;")
+        middle.addWidget(self.prediction)
+        middle.addStretch(1)
+        grid.addLayout(middle, 0, 1)
+        self.prob_chart = BarChart("Class probabilities", "class", "probability",
+                                   [("binary network", BNN_COLOR),
+                                    ("full-precision twin", TWIN_COLOR)], y_max=1.05)
+        self.prob_chart.setMinimumSize(280, 300)
+        grid.addWidget(self.prob_chart, 0, 2)
+        grid.setColumnStretch(2, 1)
+        grid.setRowStretch(0, 1)
+
+        self.canvas.drawing_changed.connect(self._drawn)
+        self.canvas.cleared.connect(self._drawn)
+        self.clear_button.clicked.connect(self.canvas.clear)
+        self.random_button.clicked.connect(self.pick_random_test_image)
+        self.test_spin.valueChanged.connect(self.show_test_image)
+        return page
+
+    def _build_points_page(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        top = QHBoxLayout()
+        self.boundary_label = QLabel()
+        self.boundary_label.setTextFormat(Qt.RichText)
+        self.boundary_label.setStyleSheet("font-size: 11pt;")
+        self.boundary_label.setWordWrap(True)
+        top.addWidget(self.boundary_label, 1)
+        self.show_points = QCheckBox("Show test data")
+        self.show_points.setChecked(True)
+        top.addWidget(self.show_points)
+        lay.addLayout(top)
+        maps = QHBoxLayout()
+        self.boundary = DecisionMap("Binary network")
+        self.twin_boundary = DecisionMap("Full-precision twin")
+        self.twin_boundary.setVisible(False)
+        maps.addWidget(self.boundary)
+        maps.addWidget(self.twin_boundary)
+        lay.addLayout(maps, 1)
+        self.show_points.toggled.connect(self._show_points)
+        return page
+
+    # ------------------------------------------------------------------ data in
+    def set_snapshot(self, snapshot, kind: str, class_names: Sequence[str],
+                     x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
+                     input_scale: str | None = None) -> None:
+        """The network to try. ``kind`` is "image" or "points"; ``x_test`` as the model sees
+        it (scaled). ``input_scale`` ("unit"/"symmetric") is guessed from ``x_test`` if not
+        given: drawings are made in [0, 1] and mapped the same way."""
+        names = tuple(str(n) for n in class_names)
+        if (kind, names) != (self._kind, self._class_names) or x_test is not self._x_test_given:
+            self._setup(kind, names, x_test, y_test, input_scale)
+        self._snapshot = snapshot
+        self._refresh.request()
+
+    def set_twin_snapshot(self, snapshot) -> None:
+        """The full-precision twin to compare with (None: no twin)."""
+        self._twin_snapshot = snapshot
+        self._refresh.request()
+
+    def _setup(self, kind, names, x_test, y_test, input_scale) -> None:
+        self._kind, self._class_names = kind, names
+        self._x_test_given = x_test
+        self._x_test = None if x_test is None else np.asarray(x_test, np.float32)
+        self._y_test = None if y_test is None else np.asarray(y_test)
+        if input_scale is None:
+            input_scale = "symmetric" if self._x_test is not None and self._x_test.min() < -0.01 \
+                else "unit"
+        self._symmetric = input_scale == "symmetric"
+        self._probs = self._twin_probs = self._field = self._twin_field = None
+        self._refresh.reset()
+        if kind == "points":
+            self.pages.setCurrentIndex(2)
+            self._extent = grid_extent(self._x_test)
+            x0, x1, y0, y1 = self._extent
+            gx, gy = np.meshgrid(np.linspace(x0, x1, GRID), np.linspace(y0, y1, GRID))
+            self._grid_points = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
+            for view in (self.boundary, self.twin_boundary):
+                view.set_class_names(names if len(names) >= 2 else ("class 0", "class 1"))
+            self.boundary_label.setText("Computing the decision boundary…")
+            self._show_points()
+        else:
+            self.pages.setCurrentIndex(1)
+            self.prob_chart.set_categories(names)
+            n = 0 if self._x_test is None else len(self._x_test)
+            self.test_spin.setEnabled(n > 0)
+            self.random_button.setEnabled(n > 0)
+            self.test_spin.blockSignals(True)
+            self.test_spin.setRange(0, max(0, n - 1))
+            self.test_spin.setValue(0)
+            self.test_spin.blockSignals(False)
+            if n:
+                self.show_test_image(0)  # something to look at before anyone draws
+
+    # ------------------------------------------------------------------ requests
+    def _ask(self, kind: str, fn, *args) -> None:
+        generation = self._asked.get(kind, 0) + 1
+        self._asked[kind] = generation
+        self._worker.submit(kind, _tagged, generation, fn, args)
+
+    def _request(self) -> None:
+        if self._snapshot is None:
+            return
+        if not self.isVisible():
+            self._stale = True  # hidden tabs cost nothing; caught up in showEvent
+            return
+        if self._kind == "points":
+            self._ask("points", _boundaries, self._models, self._twin_models, self._snapshot,
+                      self._twin_snapshot, self._grid_points, self._x_test, self._y_test)
+        else:
+            self._ask_image()
+
+    def _ask_image(self) -> None:
+        self.input_view.set_image(self._input)
+        if self._snapshot is None or self._kind != "image":
+            return
+        self._ask("image", _classify, self._models, self._twin_models, self._snapshot,
+                  self._twin_snapshot, self._model_input(self._input))
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._stale:
+            self._stale = False
+            self._request()
+
+    def is_idle(self) -> bool:
+        """True when every request has been answered and drawn (for tests and scripts)."""
+        return (not self._refresh._timer.isActive() and not self._follow_pen._timer.isActive()
+                and all(self._answered.get(k) == g for k, g in self._asked.items()))
+
+    def _on_result(self, kind, payload) -> None:
+        generation, result, error = payload
+        self._answered[kind] = generation
+        if generation != self._asked.get(kind):
+            return  # a newer request is on its way
+        if error is not None:
+            target = self.boundary_label if kind == "points" else self.prediction
+            target.setText(f"<b>Cannot run this model:</b> {error}")
+            return
+        if kind == "points":
+            self._show_boundaries(*result)
+        else:
+            self._show_probabilities(*result)
+
+    # ------------------------------------------------------------------ images
+    def _model_input(self, image: np.ndarray) -> np.ndarray:
+        x = image[None, :, :, None].astype(np.float32)
+        return x * 2.0 - 1.0 if self._symmetric else x
+
+    def _drawn(self) -> None:
+        self._source = "drawing"
+        self._follow_pen.request()
+
+    def _predict_drawing(self) -> None:
+        self._input = to_mnist(self.canvas.ink())
+        self.source_label.setText("Input: your drawing")
+        self._ask_image()
+
+    def show_test_image(self, index: int) -> None:
+        if self._x_test is None or not len(self._x_test):
+            return
+        index = int(np.clip(index, 0, len(self._x_test) - 1))
+        image = self._x_test[index, :, :, 0]
+        if self._symmetric:
+            image = (image + 1.0) / 2.0
+        self._source = "test"
+        self._input = np.clip(image, 0.0, 1.0)
+        self.canvas.set_ink(self._input)
+        self.canvas.clear_on_next_stroke = True
+        label = "" if self._y_test is None else \
+            f" — true class <b>{self._class_names[int(self._y_test[index])]}</b>"
+        self.source_label.setText(f"Input: test image #{index}{label}<br>(drawing starts a fresh canvas)")
+        self._ask_image()
+
+    def pick_random_test_image(self) -> None:
+        if self._x_test is not None and len(self._x_test):
+            self.test_spin.setValue(int(self._rng.integers(len(self._x_test))))
+
+    def _show_probabilities(self, probs: np.ndarray, twin_probs: np.ndarray | None) -> None:
+        self._probs, self._twin_probs = probs, twin_probs
+        self.prob_chart.set_values([probs, twin_probs])
+        text = f"<span style='color:{BNN_COLOR}'>Binary network</span> says " \
+               f"{self._verdict(probs)}"
+        if twin_probs is not None:
+            text += f"<br><span style='color:{TWIN_COLOR}'>Full-precision twin</span> says " \
+                    f"{self._verdict(twin_probs)}"
+        if self._source == "drawing" and not self._input.any():
+            text = "Draw a digit (or pick a test image) to see what the network makes of it."
+        self.prediction.setText(text)
+
+    def _verdict(self, probs: np.ndarray) -> str:
+        k = int(np.argmax(probs))
+        name = self._class_names[k] if k < len(self._class_names) else str(k)
+        return f"<b style='font-size: 20pt'>{name}</b> ({probs[k]:.0%})"
+
+    def probabilities(self) -> np.ndarray | None:
+        """Class probabilities of the binary network for the latest answered input."""
+        return None if self._probs is None else self._probs.copy()
+
+    def twin_probabilities(self) -> np.ndarray | None:
+        return None if self._twin_probs is None else self._twin_probs.copy()
+
+    def input_image(self) -> np.ndarray:
+        """The 28x28 image in [0, 1] the network is shown."""
+        self._follow_pen.flush()  # include the latest stroke
+        return self._input.copy()
+
+    # ------------------------------------------------------------------ points
+    def _show_boundaries(self, field, acc, twin_result, step) -> None:
+        self._field = field
+        self.boundary.set_field(field, self._extent)
+        self.boundary.set_title("Binary network" if acc is None
+                                else f"Binary network (test accuracy {acc:.1%})")
+        parts = [f"<span style='color:{BNN_COLOR}'>binary network</span>"
+                 + ("" if acc is None else f": test accuracy <b>{acc:.1%}</b>")]
+        self.twin_boundary.setVisible(twin_result is not None)
+        self._twin_field = None
+        if twin_result is not None:
+            self._twin_field, tacc = twin_result
+            self.twin_boundary.set_field(self._twin_field, self._extent)
+            self.twin_boundary.set_title("Full-precision twin" if tacc is None
+                                         else f"Full-precision twin (test accuracy {tacc:.1%})")
+            parts.append(f"<span style='color:{TWIN_COLOR}'>full-precision twin</span>"
+                         + ("" if tacc is None else f": <b>{tacc:.1%}</b>"))
+        positive = self._class_names[1] if len(self._class_names) > 1 else "class 1"
+        self.boundary_label.setText(
+            f"Colour is P({positive}), white where undecided; step {step}. " + " · ".join(parts))
+
+    def _show_points(self, *_args) -> None:
+        shown = self.show_points.isChecked()
+        for view in (self.boundary, self.twin_boundary):
+            view.set_points(self._x_test if shown else None, self._y_test)
+
+    def heatmap(self) -> np.ndarray | None:
+        """P(class 1) of the binary network over the grid, (GRID, GRID), row 0 at the bottom."""
+        return None if self._field is None else self._field.copy()
+
+    def twin_heatmap(self) -> np.ndarray | None:
+        return None if self._twin_field is None else self._twin_field.copy()

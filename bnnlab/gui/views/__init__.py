@@ -1,0 +1,1 @@
+"""Small reusable views (plain data in, pixels out) and helpers for the explorer panels."""

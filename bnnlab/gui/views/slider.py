@@ -1,0 +1,57 @@
+"""A horizontal slider over real values, with its name and current value beside it."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QWidget
+
+__all__ = ["ValueSlider"]
+
+
+class ValueSlider(QWidget):
+    """``value = minimum + step * k`` for integer slider positions ``k``.
+
+    ``value_changed(float)`` fires on every move (including keyboard and programmatic
+    changes), so views redraw while the handle is dragged, not on release.
+    """
+
+    value_changed = Signal(float)
+
+    def __init__(self, name: str, minimum: float, maximum: float, step: float, value: float, *,
+                 fmt: str = "{:.2f}", tooltip: str = "", parent=None):
+        super().__init__(parent)
+        self._min, self._step, self._fmt = float(minimum), float(step), fmt
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, round((maximum - minimum) / step))
+        self.slider.setValue(self._to_int(value))
+        self.slider.setMinimumWidth(70)
+        self._name = QLabel(name)
+        self._value = QLabel()
+        self._value.setMinimumWidth(48)
+        self._value.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        if tooltip:
+            for w in (self, self.slider, self._name):
+                w.setToolTip(tooltip)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self._name)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self._value)
+        self.slider.valueChanged.connect(self._moved)
+        self._show_value()
+
+    def _to_int(self, v: float) -> int:
+        return round((float(v) - self._min) / self._step)
+
+    def value(self) -> float:
+        return self._min + self._step * self.slider.value()
+
+    def set_value(self, v: float) -> None:
+        self.slider.setValue(self._to_int(v))
+
+    def _show_value(self) -> None:
+        self._value.setText(self._fmt.format(self.value()))
+
+    def _moved(self, _k: int) -> None:
+        self._show_value()
+        self.value_changed.emit(self.value())
