@@ -1,4 +1,4 @@
-"""The ``bnnlab`` command: the app, and train / summary / filters / bench.
+"""The ``bnnlab`` command: the app, and train / summary / filters / bench / export / run / import.
 
 Every subcommand takes ``--json`` for machine-readable output. Bad arguments and bad
 files exit with status 2 and a one-line reason on stderr; a run that fails (e.g. a
@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui")
+SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui", "export", "run", "import")
 
 
 class CliError(Exception):
@@ -43,11 +43,13 @@ def _load_scene_arg(arg: str):
 
 
 def _model_from_arg(arg: str):
-    """A model from a scene (freshly initialized) or a checkpoint (trained weights)."""
+    """A model from a scene (freshly initialized) or a checkpoint, .bnn or .h5 (trained weights)."""
     from .core.model import CheckpointError, load_checkpoint
     from .data import DatasetError, dataset_info
     from .experiment import build_model
 
+    if arg.lower().endswith((".bnn", ".h5")):
+        return _open_deployed(arg), "checkpoint"
     if arg.endswith(".npz"):
         try:
             model, _ = load_checkpoint(arg)
@@ -65,6 +67,12 @@ def _model_from_arg(arg: str):
         return build_model(scene, info.input_shape, len(info.class_names)), "scene"
     except SceneError as exc:
         raise CliError(str(exc)) from None
+
+
+def _open_deployed(path: str):
+    from .deploy.commands import open_deployed
+
+    return open_deployed(path)
 
 
 def _progress_bar(done: int, total: int, text: str, width: int = 28) -> str:
@@ -96,6 +104,7 @@ def cmd_train(args) -> int:
         folder = Path(args.out).resolve().parent
         if not folder.is_dir():
             raise CliError(f"--out: folder {folder} does not exist")
+    to_bnn = bool(args.out) and args.out.lower().endswith(".bnn")
     tty = sys.stderr.isatty() and not args.json
 
     def dl_progress(done, total):
@@ -107,6 +116,10 @@ def cmd_train(args) -> int:
         model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
     except (DatasetError, SceneError) as exc:
         raise CliError(str(exc)) from None
+    if to_bnn:  # find out before training whether the model can be exported at all
+        from .deploy.commands import check_exportable
+
+        check_exportable(model, scene, data.dataset)
     trainer = make_trainer(scene, model, data, telemetry=False)
     if not args.json:
         print(f"training {scene.name} on {data.dataset.name} ({len(data.x_train)} train, "
@@ -149,9 +162,16 @@ def cmd_train(args) -> int:
         trainer.stop()
         print("\nbnnlab train: interrupted", file=sys.stderr)
         return 130
-    if args.out:
+    if to_bnn:
+        from .deploy.commands import write_trained
+
+        size = write_trained(model, scene, data.dataset, results, args.out)
+        if not args.json:
+            print(f"saved {args.out} ({size:,} bytes)")
+    elif args.out:
         save_checkpoint(args.out, model, meta={"scene": scene.name, "dataset": data.dataset.name,
-                                               "epochs": results})
+                                               "epochs": results, "input_scale": scene.input_scale,
+                                               "seed": scene.seed, "limit_test": scene.limit_test})
         if not args.json:
             print(f"saved {args.out}")
     return 0
@@ -222,15 +242,44 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_export(args) -> int:
+    from .deploy.commands import cmd_export as run
+
+    return run(args)
+
+
+def cmd_run(args) -> int:
+    from .deploy.commands import cmd_run as run
+
+    return run(args)
+
+
+def cmd_import(args) -> int:
+    from .deploy.commands import cmd_import as run
+
+    return run(args)
+
+
 def cmd_gui(args) -> int:
     try:
         from .gui.app import main as gui_main
     except ImportError as exc:
         raise CliError(f"the desktop app cannot start: {exc}") from None
-    return gui_main([args.scene] if args.scene else [])
+    argv = [args.scene] if args.scene else []
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if args.measure_stall is not None:
+        argv += ["--measure-stall", str(args.measure_stall)]
+    return gui_main(argv)
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _is_scene_ref(arg: str) -> bool:
+    from .io.scenes import preset_names
+
+    return Path(arg).is_file() or arg in preset_names()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -249,16 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
     t.add_argument("--seed", type=int)
     t.add_argument("--limit-train", type=int, help="use only the first N training examples")
-    t.add_argument("--out", help="write a checkpoint (.npz) here")
+    t.add_argument("--out", help="write a checkpoint (.npz) or a deployable model (.bnn) here")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("summary", help="Larq-style model summary of a scene or checkpoint")
+    s = sub.add_parser("summary", help="Larq-style model summary of a scene, checkpoint, .bnn or .h5")
     s.add_argument("target")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
-    f = sub.add_parser("filters", help="duplicate binary 3x3 filters of a scene or checkpoint")
+    f = sub.add_parser("filters", help="duplicate binary 3x3 filters of a scene, checkpoint, .bnn or .h5")
     f.add_argument("target")
     f.add_argument("--top", type=int, default=16)
     f.add_argument("--json", action="store_true")
@@ -271,17 +320,54 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir")
     b.set_defaults(func=cmd_bench)
 
+    e = sub.add_parser("export", help="write a .bnn model file and/or C99 sources")
+    e.add_argument("source", help="checkpoint (.npz), Larq model (.h5) or .bnn")
+    e.add_argument("out", nargs="?", help="the .bnn file to write")
+    e.add_argument("--c", metavar="DIR", help="write dependency-free C99 sources into DIR")
+    e.add_argument("--input-scale", choices=("unit", "symmetric"),
+                   help="how images were scaled in training (default: from the checkpoint, else unit)")
+    e.add_argument("--dataset", help="dataset whose class names to store (default: the checkpoint's)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("run", help="run a .bnn model on a dataset's test set: accuracy and images/s")
+    r.add_argument("model")
+    r.add_argument("--data", required=True, help="dataset name, e.g. mnist")
+    r.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
+    r.add_argument("--limit", type=int, help="use only the first N test images")
+    r.add_argument("--seed", type=int, help="seed of a built-in data set (default: the model's)")
+    r.add_argument("--threads", type=int, help="threads for the runtime (default: all)")
+    r.add_argument("--bench", action="store_true",
+                   help="also time 1 and 2 threads against the float32 NumPy/BLAS network")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    im = sub.add_parser("import", help="read a Keras/Larq .h5 model; --out writes .bnn or .npz")
+    im.add_argument("model")
+    im.add_argument("--out")
+    im.add_argument("--input-scale", choices=("unit", "symmetric"),
+                    help="how the model's images were scaled (default: unit)")
+    im.add_argument("--dataset", help="dataset whose class names to store")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(func=cmd_import)
+
     g = sub.add_parser("gui", help="open the desktop app")
-    g.add_argument("scene", nargs="?")
+    g.add_argument("scene", nargs="?", help="a scene file (.toml) or a preset name")
+    g.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
+    g.add_argument("--measure-stall", type=float, metavar="SECONDS",
+                   help="train for SECONDS, print the longest event-loop stall, and quit")
     g.set_defaults(func=cmd_gui)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
-        argv = ["gui", *argv]
     try:
+        if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+            if argv and not _is_scene_ref(argv[0]):
+                raise CliError(f"{argv[0]!r} is not a command, a scene file or a preset; "
+                               f"commands: {', '.join(SUBCOMMANDS)} (bnnlab --help)")
+            argv = ["gui", *argv]
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()

@@ -5,3 +5,10 @@ import sys
 if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") \
         and not os.environ.get("WAYLAND_DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# Importing bnnlab.gui first protects the whole test session if PySide6 6.12 is installed
+# on Python < 3.12 (a reference-counting bug; see bnnlab/gui/__init__.py).
+try:
+    import bnnlab.gui  # noqa: F401
+except ImportError:
+    pass

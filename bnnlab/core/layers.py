@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
-from .binarizers import Binarizer, get_binarizer
+from .binarizers import ApproxSign, Binarizer, Sign, SteSign, SwishSign, get_binarizer
 from .shapes import conv_output_size
 
 __all__ = [
@@ -116,6 +116,22 @@ class Layer:
         return f"{self.type_name}({self.name})"
 
 
+# Binarizers whose forward pass is exactly ``binarizers.sign``: for these the layers fuse
+# the sign with the bit packing. Subclasses that override ``forward`` are not included.
+_SIGN_FORWARDS = frozenset(cls.forward for cls in (Sign, SteSign, ApproxSign, SwishSign))
+
+
+def _is_plain_sign(q: Binarizer | None) -> bool:
+    return q is not None and type(q).forward in _SIGN_FORWARDS
+
+
+def _is_plain_ste(q: Binarizer | None) -> bool:
+    """True when ``q.backward(x, dy)`` is exactly ``dy * (|x| <= q.clip_value)``."""
+    t = type(q)
+    return (q is not None and isinstance(q, SteSign) and t.grad is SteSign.grad
+            and t.backward is Binarizer.backward)
+
+
 def _glorot_uniform(shape, fan_in, fan_out, rng):
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape).astype(np.float32)
@@ -189,11 +205,45 @@ class _QuantBase(Layer):
 
     def _kernel_grad(self, dwq):
         kq = self.kernel_quantizer
-        self.kernel.grad[...] = dwq if kq is None else kq.backward(self.kernel.value, dwq)
+        if kq is None:
+            self.kernel.grad[...] = dwq
+        elif _is_plain_ste(kq) and kq.clip_value is not None:
+            self.kernel.grad[...] = K.ste_gate(self.kernel.value, dwq, kq.clip_value)
+        else:
+            self.kernel.grad[...] = kq.backward(self.kernel.value, dwq)
+
+    def _packed_kernel(self, rng):
+        """(wq_t, bt): the binarized kernel as (out, fan_in) float32 and its packed bits.
+
+        bt is the (words_for(fan_in), out) layout of ``xnor_gemm``. For a plain sign the
+        latent kernel is binarized and packed in one pass, already transposed.
+        """
+        w = self.kernel.value
+        units = w.shape[-1]
+        if _is_plain_sign(self.kernel_quantizer):
+            wq_t, bits = K.sign_pack(np.ascontiguousarray(w.reshape(-1, units).T))
+            return wq_t, np.ascontiguousarray(bits.T)
+        wq = self.quantized_kernel(rng)
+        wq_t = np.ascontiguousarray(wq.reshape(-1, units).T, dtype=np.float32)
+        return wq_t, K.pack_weights(np.ascontiguousarray(wq_t.T))
 
     def _input_grad(self, dxq):
         iq = self.input_quantizer
-        return dxq if iq is None else iq.backward(self.last_input, dxq)
+        if iq is None:
+            return dxq
+        if _is_plain_ste(iq) and iq.clip_value is not None:
+            return K.ste_gate(self.last_input, dxq, iq.clip_value)
+        return iq.backward(self.last_input, dxq)
+
+    def _sign_and_pack(self, x, rng):
+        """(xq, bits): the binarized input and its packed sign bits, last axis packed."""
+        if _is_plain_sign(self.input_quantizer):
+            return K.sign_pack(x)
+        xq = np.ascontiguousarray(self._quantize_input(x, rng), dtype=np.float32)
+        c = xq.shape[-1]
+        bits = np.empty((xq.size // c, K.words_for(c)), np.uint64)
+        K.pack_rows(xq.reshape(-1, c), bits)
+        return xq, bits
 
     def config(self):
         def q(b):
@@ -267,14 +317,6 @@ class QuantConv2D(_QuantBase):
         ho, wo, _ = self.output_shape
         return h, w, c, ho, wo
 
-    def _cols(self, xq):
-        h, w, c, ho, wo = self._geometry()
-        n = xq.shape[0]
-        kh, kw = self.kernel_size
-        cols = np.empty((n * ho * wo, kh * kw * c), np.float32)
-        return K.im2col(np.ascontiguousarray(xq, dtype=np.float32), kh, kw, self.strides,
-                        self._pt, self._pl, ho, wo, np.float32(self.pad_values), cols)
-
     def _has_padding(self):
         h, w, c, ho, wo = self._geometry()
         kh, kw = self.kernel_size
@@ -283,12 +325,17 @@ class QuantConv2D(_QuantBase):
 
     def _pad_correction(self, wm):
         # The packed path treats zero padding as +1; subtract what those taps added.
+        # Which taps are padding depends only on the geometry, so that mask is kept.
         h, w, c, ho, wo = self._geometry()
         kh, kw = self.kernel_size
-        mask = np.zeros((1, h, w, c), np.float32)
-        cols = np.empty((ho * wo, kh * kw * c), np.float32)
-        K.im2col(mask, kh, kw, self.strides, self._pt, self._pl, ho, wo, np.float32(1.0), cols)
-        return cols @ wm  # (Ho*Wo, F)
+        key = (h, w, c, kh, kw, self.strides, self._pt, self._pl)
+        cache = getattr(self, "_pad_correction_cache", None)
+        if cache is None or cache[0] != key:
+            mask = np.zeros((1, h, w, c), np.float32)
+            cols = np.empty((ho * wo, kh * kw * c), np.float32)
+            K.im2col(mask, kh, kw, self.strides, self._pt, self._pl, ho, wo, np.float32(1.0), cols)
+            cache = self._pad_correction_cache = (key, cols)
+        return K.matmul(cache[1], wm)  # (Ho*Wo, F)
 
     def forward(self, x, training=False, rng=None):
         n = x.shape[0]
@@ -297,24 +344,29 @@ class QuantConv2D(_QuantBase):
         h, w, c, ho, wo = self._geometry()
         kh, kw = self.kernel_size
         self.last_input = x
-        xq = np.ascontiguousarray(self._quantize_input(x, rng), dtype=np.float32)
-        wq = self.quantized_kernel(rng)
-        wm = np.ascontiguousarray(wq.reshape(kh * kw * c, self.filters))
         if self.binary:
             pad_bit = 1 if self.pad_values == -1.0 else 0
-            a = K.pack_conv_input(xq, kh, kw, self.strides, (self._pt, self._pl), (ho, wo), pad_bit)
-            z = K.xnor_gemm(a, K.pack_weights(wm), kh * kw * c).astype(np.float32)
+            wq_t, bt = self._packed_kernel(rng)
+            xq, pix = self._sign_and_pack(x, rng)
+            a = K.pack_patches_parallel(pix, n, h, w, c, kh, kw, self.strides, self._pt,
+                                        self._pl, ho, wo, pad_bit)
+            z = np.empty((n * ho * wo, self.filters), np.float32)
+            K.xnor_gemm(a, bt, kh * kw * c, out=z)
             if self.pad_values == 0.0 and self._has_padding():
                 z = z.reshape(n, ho * wo, self.filters)
-                z -= self._pad_correction(wm)[None]
-        elif kh * kw * c < 64:
-            z = np.empty((n, ho, wo, self.filters), np.float32)
-            K.conv_forward_direct(xq, np.ascontiguousarray(wq), self.strides, self._pt, self._pl,
-                                  np.float32(self.pad_values), z)
+                z -= self._pad_correction(wq_t.T)[None]
         else:
-            z = self._cols(xq) @ wm
+            # Direct convolution reading patches in place: no im2col copy and no BLAS.
+            wq = self.quantized_kernel(rng)
+            wq_t = np.ascontiguousarray(wq.reshape(kh * kw * c, self.filters).T, dtype=np.float32)
+            xq = np.ascontiguousarray(self._quantize_input(x, rng), dtype=np.float32)
+            z = np.empty((n, ho, wo, self.filters), np.float32)
+            K.conv_forward_direct(xq, np.ascontiguousarray(wq, dtype=np.float32), self.strides,
+                                  self._pt, self._pl, np.float32(self.pad_values), z)
         if training:
-            self._xq, self._wq = xq, wq
+            # The binarized kernel is kept filter-major, (F, kh, kw, C), as backward reads it.
+            self._xq = xq
+            self._wt = wq_t.reshape(self.filters, kh, kw, c)
         return self._epilogue(z.reshape(n, ho, wo, self.filters))
 
     def backward(self, dy):
@@ -323,22 +375,19 @@ class QuantConv2D(_QuantBase):
         kh, kw = self.kernel_size
         dz = np.ascontiguousarray(self._epilogue_backward(dy), dtype=np.float32)
         need_dx = self.need_input_grad
-        if self.pad_values != 0.0 and self._has_padding():
-            # Non-zero padding feeds the weight gradient: take the dense im2col route.
-            wm = self._wq.reshape(kh * kw * c, self.filters)
-            dz2 = dz.reshape(n * ho * wo, self.filters)
-            self._kernel_grad((self._cols(self._xq).T @ dz2).reshape(self._wq.shape))
-            if not need_dx:
-                return None
-            dxq = np.empty((n, h, w, c), np.float32)
-            K.col2im(dz2 @ wm.T, n, h, w, c, kh, kw, self.strides, self._pt, self._pl, ho, wo, dxq)
-            return self._input_grad(dxq)
-        wt = np.ascontiguousarray(self._wq.transpose(3, 0, 1, 2))
+        # Padded taps hold pad_values, so with ±1 padding they feed the weight gradient.
+        wt = self._wt
         dwt = np.empty_like(wt)
-        dxq = np.empty((n, h, w, c) if need_dx else (1, 1, 1, 1), np.float32)
-        K.conv_backward(self._xq, wt, dz, self.strides, self._pt, self._pl, need_dx, dwt, dxq)
+        dxq = np.empty((n, h, w, c), np.float32) if need_dx else None
+        iq = self.input_quantizer
+        fuse_gate = need_dx and _is_plain_ste(iq) and iq.clip_value is not None
+        K.conv_backward(self._xq, wt, dz, self.strides, self._pt, self._pl, need_dx, dwt, dxq,
+                        pad_value=self.pad_values, gate=self.last_input if fuse_gate else None,
+                        clip=iq.clip_value if fuse_gate else 1.0)
         self._kernel_grad(dwt.transpose(1, 2, 3, 0))
-        return self._input_grad(dxq) if need_dx else None
+        if not need_dx:
+            return None
+        return dxq if fuse_gate else self._input_grad(dxq)
 
     def config(self):
         d = super().config()
@@ -400,24 +449,26 @@ class QuantDense(_QuantBase):
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"{self.name}: expected input (N, {self.input_shape}), got {x.shape}")
         self.last_input = x
-        xq = self._quantize_input(x, rng)
-        wq = self.quantized_kernel(rng)
-        self._wm = wq
-        self._xq = xq
         if self.binary:
-            a = np.empty((x.shape[0], K.words_for(self.input_shape[0])), np.uint64)
-            K.pack_rows(np.ascontiguousarray(xq, dtype=np.float32), a)
-            z = K.xnor_gemm(a, K.pack_weights(wq), self.input_shape[0]).astype(np.float32)
+            wq_t, bt = self._packed_kernel(rng)
+            xq, a = self._sign_and_pack(x, rng)
+            z = np.empty((x.shape[0], self.units), np.float32)
+            K.xnor_gemm(a, bt, self.input_shape[0], out=z)
         else:
-            z = xq @ wq
+            wq = self.quantized_kernel(rng)
+            wq_t = np.ascontiguousarray(np.transpose(wq), dtype=np.float32)
+            xq = self._quantize_input(x, rng)
+            z = K.matmul(xq, wq)
+        self._wq_t = wq_t  # (units, in): backward needs dz @ wq.T
+        self._xq = xq
         return self._epilogue(z)
 
     def backward(self, dy):
         dz = self._epilogue_backward(dy)
-        self._kernel_grad(self._xq.T @ dz)
+        self._kernel_grad(K.matmul(self._xq, dz, trans_a=True))
         if not self.need_input_grad:
             return None
-        return self._input_grad(dz @ self._wm.T)
+        return self._input_grad(K.matmul(dz, self._wq_t))
 
     def config(self):
         d = super().config()
@@ -492,40 +543,44 @@ class BatchNorm(Layer):
         c = x.shape[-1]
         x2 = x.reshape(-1, c)
         if training:
-            mean = x2.mean(axis=0)
-            xc = x2 - mean
-            var = np.einsum("ij,ij->j", xc, xc) / x2.shape[0]
-            inv = (1.0 / np.sqrt(var + self.epsilon)).astype(np.float32)
-            xhat = xc * inv
-            self._xhat, self._inv = xhat, inv
+            x2 = np.ascontiguousarray(x2, dtype=np.float32)
+            scale = self.gamma.value if self.gamma is not None else self._ones(c)
+            offset = self.beta.value if self.beta is not None else self._zeros(c)
+            # Statistics are summed in float64; everything else stays float32.
+            y, mean, var, mean32, inv = K.bn_forward_train(x2, scale, offset, self.epsilon)
+            mean = mean.astype(np.float32)
+            var = var.astype(np.float32)
+            # backward recomputes xhat = (x - mean) * inv from these instead of storing it
+            self._x2, self._mean32, self._inv = x2, mean32, inv
             m = self.momentum
             self.moving_mean *= m
             self.moving_mean += (1 - m) * mean
             self.moving_variance *= m
             self.moving_variance += (1 - m) * var
-            y = xhat * self.gamma.value if self.gamma is not None else xhat.copy()
-            if self.beta is not None:
-                y += self.beta.value
             return y.reshape(x.shape)
         a, b = self.scale_offset()
         return (x2 * a + b).astype(np.float32).reshape(x.shape)
 
     def backward(self, dy):
         c = dy.shape[-1]
-        dy2 = dy.reshape(-1, c)
-        xhat = self._xhat
+        dy2 = np.ascontiguousarray(dy.reshape(-1, c), dtype=np.float32)
+        gamma = self.gamma.value if self.gamma is not None else self._ones(c)
+        dx, sdy, sdyx = K.bn_backward_train(dy2, self._x2, self._mean32, self._inv, gamma)
         if self.beta is not None:
-            self.beta.grad[...] = dy2.sum(axis=0)
+            self.beta.grad[...] = sdy
         if self.gamma is not None:
-            self.gamma.grad[...] = np.einsum("ij,ij->j", dy2, xhat)
-            dxhat = dy2 * self.gamma.value
-        else:
-            dxhat = dy2
-        m = dy2.shape[0]
-        mean_d = dxhat.mean(axis=0)
-        mean_dx = np.einsum("ij,ij->j", dxhat, xhat) / m
-        dx = (dxhat - mean_d - xhat * mean_dx) * self._inv
+            self.gamma.grad[...] = sdyx
         return dx.reshape(dy.shape)
+
+    def _ones(self, c):
+        if getattr(self, "_ones_c", None) is None or self._ones_c.shape[0] != c:
+            self._ones_c = np.ones(c, np.float32)
+        return self._ones_c
+
+    def _zeros(self, c):
+        if getattr(self, "_zeros_c", None) is None or self._zeros_c.shape[0] != c:
+            self._zeros_c = np.zeros(c, np.float32)
+        return self._zeros_c
 
     def config(self):
         return {"type": self.type_name, "momentum": self.momentum, "epsilon": self.epsilon,

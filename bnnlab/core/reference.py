@@ -87,3 +87,74 @@ def maxpool_ref(x, p, s):
         axis=-1,
     )
     return win.max(axis=-1), win.argmax(axis=-1).astype(np.int8)
+
+
+def maxpool_backward_ref(dy, arg, p, s, input_shape):
+    """Each pooled gradient added to its window's winning input (zero elsewhere)."""
+    dx = np.zeros(input_shape, np.float64)
+    for i in np.ndindex(dy.shape):
+        t = int(arg[i])
+        dx[i[0], i[1] * s + t // p, i[2] * s + t % p, i[3]] += dy[i]
+    return dx
+
+
+def sign_ref(x):
+    """+1 where x >= 0, else -1 (NaN too), float32: ``binarizers.sign``."""
+    return np.where(np.asarray(x) >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def sign_pack_ref(x):
+    """(sign(x), packed sign bits of the last axis), as ``kernels.sign_pack``."""
+    xq = sign_ref(x)
+    return xq, pack_rows_ref(xq.reshape(-1, xq.shape[-1]))
+
+
+def ste_gate_ref(x, dy, clip):
+    """The ste_sign straight-through gradient dy * 1[|x| <= clip], float32."""
+    return (np.asarray(dy, np.float32) * (np.abs(x) <= clip)).astype(np.float32)
+
+
+def padded_input_ref(x, kh, kw, stride, pad_top, pad_left, ho, wo, value):
+    """x inside a block of ``value`` big enough for every (ho, wo) window, float64."""
+    n, h, w, c = x.shape
+    hp = max(h + pad_top, (ho - 1) * stride + kh)
+    wp = max(w + pad_left, (wo - 1) * stride + kw)
+    xp = np.full((n, hp, wp, c), value, np.float64)
+    xp[:, pad_top:pad_top + h, pad_left:pad_left + w] = x
+    return xp
+
+
+def conv_backward_ref(x, w, dz, stride, pad_top, pad_left, pad_value=0.0):
+    """Dense float64 convolution gradients: (dw (kh, kw, C, F), dx (N, H, W, C)).
+
+    w is the (kh, kw, C, F) kernel of the forward pass; padded taps hold pad_value,
+    so with ±1 padding they add to dw; dx has the input's shape.
+    """
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w.shape
+    ho, wo = dz.shape[1], dz.shape[2]
+    xp = padded_input_ref(x, kh, kw, stride, pad_top, pad_left, ho, wo, pad_value)
+    dz = dz.astype(np.float64)
+    dw = np.zeros((kh, kw, c, f))
+    dxp = np.zeros(xp.shape)
+    for dy in range(kh):
+        for dx in range(kw):
+            win = (slice(None), slice(dy, dy + stride * (ho - 1) + 1, stride),
+                   slice(dx, dx + stride * (wo - 1) + 1, stride))
+            dw[dy, dx] = np.einsum("nhwc,nhwf->cf", xp[win], dz)
+            dxp[win] += np.einsum("nhwf,cf->nhwc", dz, w[dy, dx].astype(np.float64))
+    return dw, dxp[:, pad_top:pad_top + h, pad_left:pad_left + wd]
+
+
+def batchnorm_train_ref(x2, gamma, beta, eps, dy2):
+    """Training-mode batch norm of (M, C), float64: (y, xhat, mean, var, dx, dgamma, dbeta)."""
+    x2 = x2.astype(np.float64)
+    mean = x2.mean(axis=0)
+    var = x2.var(axis=0)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (x2 - mean) * inv
+    y = xhat * gamma + beta
+    dy2 = dy2.astype(np.float64)
+    dxhat = dy2 * gamma
+    dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) * inv
+    return y, xhat, mean, var, dx, (dy2 * xhat).sum(axis=0), dy2.sum(axis=0)

@@ -271,6 +271,8 @@ class Trainer:
                     if now > window_t:
                         ips = window_images / (now - window_t)
                     window_t, window_images = now, 0
+                    # Telemetry first: validation overwrites each layer's last input.
+                    layers = self._all_telemetry()
                     if last and self.x_val is not None:
                         val_loss, val_acc = model.evaluate(self.x_val, self.y_val)
                         window_t = time.perf_counter()  # validation time is not training speed
@@ -278,15 +280,16 @@ class Trainer:
                     if last and epoch == self.epochs:
                         event = "done"
                     yield self._snapshot(event, step, epoch, b + 1, loss_sum, correct, seen,
-                                         val_loss, val_acc, ips, start, epoch_end=last)
+                                         val_loss, val_acc, ips, start, epoch_end=last,
+                                         layers=layers)
         assert step == total_steps
 
     def _snapshot(self, event, step, epoch, batch, loss_sum, correct, seen, val_loss, val_acc,
-                  ips, start, epoch_end=False) -> Snapshot:
+                  ips, start, epoch_end=False, layers=None) -> Snapshot:
         loss = loss_sum / seen if seen else float("nan")
         acc = correct / seen if seen else float("nan")
-        layers = tuple(self._layer_telemetry(i, q) for i, q in enumerate(self._quant)) \
-            if self.telemetry else ()
+        if layers is None:
+            layers = self._all_telemetry()
         c = self._curves
         if seen:
             c.step.append(step)
@@ -314,6 +317,11 @@ class Trainer:
         )
         self.last_snapshot = snap
         return snap
+
+    def _all_telemetry(self) -> tuple[LayerTelemetry, ...]:
+        if not self.telemetry:
+            return ()
+        return tuple(self._layer_telemetry(i, q) for i, q in enumerate(self._quant))
 
     def _layer_telemetry(self, i: int, q: _QuantBase) -> LayerTelemetry:
         w = q.kernel.value

@@ -1,0 +1,583 @@
+"""Generate dependency-free C99 from a ``.bnn`` model, for microcontrollers.
+
+The output is ``bnn_model.h`` / ``bnn_model.c`` (the network: const weight and threshold
+tables, two static activation buffers, no malloc, no libc beyond ``<stdint.h>``), a tiny
+``main.c`` that classifies inputs read from a file, and a ``Makefile``.
+
+Activations are 32-bit words per pixel (channel c at bit c % 32 of word c / 32, bit 1 =
+-1), since 32 bits is the natural word of a Cortex-M. Binary blocks use only integer
+XOR, popcount, compare; a dense layer is a convolution whose kernel covers its whole
+input. Floats appear only where the model has them: a first layer on float input and the
+final scale/offset to logits, each computed in the same order as the Python runtime so
+the two agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile
+
+__all__ = ["CExport", "build_c", "export_c", "generate_c", "measure_c"]
+
+_COMMON = r"""
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_POPCOUNT(x) __builtin_popcount(x)
+#else
+static int bnn_popcount(uint32_t x)
+{
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    return (int)((x * 0x01010101u) >> 24);
+}
+#define BNN_POPCOUNT(x) bnn_popcount(x)
+#endif
+
+/* Geometry of one block: a convolution (a dense layer is one whose kernel covers its
+ * whole input), then a max pool over the accumulators. */
+typedef struct {
+    int h, w, c;          /* input */
+    int f;                /* output channels */
+    int kh, kw, stride;
+    int pad_top, pad_left;
+    int pad;              /* value of a tap outside the input: 0 (skipped), 1 or -1 */
+    int ho, wo;           /* convolution output */
+    int pool, pool_stride;
+    int hp, wp;           /* pooled output */
+} bnn_geometry;
+
+"""
+
+_EMIT = r"""
+/* +1 (bit 0) when sgn * m >= thr: sgn = 1 for "m >= t", -1 for "m <= t" (thr = -t),
+ * 0 for a constant channel (thr = 0 gives +1, thr = 1 gives -1). */
+static void bnn_emit_bit(uint32_t *out, int q, int cw, int f, int plus)
+{
+    uint32_t *word = &out[q * cw + f / 32];
+    if (f % 32 == 0) {
+        *word = 0u;
+    }
+    if (!plus) {
+        *word |= (uint32_t)1u << (f % 32);
+    }
+}
+
+"""
+
+_BITS = r"""
+/* Binary convolution on packed pixels: dot = taps - 2 popcount(x ^ w). */
+static int32_t bnn_dot_bits(const bnn_geometry *g, const uint32_t *x, const uint32_t *wf,
+                            int oy, int ox)
+{
+    int cw = (g->c + 31) / 32;
+    int32_t pop = 0, k = 0;
+    int dy, dx, j;
+    for (dy = 0; dy < g->kh; dy++) {
+        int iy = oy * g->stride + dy - g->pad_top;
+        for (dx = 0; dx < g->kw; dx++) {
+            int ix = ox * g->stride + dx - g->pad_left;
+            const uint32_t *wt = &wf[(dy * g->kw + dx) * cw];
+            if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) {
+                const uint32_t *px = &x[(iy * g->w + ix) * cw];
+                for (j = 0; j < cw; j++) {
+                    pop += BNN_POPCOUNT(px[j] ^ wt[j]);
+                }
+            } else if (g->pad != 0) {
+                for (j = 0; j < cw; j++) {
+                    int bits = g->c - 32 * j < 32 ? g->c - 32 * j : 32;
+                    uint32_t all = bits == 32 ? 0xFFFFFFFFu : (((uint32_t)1u << bits) - 1u);
+                    pop += BNN_POPCOUNT((g->pad < 0 ? all : 0u) ^ wt[j]);
+                }
+            } else {
+                continue;
+            }
+            k += g->c;
+        }
+    }
+    return k - 2 * pop;
+}
+
+static void bnn_block_bits(const bnn_geometry *g, const uint32_t *x, const uint32_t *w,
+                           const int8_t *sgn, const BNN_THR_T *thr, const float *scale,
+                           const float *offset, uint32_t *out_bits, float *out_logits)
+{
+    int cw_in = (g->c + 31) / 32, cw_out = (g->f + 31) / 32;
+    int filter_words = g->kh * g->kw * cw_in;
+    int py, px, f, wy, wx;
+    for (py = 0; py < g->hp; py++) {
+        for (px = 0; px < g->wp; px++) {
+            int q = py * g->wp + px;
+            for (f = 0; f < g->f; f++) {
+                int32_t m = 0;
+                int first = 1;
+                for (wy = 0; wy < g->pool; wy++) {
+                    for (wx = 0; wx < g->pool; wx++) {
+                        int32_t d = bnn_dot_bits(g, x, &w[f * filter_words],
+                                                 py * g->pool_stride + wy, px * g->pool_stride + wx);
+                        if (first || d > m) {
+                            m = d;
+                        }
+                        first = 0;
+                    }
+                }
+                if (out_logits) {
+                    out_logits[q * g->f + f] = (float)m * scale[f] + offset[f];
+                } else {
+                    bnn_emit_bit(out_bits, q, cw_out, f, (int32_t)sgn[f] * m >= (int32_t)thr[f]);
+                }
+            }
+        }
+    }
+}
+"""
+
+_RAW_INT = r"""
+/* First layer, integer: raw uint8 input, binary kernel, sum of +-pixel over the taps
+ * inside the image (a raw zero outside). */
+static int32_t bnn_dot_raw_int(const bnn_geometry *g, const uint8_t *x, const uint32_t *wf,
+                               int oy, int ox)
+{
+    int32_t acc = 0;
+    int dy, dx, cc;
+    for (dy = 0; dy < g->kh; dy++) {
+        int iy = oy * g->stride + dy - g->pad_top;
+        for (dx = 0; dx < g->kw; dx++) {
+            int ix = ox * g->stride + dx - g->pad_left;
+            if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) {
+                continue;
+            }
+            for (cc = 0; cc < g->c; cc++) {
+                int t = (dy * g->kw + dx) * g->c + cc;
+                int32_t v = (int32_t)x[(iy * g->w + ix) * g->c + cc];
+                acc += ((wf[t / 32] >> (t % 32)) & 1u) ? -v : v;
+            }
+        }
+    }
+    return acc;
+}
+
+static void bnn_block_raw_int(const bnn_geometry *g, const uint8_t *x, const uint32_t *w,
+                              const int8_t *sgn, const BNN_THR0_T *thr, const float *scale,
+                              const float *offset, uint32_t *out_bits, float *out_logits)
+{
+    int filter_words = (g->kh * g->kw * g->c + 31) / 32;
+    int cw_out = (g->f + 31) / 32;
+    int py, px, f, wy, wx;
+    for (py = 0; py < g->hp; py++) {
+        for (px = 0; px < g->wp; px++) {
+            int q = py * g->wp + px;
+            for (f = 0; f < g->f; f++) {
+                int32_t m = 0;
+                int first = 1;
+                for (wy = 0; wy < g->pool; wy++) {
+                    for (wx = 0; wx < g->pool; wx++) {
+                        int32_t d = bnn_dot_raw_int(g, x, &w[f * filter_words],
+                                                    py * g->pool_stride + wy, px * g->pool_stride + wx);
+                        if (first || d > m) {
+                            m = d;
+                        }
+                        first = 0;
+                    }
+                }
+                if (out_logits) {
+                    out_logits[q * g->f + f] = (float)m * scale[f] + offset[f];
+                } else {
+                    bnn_emit_bit(out_bits, q, cw_out, f, (int32_t)sgn[f] * m >= (int32_t)thr[f]);
+                }
+            }
+        }
+    }
+}
+"""
+
+_RAW_FLOAT = r"""
+/* First layer, float: x = raw * scale + offset, summed tap by tap in (dy, dx, c) order. */
+static float bnn_dot_raw_float(const bnn_geometry *g, const bnn_input_t *x, const float *wf,
+                               int oy, int ox)
+{
+    float acc = 0.0f;
+    int dy, dx, cc;
+    for (dy = 0; dy < g->kh; dy++) {
+        int iy = oy * g->stride + dy - g->pad_top;
+        for (dx = 0; dx < g->kw; dx++) {
+            int ix = ox * g->stride + dx - g->pad_left;
+            int inside = iy >= 0 && iy < g->h && ix >= 0 && ix < g->w;
+            if (!inside && g->pad == 0) {
+                continue;
+            }
+            for (cc = 0; cc < g->c; cc++) {
+                int t = (dy * g->kw + dx) * g->c + cc;
+                float v = inside ? (float)x[(iy * g->w + ix) * g->c + cc] * BNN_INPUT_SCALE
+                                       + BNN_INPUT_OFFSET
+                                 : (float)g->pad;
+                acc += wf[t] * v;
+            }
+        }
+    }
+    return acc;
+}
+
+static void bnn_block_raw_float(const bnn_geometry *g, const bnn_input_t *x, const float *w,
+                                const int8_t *sgn, const float *thr, const float *scale,
+                                const float *offset, uint32_t *out_bits, float *out_logits)
+{
+    int k = g->kh * g->kw * g->c;
+    int cw_out = (g->f + 31) / 32;
+    int py, px, f, wy, wx;
+    for (py = 0; py < g->hp; py++) {
+        for (px = 0; px < g->wp; px++) {
+            int q = py * g->wp + px;
+            for (f = 0; f < g->f; f++) {
+                float m = 0.0f;
+                int first = 1;
+                for (wy = 0; wy < g->pool; wy++) {
+                    for (wx = 0; wx < g->pool; wx++) {
+                        float d = bnn_dot_raw_float(g, x, &w[f * k],
+                                                    py * g->pool_stride + wy, px * g->pool_stride + wx);
+                        if (first || d > m) {
+                            m = d;
+                        }
+                        first = 0;
+                    }
+                }
+                if (out_logits) {
+                    out_logits[q * g->f + f] = m * scale[f] + offset[f];
+                } else {
+                    bnn_emit_bit(out_bits, q, cw_out, f, (float)sgn[f] * m >= thr[f]);
+                }
+            }
+        }
+    }
+}
+"""
+
+_MAIN = r"""/* Example: classify inputs stored back to back in a binary file (or stdin).
+ *   ./bnn_demo images.bin      prints one class index per input
+ * Each input is BNN_INPUT_SIZE values of bnn_input_t, in the model's (H, W, C) order. */
+#include <stdio.h>
+#include "bnn_model.h"
+
+int main(int argc, char **argv)
+{
+    static bnn_input_t input[BNN_INPUT_SIZE];
+    float logits[BNN_NUM_OUTPUTS];
+    FILE *f = argc > 1 ? fopen(argv[1], "rb") : stdin;
+    if (f == NULL) {
+        fprintf(stderr, "cannot open %s\n", argv[1]);
+        return 2;
+    }
+    while (fread(input, sizeof input[0], BNN_INPUT_SIZE, f) == BNN_INPUT_SIZE) {
+        printf("%d\n", bnn_infer(input, logits));
+    }
+    if (f != stdin) {
+        fclose(f);
+    }
+    return 0;
+}
+"""
+
+_MAKEFILE = """CC ?= gcc
+CFLAGS ?= -std=c99 -Wall -Wextra -Werror -O2
+
+bnn_demo: main.c bnn_model.c bnn_model.h
+\t$(CC) $(CFLAGS) -o $@ main.c bnn_model.c
+
+clean:
+\trm -f bnn_demo
+"""
+
+
+@dataclass
+class CExport:
+    """What :func:`export_c` wrote and the memory it needs."""
+
+    files: list[str]
+    table_bytes: int  # const weights, thresholds and scales (flash)
+    ram_bytes: int  # the two static activation buffers
+    tables: dict[str, int] = field(default_factory=dict)  # per array
+
+
+def _c_array(ctype: str, name: str, values, per_line: int = 8, fmt=str) -> str:
+    vals = [fmt(v) for v in values]
+    lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)] or ["0"]
+    body = ",\n    ".join(lines)
+    return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n    {body}\n}};\n"
+
+
+def _hex32(v) -> str:
+    return f"0x{int(v):08X}u"
+
+
+def _float(v) -> str:
+    v = float(np.float32(v))
+    if v == 0.0:
+        return "-0.0f" if np.signbit(v) else "0.0f"
+    return f"{v!r}f" if "e" in repr(v) or "." in repr(v) else f"{v!r}.0f"
+
+
+def _words32(bits: np.ndarray) -> np.ndarray:
+    """Rows of 0/1 (R, n) -> (R, ceil(n/32)) uint32, bit i of a row at bit i % 32 of word i / 32."""
+    r, n = bits.shape
+    padded = np.zeros((r, -(-n // 32) * 32), np.uint8)
+    padded[:, :n] = bits
+    return np.packbits(padded, axis=1, bitorder="little").view("<u4").astype(np.uint32)
+
+
+def _block_weights(b: Block) -> np.ndarray:
+    """Binary kernels in the C layout: per filter, per tap, ceil(C/32) words."""
+    neg = (b.signs() < 0).astype(np.uint8)
+    if b.input == "raw":
+        return _words32(neg)  # one bit stream per filter
+    c = b.in_shape[2]
+    taps = b.fan_in // c
+    per_tap = neg.reshape(b.out_channels * taps, c)
+    return _words32(per_tap).reshape(b.out_channels, -1)
+
+
+def _thresholds(b: Block):
+    m = b.modes
+    t = b.thresholds
+    sgn = np.select([m == MODE_GE, m == MODE_LE], [1, -1], 0).astype(np.int8)
+    if b.acc == "int32":
+        t64 = np.clip(t.astype(np.int64), -(2**31 - 1), 2**31 - 1)
+        thr = np.select([m == MODE_GE, m == MODE_LE, m == MODE_PLUS], [t64, -t64, 0], 1)
+        return sgn, thr.astype(np.int64)
+    thr = np.select([m == MODE_GE, m == MODE_LE, m == MODE_PLUS],
+                    [t.astype(np.float32), -t.astype(np.float32), np.float32(0)], np.float32(1))
+    return sgn, thr.astype(np.float32)
+
+
+def _int_type(values: np.ndarray) -> str:
+    lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
+    return "int16_t" if -32768 <= lo and hi <= 32767 else "int32_t"
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", text)
+
+
+def generate_c(mf: ModelFile) -> tuple[dict[str, str], CExport]:
+    """The generated files' texts by name, and the export's memory figures."""
+    spec = mf.input
+    n_in = int(np.prod(spec.shape))
+    in_type = "uint8_t" if spec.encoding == "uint8" else "float"
+    decls, calls, tables = [], [], {}
+    buf_words = [0, 0]
+    thr_type = "int16_t"
+    thr0_type = "int32_t"
+    b0 = mf.blocks[0]
+    for i, b in enumerate(mf.blocks):
+        p = f"b{i}"
+        ho, wo, _ = b.conv_shape
+        hp, wp, _ = b.out_shape
+        if b.kind == "conv2d":
+            kh, kw = b.kernel_size
+            stride, pt, pl = b.stride, b.pads[0], b.pads[2]
+            pool, pst = b.pool if b.pool[0] else (1, 1)
+        else:
+            kh, kw, stride, pt, pl, pool, pst = b.in_shape[0], b.in_shape[1], 1, 0, 0, 1, 1
+        h, w, c = b.in_shape
+        geo = (f"static const bnn_geometry {p}_geo = {{{h}, {w}, {c}, {b.out_channels}, {kh}, {kw}, "
+               f"{stride}, {pt}, {pl}, {b.pad_value}, {ho}, {wo}, {pool}, {pst}, {hp}, {wp}}};\n")
+        decls.append(f"/* block {i}: {b.kind} {b.input} input -> {b.output}, "
+                     f"{b.in_shape} -> {b.out_shape} */\n" + geo)
+        if b.kernel == "bits" and b.acc == "int32":
+            wwords = _block_weights(b).reshape(-1)
+            decls.append(_c_array("uint32_t", f"{p}_w", wwords, 6, _hex32))
+            tables[f"{p}_w"] = 4 * wwords.size
+        else:  # float accumulation multiplies by the weight, ±1 or not
+            wf = b.weights().reshape(-1)
+            decls.append(_c_array("float", f"{p}_w", wf, 6, _float))
+            tables[f"{p}_w"] = 4 * wf.size
+        if b.output == "bits":
+            sgn, thr = _thresholds(b)
+            decls.append(_c_array("int8_t", f"{p}_sgn", sgn, 16))
+            tables[f"{p}_sgn"] = sgn.size
+            if b.acc == "int32":
+                ctype = _int_type(thr)
+                if i == 0:
+                    thr0_type = ctype
+                elif ctype == "int32_t":
+                    thr_type = "int32_t"
+                decls.append(("{T}", f"{p}_thr", thr, i))
+                tables[f"{p}_thr"] = thr.size * (2 if ctype == "int16_t" else 4)
+            else:
+                decls.append(_c_array("float", f"{p}_thr", thr, 6, _float))
+                tables[f"{p}_thr"] = 4 * thr.size
+            scale = offset = "0"
+        else:
+            decls.append(_c_array("float", f"{p}_scale", b.scale, 6, _float))
+            decls.append(_c_array("float", f"{p}_offset", b.offset, 6, _float))
+            tables[f"{p}_scale"] = tables[f"{p}_offset"] = 4 * b.out_channels
+            scale, offset = f"{p}_scale", f"{p}_offset"
+        src = "input" if i == 0 else f"bnn_buf{(i - 1) % 2}"
+        if b.output == "bits":
+            dst_bits, dst_logits = f"bnn_buf{i % 2}", "0"
+            buf_words[i % 2] = max(buf_words[i % 2], hp * wp * -(-b.out_channels // 32))
+            sgn_, thr_ = f"{p}_sgn", f"{p}_thr"
+        else:
+            dst_bits, dst_logits = "0", "logits"
+            sgn_ = thr_ = "0"
+        if b.input == "bits":
+            fn = "bnn_block_bits"
+        elif b.acc == "int32":
+            fn = "bnn_block_raw_int"
+        else:
+            fn = "bnn_block_raw_float"
+        calls.append(f"    {fn}(&{p}_geo, {src}, {p}_w, {sgn_}, {thr_}, {scale}, {offset}, "
+                     f"{dst_bits}, {dst_logits});")
+    # Threshold arrays take the widest type their kernel function needs.
+    rendered = []
+    for d in decls:
+        if isinstance(d, tuple):
+            _, name, thr, i = d
+            rendered.append(_c_array(thr0_type if i == 0 else thr_type, name, thr, 12))
+            tables[name] = thr.size * (2 if (thr0_type if i == 0 else thr_type) == "int16_t" else 4)
+        else:
+            rendered.append(d)
+    ram = 4 * (buf_words[0] + buf_words[1])
+    names = list(mf.class_names)
+    header = f"""/* Generated by bnnlab from a .bnn model ({mf.metadata.get('name', 'model')}).
+ * Input: {tuple(spec.shape)} {in_type}, model input = raw * {spec.scale!r} + {spec.offset!r}.
+ * Flash tables: {sum(tables.values())} bytes; static RAM: {ram} bytes. */
+#ifndef BNN_MODEL_H
+#define BNN_MODEL_H
+
+#include <stdint.h>
+
+#define BNN_INPUT_SIZE {n_in}
+#define BNN_NUM_OUTPUTS {mf.n_outputs}
+
+typedef {in_type} bnn_input_t;
+
+/* Logits of one input (in the model's H, W, C order); returns the index of the largest. */
+int bnn_infer(const bnn_input_t *input, float logits[BNN_NUM_OUTPUTS]);
+
+/* Class names, or NULL when the model file has none. */
+extern const char *const *const bnn_class_names;
+
+#endif
+"""
+    thr_defs = f"#define BNN_THR_T {thr_type}\n#define BNN_THR0_T {thr0_type}\n"
+    # Only the kernels this model calls: -Wall -Werror rejects unused static functions.
+    kernels = _COMMON + _EMIT
+    if len(mf.blocks) > 1:
+        kernels += _BITS
+    if b0.input == "raw" and b0.acc == "int32":
+        kernels += _RAW_INT
+    elif b0.input == "raw":
+        kernels += _RAW_FLOAT
+    name_table = (_c_array("char *", "bnn_names", [f'"{_c_string(s)}"' for s in names], 5)
+                  .replace("static const char *", "static const char *const") if names else "")
+    body = f"""/* Generated by bnnlab. C99, no dynamic memory, no libc. */
+#include <stdint.h>
+#include "bnn_model.h"
+
+#define BNN_INPUT_SCALE {_float(spec.scale)}
+#define BNN_INPUT_OFFSET {_float(spec.offset)}
+{thr_defs}{kernels}
+{"".join(rendered)}
+static uint32_t bnn_buf0[{max(buf_words[0], 1)}];
+static uint32_t bnn_buf1[{max(buf_words[1], 1)}];
+{name_table}
+const char *const *const bnn_class_names = {"bnn_names" if names else "0"};
+
+int bnn_infer(const bnn_input_t *input, float logits[BNN_NUM_OUTPUTS])
+{{
+    int i, best = 0;
+{chr(10).join(calls)}
+    for (i = 1; i < BNN_NUM_OUTPUTS; i++) {{
+        if (logits[i] > logits[best]) {{
+            best = i;
+        }}
+    }}
+    return best;
+}}
+"""
+    # A model with one or two blocks never touches one of the buffers; -Werror would object.
+    unused = [f"    (void)bnn_buf{j};" for j in (0, 1) if not buf_words[j]]
+    body = body.replace("    int i, best = 0;\n", "    int i, best = 0;\n" + "".join(u + "\n" for u in unused))
+    files = {"bnn_model.h": header, "bnn_model.c": body, "main.c": _MAIN, "Makefile": _MAKEFILE}
+    return files, CExport(sorted(files), sum(tables.values()), ram, tables)
+
+
+def _c_string(s: str) -> str:
+    out = []
+    for byte in s.encode():
+        ch = chr(byte)
+        out.append(ch if 32 <= byte < 127 and ch not in '"\\?' else f"\\{byte:03o}")
+    return "".join(out)
+
+
+def export_c(mf: ModelFile, outdir: str | os.PathLike) -> CExport:
+    """Write the C files into ``outdir`` (created if needed), each atomically."""
+    files, info = generate_c(mf)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, out / name)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    info.files = [str(out / n) for n in sorted(files)]
+    return info
+
+
+CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
+
+
+def build_c(outdir: str | os.PathLike, cc: str = "gcc") -> Path:
+    """Compile the example program with the strict flags; returns the executable's path."""
+    out = Path(outdir)
+    exe = out / "bnn_demo"
+    subprocess.run([cc, *CFLAGS, "-o", str(exe), str(out / "main.c"), str(out / "bnn_model.c")],
+                   check=True, capture_output=True, text=True)
+    return exe
+
+
+def measure_c(outdir: str | os.PathLike, cc: str = "gcc", opt: str = "-Os") -> dict[str, int]:
+    """Section sizes of the compiled model (no main), in bytes, for the host compiler.
+
+    flash = code + const tables + initialized data; ram = data + bss + a bound on the stack.
+    """
+    out = Path(outdir)
+    size_tool = shutil.which("size")
+    if size_tool is None:
+        raise RuntimeError("binutils 'size' is not installed")
+    obj = out / "bnn_model.o"
+    flags = [f for f in CFLAGS if not f.startswith("-O")] + [opt, "-fstack-usage"]
+    subprocess.run([cc, *flags, "-c", "-o", str(obj), str(out / "bnn_model.c")], check=True,
+                   capture_output=True, text=True)
+    usage = out / "bnn_model.su"
+    # Every frame added up: a bound on the stack, whatever the call depth after inlining.
+    stack = sum(int(line.split("\t")[1]) for line in usage.read_text().splitlines()
+                if line.count("\t") >= 2) if usage.exists() else 0
+    usage.unlink(missing_ok=True)
+    text = subprocess.run([size_tool, "-A", str(obj)], check=True, capture_output=True,
+                          text=True).stdout
+    sections = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = int(parts[1])
+    obj.unlink()
+    code = sum(v for k, v in sections.items() if k.startswith(".text"))
+    rodata = sum(v for k, v in sections.items() if k.startswith(".rodata"))
+    data = sum(v for k, v in sections.items() if k.startswith(".data"))
+    bss = sum(v for k, v in sections.items() if k.startswith(".bss"))
+    return {"code": code, "rodata": rodata, "data": data, "bss": bss, "stack_bound": stack,
+            "flash": code + rodata + data, "ram": data + bss + stack}

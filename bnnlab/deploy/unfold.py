@@ -1,0 +1,110 @@
+"""Rebuild an engine model from a ``.bnn`` file, so summaries, filter analysis and the app
+work on deployed models too.
+
+Each block becomes its conv/dense layer (with the stored ±1 or float weights), its max
+pool, and one batch norm that reproduces the block's epilogue. The batch norm uses
+``epsilon = 2**-10`` and ``moving_variance = 1 - 2**-10`` so that its inference scale is
+exactly ``gamma``; a threshold on an integer accumulator is placed half-way between two
+integers, where no float rounding can move a value across it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.layers import Activation, BatchNorm, Flatten, MaxPool2D, QuantConv2D, QuantDense
+from ..core.model import Sequential
+from ..core.shapes import conv_output_size
+from .format import MODE_GE, MODE_PLUS, Block, ModelFile, ModelFileError
+
+__all__ = ["model_from_file"]
+
+_EPS = 2.0 ** -10
+
+
+def _padding(b: Block) -> str:
+    h, w, _ = b.in_shape
+    kh, kw = b.kernel_size
+    ho, wo, _ = b.conv_shape
+    for mode in ("valid", "same"):
+        oy, pt = conv_output_size(h, kh, b.stride, mode)
+        ox, pl = conv_output_size(w, kw, b.stride, mode)
+        if (oy, ox) == (ho, wo) and (pt, pl) == (b.pads[0], b.pads[2]):
+            return mode
+    raise ModelFileError(f"padding {b.pads} is neither Keras 'valid' nor 'same'; the runtime can "
+                         "run this file but the engine cannot represent it")
+
+
+def _bn_arrays(gamma: np.ndarray, beta: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(gamma)
+    return {"gamma": np.asarray(gamma, np.float32), "beta": np.asarray(beta, np.float32),
+            "moving_mean": np.zeros(n, np.float32),
+            "moving_variance": np.full(n, 1.0 - _EPS, np.float32)}
+
+
+def _value_map(mf: ModelFile, b: Block, first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta): the engine's pre-batch-norm value is alpha * accumulator + beta."""
+    n = b.out_channels
+    if first and b.acc == "int32":
+        s, o = float(mf.input.scale), float(mf.input.offset)
+        return np.full(n, s), o * b.weights().sum(axis=1, dtype=np.float64)
+    return np.ones(n), np.zeros(n)
+
+
+def _epilogue(mf: ModelFile, b: Block, first: bool) -> dict[str, np.ndarray]:
+    alpha, beta = _value_map(mf, b, first)
+    if b.output == "logits":
+        # logits = scale * m + offset with m = (v - beta) / alpha
+        gamma = b.scale.astype(np.float64) / alpha
+        return _bn_arrays(gamma, b.offset.astype(np.float64) - gamma * beta)
+    m = b.modes
+    t = b.thresholds.astype(np.float64)
+    half = 0.5 if b.acc == "int32" else 0.0
+    # GE: +1 iff acc >= t, i.e. v >= value(t - half); LE: +1 iff v <= value(t + half).
+    cut = np.where(m == MODE_GE, t - half, t + half)
+    direction = np.where(m == MODE_GE, 1.0, -1.0) * np.sign(alpha)
+    g = np.where(m >= MODE_PLUS, 0.0, direction)
+    c = alpha * cut + beta
+    bias = np.where(m >= MODE_PLUS, np.where(m == MODE_PLUS, 1.0, -1.0), -g * c)
+    return _bn_arrays(g, bias)
+
+
+def model_from_file(mf: ModelFile, name: str | None = None) -> Sequential:
+    """An engine :class:`Sequential` that computes what the file's runtime computes."""
+    spec = mf.input
+    layers, states = [], []
+    flat = len(spec.shape) == 1
+    for i, b in enumerate(mf.blocks):
+        first = i == 0
+        quant = dict(input_quantizer=None if first else "ste_sign",
+                     kernel_quantizer="ste_sign" if b.kernel == "bits" else None, use_bias=False)
+        w = b.weights()
+        if b.kind == "conv2d":
+            pad = float(b.pad_value)
+            if first and b.acc == "int32":
+                pad = float(spec.offset)  # a raw zero, in model units
+                if pad not in (0.0, 1.0, -1.0):
+                    if any(b.pads):
+                        raise ModelFileError(f"block 0 pads with {pad}, which the engine cannot")
+                    pad = 0.0
+            layer = QuantConv2D(b.out_channels, b.kernel_size, b.stride, _padding(b), pad, **quant)
+            kh, kw = b.kernel_size
+            kernel = w.reshape(b.out_channels, kh, kw, b.in_shape[2]).transpose(1, 2, 3, 0)
+        else:
+            if not flat:
+                layers.append(Flatten())
+            layer = QuantDense(b.out_channels, **quant)
+            kernel = w.T
+        layers.append(layer)
+        states.append((layer, {"kernel": np.ascontiguousarray(kernel)}))
+        if b.pool[0]:
+            layers.append(MaxPool2D(b.pool[0], b.pool[1]))
+        bn = BatchNorm(epsilon=_EPS, center=True, scale=True)
+        layers.append(bn)
+        states.append((bn, _epilogue(mf, b, first)))
+        flat = b.kind == "dense"
+    layers.append(Activation("softmax"))
+    model = Sequential(layers, tuple(spec.shape), name=name or mf.metadata.get("name", "bnn-model"))
+    for layer, state in states:
+        layer.load_state(state)
+    return model

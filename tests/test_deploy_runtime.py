@@ -1,0 +1,230 @@
+"""The runtime on trained models, `bnnlab train --out .bnn`, `export`, `run`, and odd but valid files."""
+
+import json
+import re
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bnnlab.cli import main
+from bnnlab.core.model import load_checkpoint
+from bnnlab.data import load_dataset
+from bnnlab.data.fakes import fake_spec, write_fake_files
+from bnnlab.data.registry import FILE_DATASETS
+from bnnlab.deploy import describe_file, load_runtime, open_model, read_file
+from bnnlab.deploy import format as F
+from bnnlab.deploy.check import compare_with_engine
+from bnnlab.deploy.reference import reference_logits
+from bnnlab.deploy.runtime import Runtime, raw_from_unit
+
+# A small binary CNN on the built-in digits that trains to a useful accuracy in seconds;
+# 'same' padding with -1, a batch norm before a pool, and a bias keep the folding honest.
+SCENE = """
+schema_version = 1
+name = "deploy-test"
+seed = 3
+[data]
+dataset = "digits"
+limit_train = 2500
+limit_test = 600
+[training]
+epochs = 2
+batch_size = 50
+learning_rate = 0.01
+[[model.layers]]
+type = "QuantConv2D"
+filters = 12
+kernel_size = 3
+kernel_quantizer = "ste_sign"
+use_bias = false
+[[model.layers]]
+type = "MaxPool2D"
+pool_size = 2
+[[model.layers]]
+type = "BatchNorm"
+scale = false
+[[model.layers]]
+type = "QuantConv2D"
+filters = 24
+kernel_size = 3
+padding = "same"
+pad_values = -1.0
+input_quantizer = "ste_sign"
+kernel_quantizer = "ste_sign"
+kernel_constraint = "weight_clip"
+[[model.layers]]
+type = "BatchNorm"
+[[model.layers]]
+type = "MaxPool2D"
+pool_size = 2
+[[model.layers]]
+type = "Flatten"
+[[model.layers]]
+type = "QuantDense"
+units = 10
+input_quantizer = "ste_sign"
+kernel_quantizer = "ste_sign"
+use_bias = false
+[[model.layers]]
+type = "BatchNorm"
+scale = false
+[[model.layers]]
+type = "Activation"
+activation = "softmax"
+"""
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint path, .bnn path, the trainer's last test accuracy)."""
+    d = tmp_path_factory.mktemp("trained")
+    scene = d / "deploy-test.toml"
+    scene.write_text(SCENE)
+    ckpt, bnn = d / "m.npz", d / "m.bnn"
+    assert main(["train", str(scene), "--out", str(ckpt), "--json"]) == 0
+    assert main(["export", str(ckpt), str(bnn), "--dataset", "digits"]) == 0
+    _, meta = load_checkpoint(ckpt)
+    return ckpt, bnn, meta["epochs"][-1]["val_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def digits_test():
+    ds = load_dataset("digits", seed=3, limit_test=600)
+    return ds.x_test, ds.y_test
+
+
+def test_runtime_equals_engine_on_every_test_image(trained, digits_test):
+    ckpt, bnn, reported = trained
+    model, _ = load_checkpoint(ckpt)
+    x, y = digits_test
+    rt = load_runtime(bnn)
+    raw = raw_from_unit(x, "uint8")
+    cmp = compare_with_engine(model, rt, x, raw)
+    assert cmp.same == len(x), cmp.disagreements
+    assert cmp.tie_bits == 0 or cmp.max_margin[0] < 1e-4
+    acc = float(np.mean(rt.predict(raw) == y))
+    assert acc == pytest.approx(reported, abs=1e-12)  # the accuracy the trainer reported
+    assert acc > 0.3  # trained: far above the 0.1 of chance
+    np.testing.assert_array_equal(rt.logits(raw[:50]), reference_logits(rt.model_file, raw[:50]))
+
+
+def test_threads_do_not_change_results(trained, digits_test):
+    rt = load_runtime(trained[1])
+    raw = raw_from_unit(digits_test[0], "uint8")
+    np.testing.assert_array_equal(rt.logits(raw, threads=1), rt.logits(raw, threads=2))
+
+
+def test_opened_bnn_model_predicts_like_runtime(trained, digits_test):
+    model = open_model(trained[1])
+    x = digits_test[0]
+    rt = load_runtime(trained[1])
+    np.testing.assert_array_equal(model.predict_logits(x).argmax(1), rt.predict(raw_from_unit(x, "uint8")))
+
+
+def test_describe_file_gives_plain_sizes(trained):
+    info = describe_file(trained[1])
+    assert info["format"] == "bnn" and info["bnn_bytes"] == info["file_bytes"]
+    assert info["float32_bytes"] > 20 * info["bnn_bytes"]
+    assert info["class_names"] == list("0123456789")
+    assert [b["kind"] for b in info["blocks"]] == ["conv2d", "conv2d", "dense"]
+    json.dumps(info)  # plain data only
+    ck = describe_file(trained[0])
+    assert ck["format"] == "npz" and 0 < info["bnn_bytes"] - ck["bnn_bytes"] < 200  # no names, meta
+
+
+def test_train_out_bnn_and_run_json(capsys, tmp_path):
+    out = tmp_path / "xor.bnn"
+    code, _, err = run(capsys, "train", "toy-xor", "--epochs", "2", "--seed", "1", "--out", out, "--json")
+    assert code == 0, err
+    mf = read_file(out)
+    assert mf.input.encoding == "float32" and mf.metadata["source"] == "bnnlab train"
+    code, text, err = run(capsys, "run", out, "--data", "xor", "--json")
+    assert code == 0, err
+    row = json.loads(text)
+    assert row["accuracy"] == pytest.approx(float(mf.metadata["test_accuracy"]), abs=1e-12)
+    assert row["images"] == 500 and row["images_per_second"] > 0
+
+
+def test_run_on_fake_mnist(capsys, tmp_path, monkeypatch, trained):
+    md5s = write_fake_files(tmp_path / "mnist", n_train=20, n_test=40)
+    monkeypatch.setitem(FILE_DATASETS, "mnist", fake_spec("mnist", md5s))
+    code, text, err = run(capsys, "run", trained[1], "--data", "mnist", "--data-dir", tmp_path)
+    assert code == 0, err
+    assert "40 mnist test images" in text and "images/s" in text
+
+
+def test_run_bench_compares_with_float32(capsys, trained):
+    code, text, err = run(capsys, "run", trained[1], "--data", "digits", "--limit", "200",
+                          "--bench", "--json")
+    assert code == 0, err
+    rows = json.loads(text)["bench"]
+    assert [(r["what"], r["threads"]) for r in rows] == [
+        ("runtime", 1), ("float32 numpy/blas", 1), ("runtime", 2), ("float32 numpy/blas", 2)]
+    assert all(r["same_predictions"] >= 199 for r in rows)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["run", "{tmp}/none.bnn", "--data", "digits"], "no such file"),
+    (["run", "{bnn}", "--data", "xor"], "reads inputs of shape"),
+    (["run", "{bnn}", "--data", "nope"], "unknown dataset"),
+    (["run", "{bnn}"], "--data"),
+    (["export", "{bnn}"], "nothing to do"),
+    (["export", "{tmp}/x.txt", "{tmp}/y.bnn"], "not a checkpoint"),
+    (["export", "{ckpt}", "{tmp}/y.onnx"], "must end in .bnn"),
+    (["summary", "{tmp}/junk.bnn"], "bad magic"),
+    (["import", "{tmp}/junk.h5"], "not an HDF5 file"),
+    (["import", "{tmp}/junk.bnn"], "not a Keras"),
+])
+def test_cli_errors_are_one_line_exit_2(capsys, tmp_path, trained, argv, match):
+    (tmp_path / "junk.bnn").write_bytes(b"hello")
+    (tmp_path / "junk.h5").write_bytes(b"hello")
+    (tmp_path / "x.txt").write_text("x")
+    argv = [a.format(tmp=tmp_path, bnn=trained[1], ckpt=trained[0]) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
+
+
+def test_export_checks_before_training(capsys, tmp_path, monkeypatch):
+    md5s = write_fake_files(tmp_path / "mnist", n_train=20, n_test=10)
+    monkeypatch.setitem(FILE_DATASETS, "mnist", fake_spec("mnist", md5s))
+    code, out, err = run(capsys, "train", "larq-mnist-fp", "--epochs", "1", "--out",
+                         tmp_path / "fp.bnn", "--data-dir", tmp_path)
+    # the full-precision twin cannot be folded: refused before any data is trained on
+    assert code == 2 and "relu" in err and "epoch" not in out
+
+
+def _recrc(buf: bytearray) -> bytes:
+    buf[-4:] = struct.pack("<I", zlib.crc32(bytes(buf[:-4])))
+    return bytes(buf)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(draw=st.data())
+def test_any_valid_file_runs_like_the_oracle(trained, draw):
+    """Mutate thresholds, modes, weights and geometry; whatever still decodes must run, and
+    the runtime must agree with the NumPy oracle on it."""
+    blob = bytearray(trained[1].read_bytes())
+    for _ in range(draw.draw(st.integers(1, 6))):
+        i = draw.draw(st.integers(16, len(blob) - 5))
+        blob[i] = draw.draw(st.integers(0, 255))
+    try:
+        mf = F.decode(_recrc(blob))
+    except F.ModelFileError:
+        return
+    rt = Runtime(mf)
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (4, *mf.input.shape)).astype(np.uint8)
+    np.testing.assert_array_equal(rt.logits(raw), reference_logits(mf, raw))
