@@ -401,3 +401,20 @@ def test_every_cached_kernel_was_saved_to_the_cache():
         if not os.path.exists(f._cache._cache_file._index_path):
             unsaved.append(name)
     assert not unsaved, f"not in Numba's cache: {unsaved}"
+
+
+def test_contention_makes_kernels_serial(monkeypatch):
+    monkeypatch.setattr(K._contention, "contended", True)
+    monkeypatch.setattr(K._contention, "_last", (float("inf"), 0.0, 0.0))  # no resampling
+    assert K._chunks(64, 1 << 30) == 1
+    monkeypatch.setattr(K._contention, "contended", False)
+    assert K._chunks(64, 1 << 30) == min(64, nb.get_num_threads())
+    assert K._chunks(64, 10) == 1  # too little work to split
+
+
+def test_contention_sampler_reads_the_machine():
+    probe = K._Contention()
+    assert probe.check() in (False, True)
+    if probe._hz is not None:
+        t, busy, ours = probe._sample()
+        assert busy >= 0 and ours >= 0

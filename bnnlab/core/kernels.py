@@ -100,20 +100,19 @@ class _Contention:
         self.contended = False
         self._last = None
         try:
-            self._stat = open("/proc/stat", "rb", buffering=0)
-            self._hz = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, AttributeError):
-            self._stat = None
+            self._hz = os.sysconf("SC_CLK_TCK") if os.path.exists("/proc/stat") else None
+        except (ValueError, AttributeError, OSError):
+            self._hz = None
 
     def _sample(self):
-        self._stat.seek(0)
-        f = self._stat.read(256).split(b"\n", 1)[0].split()[1:]
-        busy = sum(int(v) for i, v in enumerate(f[:8]) if i not in (3, 4))  # not idle/iowait
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()[1:]
+        busy = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))  # not idle
         t = os.times()
         return time.monotonic(), busy / self._hz, t.user + t.system
 
     def check(self) -> bool:
-        if self._stat is None:
+        if self._hz is None:
             return False
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < self.PERIOD:
