@@ -203,3 +203,18 @@ def test_exports(window, qtbot, tmp_path):
     for name in ("loss.png", "loss.svg"):
         export_graphics(window.dashboard.loss_plot, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.gui
+def test_model_report_of_an_exported_file(tmp_path):
+    from bnnlab.deploy import export_model
+    from bnnlab.experiment import build_model
+    from bnnlab.gui.main_window import model_report
+    from bnnlab.io.scenes import load_preset
+
+    model = build_model(load_preset("larq-mnist-bnn"), (28, 28, 1), 10)
+    path = tmp_path / "m.bnn"
+    size = export_model(model, path)
+    text = model_report(str(path))
+    assert f"{size:,} bytes" in text and "Ratio of MACs that are binarized" in text
+    assert "unique 3x3 patterns" in text

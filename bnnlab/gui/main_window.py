@@ -12,13 +12,15 @@ import time
 import traceback
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QFontDatabase, QKeySequence
 from PySide6.QtWidgets import (
+    QDialog,
     QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QPlainTextEdit,
     QProgressBar,
     QScrollArea,
     QTabWidget,
@@ -194,7 +196,57 @@ class MainWindow(QMainWindow):
                                            lambda: self._export_view(".png"), ["Ctrl+Shift+P"])
         self.act_export_svg = self._action("Export current view as SVG…",
                                            lambda: self._export_view(".svg"), ["Ctrl+Shift+S"])
+        self.act_export_model = self._action("Export model (.bnn)…", self._export_model, ["Ctrl+E"])
+        self.act_open_model = self._action("Open model (.bnn, .h5, .npz)…", self._open_model,
+                                           ["Ctrl+Shift+O"])
         self.act_quit = self._action("Quit", self.close, [QKeySequence.StandardKey.Quit])
+
+    def _export_model(self) -> None:
+        """Write the selected run's current weights as a bit-packed .bnn file."""
+        snap = self.controller.latest_snapshot
+        if snap is None:
+            self.banner.show_error("Nothing to export", "Train a run first (Start), then export it.")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export model", "model.bnn", "bnnlab model (*.bnn)")
+        if not path:
+            return
+        try:
+            from ..core.model import model_from_state
+            from ..core.summary import profile_model
+            from ..deploy import export_model
+
+            model = model_from_state(snap.model_config, snap.model_state)
+            size = export_model(model, path)
+            fp = profile_model(model).float32_kib * 1024
+        except Exception as exc:  # shown in the window, never a traceback in a terminal
+            self.banner.show_error("Cannot export the model", str(exc))
+            return
+        QMessageBox.information(self, "Model exported",
+                                f"Wrote {path}: {size:,} bytes ({size / 1024:.2f} KiB), against "
+                                f"{fp:,.0f} bytes for the same weights in float32 "
+                                f"({fp / size:.1f}x smaller).")
+
+    def _open_model(self) -> None:
+        """Inspect a .bnn, Larq .h5 or checkpoint: sizes, summary and duplicate filters."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", "",
+                                              "Models (*.bnn *.h5 *.hdf5 *.npz)")
+        if not path:
+            return
+        try:
+            text = model_report(path)
+        except Exception as exc:
+            self.banner.show_error("Cannot open the model", str(exc))
+            return
+        dialog = QDialog(self)
+        dialog.setWindowTitle(f"Model: {os.path.basename(path)}")
+        view = QPlainTextEdit(text)
+        view.setReadOnly(True)
+        view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        box = QVBoxLayout(dialog)
+        box.addWidget(view)
+        dialog.resize(1000, 600)
+        dialog.show()
 
     def _make_menus(self) -> None:
         bar = self.menuBar()
@@ -213,6 +265,9 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         for a in (self.act_export_csv, self.act_export_png, self.act_export_svg):
             f.addAction(a)
+        f.addSeparator()
+        f.addAction(self.act_export_model)
+        f.addAction(self.act_open_model)
         f.addSeparator()
         f.addAction(self.act_quit)
         t = bar.addMenu("&Training")
@@ -515,3 +570,21 @@ class MainWindow(QMainWindow):
             QApplication.processEvents()
             time.sleep(0.01)
         return not self.controller.busy
+
+
+def model_report(path: str) -> str:
+    """Plain-text report of a model file: sizes, the Larq-style summary, duplicate filters."""
+    from ..core.filters import analyze_filters
+    from ..core.summary import format_summary, profile_model
+    from ..deploy import describe_file, open_model
+
+    info = describe_file(path)
+    model = open_model(path)
+    lines = [f"{path}",
+             f".bnn size: {info['bnn_bytes']:,} bytes; float-32 equivalent: "
+             f"{info['float32_bytes']:,} bytes ({info['float32_bytes'] / max(info['bnn_bytes'], 1):.1f}x larger)",
+             "", format_summary(profile_model(model)), ""]
+    for r in analyze_filters(model):
+        lines.append(f"{r.layer}: {r.unique} unique 3x3 patterns of {r.total} filters "
+                     f"({r.unique_up_to_sign} up to sign); reuse would save {100 * r.saving:.1f}% of the work")
+    return "\n".join(lines)
