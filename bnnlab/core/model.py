@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Iterable
 
 import numpy as np
+
+from ..io.atomic import write_atomic
 
 from .layers import Layer, Param, _QuantBase, layer_from_config
 
@@ -156,18 +157,7 @@ def save_checkpoint(path: str | os.PathLike, model: Sequential, meta: dict[str, 
               "model": model.config(), "meta": meta or {}}
     arrays = {f"w:{k}": v for k, v in model.state_dict().items()}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays), suffix=".npz")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Sequential, dict[str, Any]]:

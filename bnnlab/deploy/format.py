@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..io.atomic import write_atomic
 
 __all__ = [
     "MAGIC",
@@ -492,19 +493,7 @@ def decode(data: bytes) -> ModelFile:
 def write_file(path: str | os.PathLike, mf: ModelFile) -> int:
     """Write atomically (temporary file, fsync, rename); returns the size in bytes."""
     data = encode(mf)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bnn", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(data), suffix=".bnn")
     return len(data)
 
 

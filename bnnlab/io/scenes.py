@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 from ..core.binarizers import get_binarizer
 from ..core.layers import layer_from_config
 from ..core.optimizers import make_optimizer, optimizer_names, schedule_names
+from .atomic import write_atomic
 
 __all__ = ["Scene", "SceneError", "SceneWarning", "load_scene", "save_scene", "scene_to_toml",
            "preset_dir", "preset_names", "load_preset", "SCHEMA_VERSION"]
@@ -276,18 +276,7 @@ def save_scene(scene: Scene, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     scene.validate(path)
     text = scene_to_toml(scene)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".toml", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")), suffix=".toml")
 
 
 # --------------------------------------------------------------------------- presets
