@@ -10,7 +10,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QVBoxLayout
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QVBoxLayout, QWidget
 
 __all__ = [
     "TITLE_SIZE",
@@ -185,6 +185,37 @@ def _export_svg(item, path: str) -> None:
         scene.render(painter, QRectF(0, 0, source.width(), source.height()), source)
     finally:
         painter.end()
+
+
+class PerLayerPanel(QWidget):
+    """What the per-layer live panels (latent weights, gating) share: plots laid out
+    ahead of training, a caption naming the shown run, and staggered updates.
+
+    Subclasses set ``_wanted`` (layer specs), ``_updates`` (a :class:`Staggered`) and
+    ``caption`` (a QLabel), and implement ``_sync_layout``.
+    """
+
+    def set_layers(self, specs) -> None:
+        """Lay the plots out for these (name, type, binary input) layers ahead of training,
+        so the first snapshot only fills them in (building six plots takes a few hundred
+        ms: better spent before the run than in the middle of it)."""
+        self._wanted = tuple(specs)
+        if self.isVisible():
+            self._sync_layout()
+
+    def flush(self) -> None:
+        """Apply the latest snapshot completely now (updates are otherwise spread over
+        a few event-loop turns)."""
+        self._updates.flush()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._sync_layout()
+
+    def set_caption(self, html: str) -> None:
+        """Which run is shown (the panel draws one run at a time)."""
+        if html != self.caption.text():
+            self.caption.setText(html)
 
 
 class Staggered(QObject):

@@ -11,9 +11,10 @@ from functools import partial
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout
 
 from ..widgets import (
+    PerLayerPanel,
     Staggered,
     SteadyRange,
     corner_note,
@@ -89,7 +90,7 @@ class _LayerGate:
             self.note.setHtml(f"<span style='font-size:9pt'>{text}</span>")
 
 
-class GatingPanel(QWidget):
+class GatingPanel(PerLayerPanel):
     """Per-layer pre-activation histograms and the gated fraction over time."""
 
     def __init__(self, parent=None):
@@ -145,27 +146,6 @@ class GatingPanel(QWidget):
                 self._build(self._wanted)
             else:
                 self._show_note(_NOTHING_GATED if self._wanted else _EMPTY)
-
-    def set_layers(self, specs) -> None:
-        """Lay the plots out for these (name, type, binary input) layers ahead of training
-        (see :meth:`WeightsPanel.set_layers`)."""
-        self._wanted = tuple(specs)
-        if self.isVisible():
-            self._sync_layout()
-
-    def flush(self) -> None:
-        """Apply the latest snapshot completely now (updates are otherwise spread over
-        a few event-loop turns)."""
-        self._updates.flush()
-
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        self._sync_layout()
-
-    def set_caption(self, html: str) -> None:
-        """Which run is shown (the panel draws one run at a time)."""
-        if html != self.caption.text():
-            self.caption.setText(html)
 
     def set_snapshot(self, snapshot) -> None:
         """Draw ``snapshot`` (a trainer Snapshot, or None to show no data)."""

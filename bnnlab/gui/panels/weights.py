@@ -11,9 +11,10 @@ from functools import partial
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout
 
 from ..widgets import (
+    PerLayerPanel,
     Staggered,
     SteadyRange,
     corner_note,
@@ -78,7 +79,7 @@ class _LayerHistogram:
             self.note.setHtml(text)
 
 
-class WeightsPanel(QWidget):
+class WeightsPanel(PerLayerPanel):
     """Per-layer latent-weight histograms and the sign-flip ratio over time."""
 
     def __init__(self, parent=None):
@@ -135,28 +136,6 @@ class WeightsPanel(QWidget):
                 self._build(self._wanted)
             else:
                 self._show_placeholder()
-
-    def set_layers(self, specs) -> None:
-        """Lay the plots out for these (name, type, binary input) layers ahead of training,
-        so the first snapshot only fills them in (building six plots takes a few hundred
-        ms: better spent before the run than in the middle of it)."""
-        self._wanted = tuple(specs)
-        if self.isVisible():
-            self._sync_layout()
-
-    def flush(self) -> None:
-        """Apply the latest snapshot completely now (updates are otherwise spread over
-        a few event-loop turns)."""
-        self._updates.flush()
-
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        self._sync_layout()
-
-    def set_caption(self, html: str) -> None:
-        """Which run is shown (the panel draws one run at a time)."""
-        if html != self.caption.text():
-            self.caption.setText(html)
 
     def set_snapshot(self, snapshot) -> None:
         """Draw ``snapshot`` (a trainer Snapshot, or None to show no data)."""
