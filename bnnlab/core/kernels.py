@@ -509,14 +509,39 @@ def _vadd(typingctx, a, b):
 
 # --------------------------------------------------------------------------- XNOR GEMM
 #
-# A <4 x i64> value type for the binary GEMM: XOR four packed words at once, count bits
-# per byte (LLVM lowers a byte-wise ctpop to a nibble table lookup, vpshufb on AVX2) and
-# add the byte counts in registers. A byte holds at most 8 per word, so up to 31 words
-# are summed before the bytes are folded into 64-bit lane totals.
+# A <4 x i64> value type for the binary GEMM: XOR four packed words at once and count
+# their bits. How the bits are counted depends on the CPU, chosen once at import:
+#
+# - "lanes" (AVX-512 VPOPCNTDQ with VL): one ``vpopcntq`` per vector, counts added as
+#   64-bit lanes.
+# - "bytes" (everything else): count bits per byte (LLVM lowers a byte-wise ctpop to a
+#   nibble table lookup, vpshufb on AVX2) and add the byte counts in registers. A byte
+#   holds at most 8 per word, so up to 31 words are summed before the bytes are folded
+#   into 64-bit lane totals.
+#
+# Both are the same LLVM vector operations with different element widths, so either
+# runs correctly on any x86-64 CPU; ``BNNLAB_POPCOUNT=bytes|lanes`` overrides the choice
+# (the tests run each). Numba's cache stores whichever was compiled first: the choice is
+# part of the cache directory's contents, so set NUMBA_CACHE_DIR when switching.
 
 _U4 = ir.VectorType(ir.IntType(64), 4)
 _B32 = ir.VectorType(ir.IntType(8), 32)
-_HOST_AVX2 = bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+_HOST_FEATURES = llvm_binding.get_host_cpu_features()
+_HOST_AVX2 = bool(_HOST_FEATURES.get("avx2", False))
+
+
+def _popcount_mode() -> str:
+    forced = os.environ.get("BNNLAB_POPCOUNT", "auto").strip().lower()
+    if forced in ("bytes", "lanes"):
+        return forced
+    if forced not in ("", "auto"):
+        raise ValueError(f"BNNLAB_POPCOUNT must be auto, bytes or lanes, not {forced!r}")
+    has = all(_HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
+    return "lanes" if has else "bytes"
+
+
+POPCOUNT_MODE = _popcount_mode()
+_LANES = POPCOUNT_MODE == "lanes"
 
 
 class _Uint64x4(types.Type):
@@ -597,11 +622,15 @@ def _uadd(typingctx, a, b):
 
 @intrinsic
 def _uxor_popadd(typingctx, acc, a, b):
-    """acc + bytewise popcount(a ^ b): each of the 32 bytes of acc counts its own bits."""
+    """acc + popcount(a ^ b): per byte of acc ("bytes" mode) or per 64-bit lane ("lanes")."""
     if not (acc == a == b == uint64x4):
         return None
 
     def codegen(context, builder, sig, args):
+        if _LANES:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_U4, [_U4]),
+                                                "llvm.ctpop.v4i64")
+            return builder.add(args[0], builder.call(fn, [builder.xor(args[1], args[2])]))
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_B32, [_B32]),
                                             "llvm.ctpop.v32i8")
         x = builder.bitcast(builder.xor(args[1], args[2]), _B32)
@@ -613,11 +642,13 @@ def _uxor_popadd(typingctx, acc, a, b):
 
 @intrinsic
 def _ubytesum(typingctx, v):
-    """Sum of the eight bytes of each 64-bit lane."""
+    """Sum of the eight bytes of each 64-bit lane (in "lanes" mode, v itself)."""
     if v != uint64x4:
         return None
 
     def codegen(context, builder, sig, args):
+        if _LANES:
+            return args[0]
         if _HOST_AVX2:
             fn = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_U4, [_B32, _B32]), "llvm.x86.avx2.psad.bw")

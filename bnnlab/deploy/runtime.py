@@ -19,203 +19,195 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
+from ..core.kernels import (_gemm_offsets, _offset_tables, _padded_extent, pack_patches,
+                            pad_input, xnor_gemm_serial)
 from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, read_file
 
 __all__ = ["Runtime", "available_cpus", "load_runtime", "pack_activations", "raw_from_unit",
            "unpack_activations"]
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
-
-
-@intrinsic
-def _popcount(typingctx, x):
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-        return builder.call(fn, args)
-
-    return sig, codegen
+# Helpers called per pixel are inlined: a real call passes every array as a struct and
+# pays atomic reference-count updates.
+_JIT_INLINE = dict(_JIT, inline="always")
 
 
 # --------------------------------------------------------------------------- kernels
+#
+# Binary blocks run on the engine's kernels: packed im2col (``pack_patches``) and the
+# SIMD XNOR-popcount GEMM, a few images at a time so the accumulators stay in cache,
+# then one pass that max-pools the integer accumulators, compares them with the
+# thresholds and packs the result bits (the "epilogue"). Nothing is converted to float.
+
+# Images per GEMM chunk: about this many accumulator bytes at once (fits in L2).
+_CHUNK_BYTES = 1 << 18
+
+
+@nb.njit(**_JIT_INLINE)
+def _pool_threshold_pack(z, r0, ho, wo, corr, ps, pst, hp, wp, sgn, thr, out, n, m):
+    """Max-pool image ``n``'s accumulators and pack ``sgn * max >= thr`` as bits.
+
+    z: (rows, F) accumulators, image n's ho*wo rows starting at r0; corr: (ho*wo, F)
+    subtracted before pooling, or (0, F); sgn, thr: (F,) of z's dtype; out: (N, hp*wp,
+    ceil(F/64)) uint64 (bit 1 = -1, i.e. the comparison failed); m: scratch (F,) of z's
+    dtype.
+    """
+    f_n = z.shape[1]
+    fw_n = out.shape[2]
+    has_corr = corr.shape[0] > 0
+    for py in range(hp):
+        for px in range(wp):
+            _window_max(z, r0, wo, corr, has_corr, py * pst, px * pst, ps, m)
+            for fw in range(fw_n):
+                word = np.uint64(0)
+                base = fw * 64
+                for b in range(min(64, f_n - base)):
+                    f = base + b
+                    fail = np.uint64(0) if sgn[f] * m[f] >= thr[f] else np.uint64(1)
+                    word |= fail << np.uint64(b)
+                out[n, py * wp + px, fw] = word
+
+
+@nb.njit(**_JIT_INLINE)
+def _window_max(z, r0, wo, corr, has_corr, y0, x0, ps, m):
+    # Plain compare-and-select (not ``max``, which handles NaN) into values that are
+    # stored unconditionally: that is what LLVM vectorizes over the filters.
+    f_n = z.shape[1]
+    q0 = y0 * wo + x0
+    if ps == 2:  # the common 2x2 window, spelled out
+        q1, q2, q3 = q0 + 1, q0 + wo, q0 + wo + 1
+        for f in range(f_n):
+            a = z[r0 + q0, f]
+            b = z[r0 + q1, f]
+            c = z[r0 + q2, f]
+            d = z[r0 + q3, f]
+            if has_corr:
+                a -= corr[q0, f]
+                b -= corr[q1, f]
+                c -= corr[q2, f]
+                d -= corr[q3, f]
+            ab = a if a > b else b
+            cd = c if c > d else d
+            m[f] = ab if ab > cd else cd
+        return
+    for f in range(f_n):
+        m[f] = z[r0 + q0, f] - corr[q0, f] if has_corr else z[r0 + q0, f]
+    for t in range(1, ps * ps):
+        q = (y0 + t // ps) * wo + x0 + t % ps
+        for f in range(f_n):
+            v = z[r0 + q, f] - corr[q, f] if has_corr else z[r0 + q, f]
+            mf = m[f]
+            m[f] = v if v > mf else mf
+
+
+@nb.njit(**_JIT_INLINE)
+def _pool_only(z, r0, ho, wo, corr, ps, pst, hp, wp, out, n, m):
+    """Like :func:`_pool_threshold_pack`, keeping the pooled accumulators: out (N, hp*wp, F)."""
+    has_corr = corr.shape[0] > 0
+    for py in range(hp):
+        for px in range(wp):
+            _window_max(z, r0, wo, corr, has_corr, py * pst, px * pst, ps, m)
+            for f in range(z.shape[1]):
+                out[n, py * wp + px, f] = m[f]
 
 
 @nb.njit(**_JIT)
-def _or_bits(row, off, val, nbits):
-    # OR the low `nbits` of `val` into the bit row starting at bit `off`.
-    w = off >> 6
-    s = off & 63
-    row[w] |= val << np.uint64(s)
-    if s != 0 and s + nbits > 64:
-        row[w + 1] |= val >> np.uint64(64 - s)
-
-
-@nb.njit(**_JIT)
-def _pool_planes(planes, wo, ps, pst, hp, wp, out, n):
-    """Max-pool channel planes (F, ho*wo) into out[n] (hp*wp, F)."""
-    f_n = planes.shape[0]
-    if ps == 1 and pst == 1:  # no pooling
-        for f in range(f_n):
-            for q in range(hp * wp):
-                out[n, q, f] = planes[f, q]
-    elif ps == 2 and pst == 2:
-        # Spelled out: tiny loops with run-time bounds cost more than the maxima themselves.
-        for f in range(f_n):
-            for py in range(hp):
-                for px in range(wp):
-                    p0 = 2 * py * wo + 2 * px
-                    top = max(planes[f, p0], planes[f, p0 + 1])
-                    bottom = max(planes[f, p0 + wo], planes[f, p0 + wo + 1])
-                    out[n, py * wp + px, f] = max(top, bottom)
-    else:
-        for f in range(f_n):
-            for py in range(hp):
-                for px in range(wp):
-                    p0 = py * pst * wo + px * pst
-                    m = planes[f, p0]
-                    for wy in range(ps):
-                        for wx in range(ps):
-                            m = max(m, planes[f, p0 + wy * wo + wx])
-                    out[n, py * wp + px, f] = m
-
-
-@nb.njit(**_JIT)
-def _conv_bits(x, wt, k, h, w, c, kh, kw, stride, pt, pl, pad_minus, corr, ho, wo, ps, pst,
-               hp, wp, out):
-    """Binary convolution + max pool of packed pixels.
+def _conv_bits(x, wt, k, h, w, c, kh, kw, stride, pt, pl, pad_bit, corr, ho, wo, ps, pst,
+               hp, wp, chunk, sgn, thr, bits_out, out_bits, out_acc):
+    """Binary convolution of packed pixels, max pool, then thresholds or accumulators.
 
     x: (N, h*w, CW) uint64 pixel words; wt: (KW, F) uint64, filter rows of K = kh*kw*c bits
-    in (dy, dx, c) order stored word-major; pad_minus: padding taps are -1 (else +1);
-    corr: (ho*wo, F) int32 subtracted from every dot (zero padding), or (0, F) for none;
-    out: (N, hp*wp, F) int32, the pooled dot products.
+    in (dy, dx, c) order stored word-major (the GEMM's B layout); pad_bit: what a padding
+    tap packs as (1 = -1); corr: (ho*wo, F) int32 subtracted from every dot (zero
+    padding), or (0, F). With ``bits_out`` the thresholds give out_bits (N, hp*wp,
+    ceil(F/64)); otherwise out_acc (N, hp*wp, F) int32 gets the pooled dots.
     """
-    row = np.zeros(wt.shape[0], np.uint64)
-    pop = np.zeros(wt.shape[1], np.int64)
-    planes = np.empty((wt.shape[1], ho * wo), np.int32)
-    for n in range(x.shape[0]):
-        _conv_bits_image(x, n, wt, k, h, w, c, kh, kw, stride, pt, pl, pad_minus, corr, ho, wo,
-                         row, pop, planes)
-        _pool_planes(planes, wo, ps, pst, hp, wp, out, n)
-    return out
-
-
-@nb.njit(**_JIT)
-def _conv_bits_image(x, n, wt, k, h, w, c, kh, kw, stride, pt, pl, pad_minus, corr, ho, wo,
-                     row, pop, planes):
-    # Each output pixel's patch is packed into one dense bit row, so no word is wasted on
-    # a channel tail (a 32-channel pixel fills half a word).
-    cw_n = x.shape[2]
+    n_img = x.shape[0]
+    cw = x.shape[2]
     kw_n, f_n = wt.shape
-    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
-    has_corr = corr.shape[0] > 0
-    for oy in range(ho):
-        for ox in range(wo):
-            row[:] = 0
-            off = 0
-            for dy in range(kh):
-                iy = oy * stride + dy - pt
-                for dx in range(kw):
-                    ix = ox * stride + dx - pl
-                    inside = 0 <= iy < h and 0 <= ix < w
-                    p = iy * w + ix
-                    for cw in range(cw_n):
-                        nbits = min(64, c - cw * 64)
-                        if inside:
-                            val = x[n, p, cw]
-                        elif pad_minus:
-                            val = ones if nbits == 64 else (np.uint64(1) << np.uint64(nbits)) - np.uint64(1)
-                        else:
-                            val = np.uint64(0)
-                        if val != 0:
-                            _or_bits(row, off, val, nbits)
-                        off += nbits
-            pop[:] = 0
-            for j in range(kw_n):
-                a = row[j]
-                for f in range(f_n):
-                    pop[f] += _popcount(a ^ wt[j, f])
-            q = oy * wo + ox
-            for f in range(f_n):
-                planes[f, q] = k - 2 * pop[f]
-            if has_corr:
-                for f in range(f_n):
-                    planes[f, q] -= corr[q, f]
+    rows = chunk * ho * wo
+    a = np.empty((rows, kw_n), np.uint64)
+    z = np.empty((rows, f_n), np.int32)
+    m = np.empty(f_n, np.int32)
+    for i0 in range(0, n_img, chunk):
+        nc = min(chunk, n_img - i0)
+        r = nc * ho * wo
+        pix = x[i0:i0 + nc].reshape(nc * h * w, cw)
+        pack_patches(pix, nc, h, w, c, kh, kw, stride, pt, pl, ho, wo, pad_bit, a[:r])
+        xnor_gemm_serial(a[:r], wt, k, z[:r])
+        for i in range(nc):
+            if bits_out:
+                _pool_threshold_pack(z, i * ho * wo, ho, wo, corr, ps, pst, hp, wp, sgn, thr,
+                                     out_bits, i0 + i, m)
+            else:
+                _pool_only(z, i * ho * wo, ho, wo, corr, ps, pst, hp, wp, out_acc, i0 + i, m)
 
 
 @nb.njit(**_JIT)
-def _conv_raw(x, wt, kh, kw, stride, pt, pl, pad, ho, wo, ps, pst, hp, wp, out):
-    """Convolution + max pool of real-valued (or integer) input with a dense kernel matrix.
+def _conv_raw(x, wt, kh, kw, stride, pt, pl, pad, ho, wo, ps, pst, hp, wp, sgn, thr,
+              bits_out, out_bits, out_acc):
+    """Convolution of real-valued (or integer) input with a dense kernel, pool, thresholds.
 
-    x: (N, h, w, C) int16/int32/float32; wt: (F, kh*kw*C) same dtype; pad: value of a tap
-    outside the image; out: (N, hp*wp, F) same dtype.
+    x: (N, h, w, C) int16/int32/float32; wt: (kh*kw*C, F) same dtype, taps in (dy, dx, c)
+    order; pad: value of a tap outside the image. Each output sums its taps in that order,
+    as the generated C does, so float results match it exactly; filters are the inner,
+    vectorized loop. Outputs as in :func:`_conv_bits`.
     """
-    cols = np.empty((wt.shape[1], ho * wo), wt.dtype)
-    planes = np.empty((wt.shape[0], ho * wo), wt.dtype)
-    for n in range(x.shape[0]):
-        _conv_raw_image(x, n, wt, kh, kw, stride, pt, pl, pad, ho, wo, cols, planes)
-        _pool_planes(planes, wo, ps, pst, hp, wp, out, n)
-    return out
-
-
-@nb.njit(**_JIT)
-def _conv_raw_image(x, n, wt, kh, kw, stride, pt, pl, pad, ho, wo, cols, planes):
-    # One row of patch values per tap, so the inner loop runs over output pixels
-    # (vectorized); each output still sums its taps in (dy, dx, c) order, as the generated
-    # C does, so float results match it exactly.
-    _, h, w, c = x.shape
-    f_n, k_n = wt.shape
-    p_n = ho * wo
-    for dy in range(kh):
-        for dx in range(kw):
-            # Output columns whose tap lands inside the image: ox0 <= ox < ox1.
-            ox0 = min(wo, max(0, (pl - dx + stride - 1) // stride))
-            ox1 = max(ox0, min(wo, (w + pl - dx + stride - 1) // stride))
-            for cc in range(c):
-                t = (dy * kw + dx) * c + cc
-                for oy in range(ho):
+    n_img, h, w, c = x.shape
+    f_n = wt.shape[1]
+    z = np.empty((ho * wo, f_n), wt.dtype)
+    m = np.empty(f_n, wt.dtype)
+    corr = np.zeros((0, f_n), wt.dtype)
+    for n in range(n_img):
+        for oy in range(ho):
+            for ox in range(wo):
+                q = oy * wo + ox
+                for f in range(f_n):
+                    z[q, f] = 0
+                t = 0
+                for dy in range(kh):
                     iy = oy * stride + dy - pt
-                    base = oy * wo
-                    if iy < 0 or iy >= h:
-                        for ox in range(wo):
-                            cols[t, base + ox] = pad
-                        continue
-                    for ox in range(ox0):
-                        cols[t, base + ox] = pad
-                    for ox in range(ox0, ox1):
-                        cols[t, base + ox] = x[n, iy, ox * stride + dx - pl, cc]
-                    for ox in range(ox1, wo):
-                        cols[t, base + ox] = pad
-    planes[:] = 0
-    for f in range(f_n):
-        for t in range(k_n):
-            wv = wt[f, t]
-            for q in range(p_n):
-                planes[f, q] += wv * cols[t, q]
+                    for dx in range(kw):
+                        ix = ox * stride + dx - pl
+                        inside = 0 <= iy < h and 0 <= ix < w
+                        for cc in range(c):
+                            v = x[n, iy, ix, cc] if inside else pad
+                            for f in range(f_n):
+                                z[q, f] += wt[t, f] * v
+                            t += 1
+        if bits_out:
+            _pool_threshold_pack(z, 0, ho, wo, corr, ps, pst, hp, wp, sgn, thr, out_bits, n, m)
+        else:
+            _pool_only(z, 0, ho, wo, corr, ps, pst, hp, wp, out_acc, n, m)
 
 
 @nb.njit(**_JIT)
-def _dense_bits(x, wt, k, out):
-    """x: (N, KW) uint64; wt: (KW, F) uint64; out[n, 0, f] = k - 2 popcount(x[n] ^ w[f])."""
-    for n in range(x.shape[0]):
-        _dense_bits_image(x, n, wt, k, out)
-    return out
+def _conv_raw_exact_f32(xp, orig, toff, w1, f_, ho, wo, ps, pst, hp, wp, chunk, sgn, thr,
+                        bits_out, out_bits, out_acc):
+    """:func:`_conv_raw` for integer pixels and weights, on the engine's float32 tiles.
 
-
-@nb.njit(**_JIT)
-def _dense_bits_image(x, n, wt, k, out):
-    kw_n, f_n = wt.shape
-    pop = np.zeros(f_n, np.int64)
-    for j in range(kw_n):
-        a = x[n, j]
-        for f in range(f_n):
-            pop[f] += _popcount(a ^ wt[j, f])
-    for f in range(f_n):
-        out[n, 0, f] = k - 2 * pop[f]
+    Every partial sum is an integer below 2**24 (the caller checks the bound), so float32
+    arithmetic gives the exact integer accumulator in any order. xp: the padded input
+    flattened, orig/toff: pixel origins and tap offsets into it; w1: (K*F,) weights.
+    """
+    per = ho * wo
+    n_img = orig.shape[0] // per
+    z = np.empty(chunk * per * f_, np.float32)
+    z2 = z.reshape(chunk * per, f_)
+    ic = np.arange(chunk * per) * f_
+    m = np.empty(f_, np.float32)
+    corr = np.zeros((0, f_), np.float32)
+    for i0 in range(0, n_img, chunk):
+        nc = min(chunk, n_img - i0)
+        _gemm_offsets(xp, orig[i0 * per:(i0 + nc) * per], toff, w1, 0, f_, f_, z, 0,
+                      ic[:nc * per], False)
+        for i in range(nc):
+            if bits_out:
+                _pool_threshold_pack(z2, i * per, ho, wo, corr, ps, pst, hp, wp, sgn, thr,
+                                     out_bits, i0 + i, m)
+            else:
+                _pool_only(z2, i * per, ho, wo, corr, ps, pst, hp, wp, out_acc, i0 + i, m)
 
 
 @nb.njit(**_JIT)
@@ -245,24 +237,13 @@ def _threshold_pack(acc, sgn, thr, out):
     acc: (N, P, F) int32/float32; sgn: (F,) -1/0/+1 and thr: (F,) int64 or float64, which
     encode the four threshold modes; out: (N, P, ceil(F/64)) uint64.
     """
-    for n in range(acc.shape[0]):
-        _threshold_pack_image(acc, n, sgn, thr, out)
+    n_img, p_n, f_n = acc.shape
+    z = acc.reshape(n_img * p_n, f_n)
+    corr = np.zeros((0, f_n), acc.dtype)
+    m = np.empty(f_n, acc.dtype)
+    for n in range(n_img):
+        _pool_threshold_pack(z, n * p_n, 1, p_n, corr, 1, 1, 1, p_n, sgn, thr, out, n, m)
     return out
-
-
-@nb.njit(**_JIT)
-def _threshold_pack_image(acc, n, sgn, thr, out):
-    _, p_n, f_n = acc.shape
-    fw_n = out.shape[2]
-    for p in range(p_n):
-        for fw in range(fw_n):
-            word = np.uint64(0)
-            top = min(64, f_n - fw * 64)
-            for b in range(top):
-                f = fw * 64 + b
-                if not sgn[f] * acc[n, p, f] >= thr[f]:
-                    word |= np.uint64(1) << np.uint64(b)
-            out[n, p, fw] = word
 
 
 # --------------------------------------------------------------------------- packing helpers
@@ -316,15 +297,14 @@ class _Prepared:
         if b.input == "bits" and b.kind == "conv2d":
             signs = b.signs()
             self.wt = np.ascontiguousarray(pack_activations(signs[:, None, :]).reshape(self.f, -1).T)
-            self.pad_minus = b.pad_value == -1
+            self.pad_bit = 1 if b.pad_value == -1 else 0
             self.corr = self._zero_pad_correction(b, signs) if b.pad_value == 0 else \
                 np.zeros((0, self.f), np.int32)
+            self.chunk = max(1, _CHUNK_BYTES // (4 * self.ho * self.wo * self.f))
         elif b.input == "bits":
             self.wt = _tap_words(b.signs(), taps, b.in_shape[2])
-        elif b.kind == "conv2d":
-            self.wt = np.ascontiguousarray(b.weights().astype(dtype))
-        else:
-            self.wt = np.ascontiguousarray(b.weights().T.astype(dtype))
+        else:  # (K, F): filters innermost, for the vectorized loops
+            self.wt = np.ascontiguousarray(b.weights().reshape(self.f, -1).T.astype(dtype))
         self.dtype = dtype
         if b.output == "bits":
             m = b.modes
@@ -333,9 +313,21 @@ class _Prepared:
                             [b.thresholds.astype(np.float64), -b.thresholds.astype(np.float64), 0.0],
                             1.0)
             if b.acc == "int32":
-                self.sgn, self.thr = sgn.astype(np.int64), thr.astype(np.int64)
+                # |accumulator| < 2**31, so clipping a threshold to int32 keeps every result.
+                lim = np.iinfo(np.int32)
+                self.sgn = sgn.astype(np.int32)
+                self.thr = np.clip(np.ceil(thr), lim.min, lim.max).astype(np.int32)
             else:
                 self.sgn, self.thr = sgn.astype(np.float64), thr
+        # Integer pixels and weights whose sums stay below 2**24 run on float32 tiles,
+        # exactly; real-valued inputs keep the tap order of the C code instead.
+        self.exact_f32 = (b.kind == "conv2d" and b.input == "raw" and dtype != np.float32
+                          and 255 * self.k * int(np.abs(self.wt).max(initial=0)) < (1 << 24))
+        if self.exact_f32:
+            self.w1 = self.wt.astype(np.float32).reshape(-1)
+            self.chunk = max(1, _CHUNK_BYTES // (4 * self.ho * self.wo * self.f))
+            if b.output == "bits":  # exact: |accumulator| < 2**24
+                self.sgn_f32, self.thr_f32 = self.sgn.astype(np.float32), self.thr.astype(np.float32)
 
     @staticmethod
     def _zero_pad_correction(b: Block, signs: np.ndarray) -> np.ndarray:
@@ -354,32 +346,56 @@ class _Prepared:
         per_tap = signs.reshape(b.out_channels, kh * kw, c).sum(axis=2, dtype=np.int64)
         return np.ascontiguousarray((taps.reshape(ho * wo, -1) @ per_tap.T).astype(np.int32))
 
-    def accumulate(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The block's output for a batch: bit words (N, P, ceil(F/64)), or float32 logits."""
         b, n = self.b, x.shape[0]
-        out = np.empty((n, self.hp * self.wp, self.f), np.int32 if b.input == "bits" else self.dtype)
+        bits_out = b.output == "bits"
+        acc_dtype = np.int32 if b.input == "bits" else self.dtype
+        out_bits = np.empty((n, self.hp * self.wp, -(-self.f // 64)) if bits_out else (0, 0, 1),
+                            np.uint64)
+        out_acc = np.empty((0, 0, self.f) if bits_out else (n, self.hp * self.wp, self.f),
+                           acc_dtype)
+        sgn = self.sgn if bits_out else np.zeros(0, np.int32)
+        thr = self.thr if bits_out else np.zeros(0, np.int32)
         if b.kind == "dense":
+            acc = np.empty((n, 1, self.f), acc_dtype)
             if b.input == "bits":
-                return _dense_bits(np.ascontiguousarray(x.reshape(n, -1)), self.wt, self.k, out)
-            return _dense_raw(np.ascontiguousarray(x.reshape(n, -1)), self.wt, out)
-        h, w, c = b.in_shape
-        kh, kw = b.kernel_size
-        pt, _, pl, _ = b.pads
-        if b.input == "bits":
-            return _conv_bits(x, self.wt, self.k, h, w, c, kh, kw, b.stride, pt, pl, self.pad_minus,
-                              self.corr, self.ho, self.wo, self.ps, self.pst, self.hp, self.wp,
-                              out)
-        return _conv_raw(x, self.wt, kh, kw, b.stride, pt, pl, self.dtype(b.pad_value),
-                         self.ho, self.wo, self.ps, self.pst, self.hp, self.wp, out)
-
-    def epilogue(self, acc: np.ndarray) -> np.ndarray:
-        b = self.b
-        if b.output == "bits":
-            out = np.empty((acc.shape[0], acc.shape[1], -(-self.f // 64)), np.uint64)
-            return _threshold_pack(acc, self.sgn, self.thr, out)
+                xnor_gemm_serial(np.ascontiguousarray(x.reshape(n, -1)), self.wt, self.k,
+                                 acc.reshape(n, self.f))
+            else:
+                _dense_raw(np.ascontiguousarray(x.reshape(n, -1)), self.wt, acc)
+            if bits_out:
+                return _threshold_pack(acc, sgn, thr, out_bits)
+            out_acc = acc
+        else:
+            h, w, c = b.in_shape
+            kh, kw = b.kernel_size
+            pt, _, pl, _ = b.pads
+            if b.input == "bits":
+                _conv_bits(x, self.wt, self.k, h, w, c, kh, kw, b.stride, pt, pl, self.pad_bit,
+                           self.corr, self.ho, self.wo, self.ps, self.pst, self.hp, self.wp,
+                           min(self.chunk, n), sgn, thr, bits_out, out_bits, out_acc)
+            elif self.exact_f32:
+                ho, wo = self.ho, self.wo
+                xp = pad_input(x, pt, pl, _padded_extent(h, kh, b.stride, pt, ho),
+                               _padded_extent(w, kw, b.stride, pl, wo), float(b.pad_value))
+                orig, toff = _offset_tables(n, xp.shape[1], xp.shape[2], c, kh, kw, ho, wo,
+                                            b.stride)
+                _conv_raw_exact_f32(xp.reshape(-1), orig, toff, self.w1, self.f, ho, wo,
+                                    self.ps, self.pst, self.hp, self.wp, min(self.chunk, n),
+                                    self.sgn_f32 if bits_out else np.zeros(0, np.float32),
+                                    self.thr_f32 if bits_out else np.zeros(0, np.float32),
+                                    bits_out, out_bits, out_acc)
+            else:
+                _conv_raw(x, self.wt, kh, kw, b.stride, pt, pl, self.dtype(b.pad_value),
+                          self.ho, self.wo, self.ps, self.pst, self.hp, self.wp, sgn, thr,
+                          bits_out, out_bits, out_acc)
+            if bits_out:
+                return out_bits
         # Float32 multiply then add, unfused, as the engine's batch norm and the C do it.
-        z = acc.astype(np.float32) * b.scale
+        z = out_acc.astype(np.float32) * b.scale
         z += b.offset
-        return z.reshape(acc.shape[0], -1)
+        return z.reshape(n, -1)
 
 
 class Runtime:
@@ -421,8 +437,7 @@ class Runtime:
     def _run(self, raw: np.ndarray, trace: list | None = None) -> np.ndarray:
         x = self._normalize(raw)
         for pb in self._blocks:
-            acc = pb.accumulate(x)
-            x = pb.epilogue(acc)
+            x = pb.run(x)
             if trace is not None:
                 trace.append(x if pb.b.output == "logits" else
                              unpack_activations(x, pb.f).reshape(x.shape[0], -1))

@@ -1,0 +1,87 @@
+"""Both ways of counting bits in the binary GEMM, whatever this CPU would pick.
+
+The kernels choose at import time between per-byte counts (AVX2 and older) and
+per-lane ``vpopcntq`` (AVX-512 VPOPCNTDQ). Both are plain LLVM vector operations, so
+each runs correctly on any x86-64 CPU; here each is forced in a fresh process with an
+empty Numba cache and compared with the integer dot product. A second check compiles
+(without running) the kernel for a Zen 4 CPU and looks for ``vpopcntq`` in its assembly.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                                reason="the popcount modes are x86-64 code paths")
+
+CHECK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from bnnlab.core import kernels as K
+    from bnnlab.core import reference as R
+    bad = []
+    for m, k, n in [(1, 1, 1), (7, 65, 17), (33, 288, 64), (129, 100, 33), (3, 2500, 20),
+                    (2, 4096, 16)]:
+        rng = np.random.default_rng(m + k + n)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        abits = R.pack_rows_ref(a)
+        bt = np.ascontiguousarray(R.pack_rows_ref(b.T).T)
+        want = R.binary_dot_ref(a, b)
+        for parallel in (False, True):
+            out = np.full((m, n), 7, np.int32)
+            K.xnor_gemm(abits, bt, k, out=out, parallel=parallel)
+            if not np.array_equal(out, want):
+                bad.append([m, k, n, parallel])
+    print(json.dumps({"mode": K.POPCOUNT_MODE, "bad": bad}))
+""")
+
+
+def _run(code, env_extra, tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"), **env_extra)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["bytes", "lanes"])
+def test_each_popcount_mode_matches_integer_dot(mode, tmp_path):
+    got = _run(CHECK, {"BNNLAB_POPCOUNT": mode}, tmp_path)
+    assert got == {"mode": mode, "bad": []}
+
+
+def test_unknown_popcount_mode_is_refused(tmp_path):
+    env = dict(os.environ, BNNLAB_POPCOUNT="fast", NUMBA_CACHE_DIR=str(tmp_path / "c"))
+    proc = subprocess.run([sys.executable, "-c", "import bnnlab.core.kernels"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "BNNLAB_POPCOUNT must be auto, bytes or lanes" in proc.stderr
+
+
+ASM = textwrap.dedent("""
+    import json
+    from numba import types
+    from bnnlab.core import kernels as K
+    sig = (types.Array(types.uint64, 2, "C"), types.Array(types.uint64, 2, "C"), types.int64,
+           types.Array(types.int32, 2, "C"))
+    K.xnor_gemm_serial.compile(sig)
+    asm = K.xnor_gemm_serial.inspect_asm(sig)
+    print(json.dumps({"mode": K.POPCOUNT_MODE, "vpopcntq": asm.count("vpopcntq"),
+                      "vpshufb": asm.count("vpshufb")}))
+""")
+
+
+@pytest.mark.slow
+def test_lanes_mode_compiles_to_vpopcntq_on_zen4(tmp_path):
+    # Compiled for another CPU and never called: this machine may lack AVX-512.
+    got = _run(ASM, {"BNNLAB_POPCOUNT": "lanes", "NUMBA_CPU_NAME": "znver4",
+                     "NUMBA_CPU_FEATURES": ""}, tmp_path)
+    assert got["mode"] == "lanes"
+    assert got["vpopcntq"] > 0
