@@ -22,10 +22,14 @@ def cpu_features() -> dict:
     """CPU name and the features the binary kernels care about (as LLVM sees them)."""
     import llvmlite.binding as llvm
 
+    from .core.kernels import POPCOUNT_MODE
+
     feats = llvm.get_host_cpu_features()
     keys = ("popcnt", "avx2", "avx512f", "avx512vpopcntdq", "avx512bw")
     return {"cpu": llvm.get_host_cpu_name(), "machine": platform.machine(),
-            **{k: bool(feats.get(k, False)) for k in keys}}
+            **{k: bool(feats.get(k, False)) for k in keys},
+            "popcount": {"lanes": "vpopcntq per 64-bit lane",
+                         "bytes": "per-byte table lookup (vpshufb), byte counters"}[POPCOUNT_MODE]}
 
 
 @contextmanager
@@ -127,6 +131,59 @@ def bench_inference(repeats):
     return rows
 
 
+def bench_runtime(repeats):
+    """The ``.bnn`` runtime (integer kernels, fused epilogues) against the float32 twin
+    that a float framework would run: im2col + BLAS sgemm, float batch norm and sign."""
+    from .deploy import to_model_file
+    from .deploy.bench import FloatTwin
+    from .deploy.runtime import Runtime
+
+    bnn, _ = _larq_models()
+    # Batch-norm statistics as after training, so that the thresholds are not all alike.
+    rng = np.random.default_rng(4)
+    for layer in bnn.layers:
+        if hasattr(layer, "moving_mean"):
+            layer.moving_mean[...] = rng.normal(0, 3, layer.moving_mean.shape)
+            layer.moving_variance[...] = rng.uniform(5, 50, layer.moving_variance.shape)
+    runtime = Runtime(to_model_file(bnn))
+    twin = FloatTwin(bnn)
+    rows = []
+    for batch in (1, 256):
+        raw = rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)
+        x = raw.astype(np.float32) / np.float32(255.0)
+        for nt in (1, 2):
+            with threads(nt):
+                tb = median_time(lambda: runtime.logits(raw, threads=nt), repeats, 0.3)
+                tf = median_time(lambda: twin.logits(x), repeats, 0.3)
+            rows.append({"case": f".bnn runtime batch {batch}", "threads": nt,
+                         "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
+                         "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3,
+                         "ratio": tf / tb})
+    return rows
+
+
+def bench_epoch(nthreads=2, n=60000):
+    """One real epoch of larq-mnist-bnn through the Trainer (shuffling, telemetry, and
+    validation off), on random images of MNIST's shape: the speed does not depend on
+    the pixels."""
+    from .core.trainer import Trainer
+    from .core.optimizers import Adam
+
+    bnn, _ = _larq_models()
+    rng = np.random.default_rng(5)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    with threads(nthreads):
+        trainer = Trainer(bnn, x, y, optimizer=Adam(1e-3), epochs=1, batch_size=64,
+                          snapshot_every=50)
+        t = time.perf_counter()
+        for _ in trainer:
+            pass
+        seconds = time.perf_counter() - t
+    return [{"case": f"larq-mnist-bnn training epoch ({n} images, batch 64, 1 run)",
+             "threads": nthreads, "epoch_s": seconds, "images_per_s": n / seconds}]
+
+
 def bench_training(steps):
     from .core.model import softmax_cross_entropy
     from .core.optimizers import Adam
@@ -163,6 +220,9 @@ def _fmt(row) -> str:
         return (f"{case:<34} {row['threads']}T  binary {row['binary_images_per_s']:,.0f} img/s "
                 f"({row['binary_latency_ms']:.3f} ms)  float32 {row['float32_images_per_s']:,.0f} "
                 f"img/s  ratio {row['ratio']:.1f}x")
+    if "epoch_s" in row:
+        return (f"{case:<34} {row['threads']}T  {row['epoch_s']:.2f} s "
+                f"({row['images_per_s']:,.0f} img/s)")
     if "step_ms" in row:
         return (f"{case:<34} {row['threads']}T  {row['step_ms']:.2f} ms/step, "
                 f"~{row['epoch_s_estimate']:.1f} s per 938-step epoch")
@@ -180,7 +240,8 @@ def run_bench(args) -> int:
     if not args.json:
         c = out["cpu"]
         print(f"cpu {c['cpu']} ({c['machine']}): popcnt={c['popcnt']} avx2={c['avx2']} "
-              f"avx512vpopcntdq={c['avx512vpopcntdq']}; medians of >= {repeats} runs")
+              f"avx512vpopcntdq={c['avx512vpopcntdq']}; popcount: {c['popcount']}; "
+              f"medians of >= {repeats} runs")
 
     def emit(rows):
         for r in rows:
@@ -196,7 +257,10 @@ def run_bench(args) -> int:
             emit([bench_gemm(*shape, repeats=repeats, nthreads=2)])
     emit(bench_layers(repeats))
     emit(bench_inference(repeats))
+    emit(bench_runtime(repeats))
     emit(bench_training(max(5, repeats)))
+    if not quick:
+        emit(bench_epoch())
     if args.json:
         print(json.dumps(out, indent=1))
     return 0

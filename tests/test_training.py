@@ -172,3 +172,33 @@ def test_full_precision_twin_keeps_a_nonlinearity_and_learns_xor():
     assert not any(getattr(layer, "binary", False) or getattr(layer, "kernel_binary", False)
                    for layer in model.layers)
     assert make_trainer(scene, model, data).run().val_accuracy > 0.9
+
+
+@pytest.mark.parametrize("clip", [None, 1.0, 0.5])
+def test_fused_adam_equals_the_numpy_update_bit_for_bit(clip):
+    rng = np.random.default_rng(7)
+    v = rng.uniform(-1.2, 1.2, (3, 3, 5, 7)).astype(np.float32)
+    fused, plain = _param(v, clip=clip), _param(v, clip=clip)
+    a_fused, a_plain = Adam(1e-2), Adam(1e-2)
+    for _ in range(6):
+        g = rng.standard_normal(v.shape).astype(np.float32)
+        fused.grad[...] = g
+        plain.grad[...] = g
+        a_fused.step([fused])
+        # The NumPy path, one parameter at a time, as Adam.update does it.
+        a_plain._t = a_plain.iterations + 1
+        lr = a_plain.current_lr
+        a_plain.iterations += 1
+        a_plain.update(plain, lr)
+        plain.apply_constraint()
+    np.testing.assert_array_equal(fused.value, plain.value)
+    if clip is not None:
+        assert np.abs(fused.value).max() <= clip
+
+
+def test_adam_falls_back_for_arrays_it_cannot_fuse():
+    v = np.arange(12, dtype=np.float32).reshape(3, 4).T  # not C-contiguous
+    p = Param("w", v.copy(order="F"), np.ones_like(v))
+    assert not p.value.flags.c_contiguous
+    Adam(0.1).step([p])
+    np.testing.assert_allclose(p.value, v - 0.1, rtol=1e-5)

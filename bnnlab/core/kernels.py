@@ -1604,6 +1604,39 @@ def _bn_normalize_par(x2, mean, inv, scale, offset, y, nch):
         _bn_normalize_rows(x2[i0:i1], mean, inv, scale, offset, y[i0:i1])
 
 
+@nb.njit(**_JIT)
+def _scale_shift_rows(xs, a, b, ys):
+    # No fastmath: x * a and + b each round to float32, never fused into one FMA, so
+    # inference matches the folded thresholds of the exported model.
+    for i in range(xs.shape[0]):
+        for cc in range(xs.shape[1]):
+            ys[i, cc] = xs[i, cc] * a[cc] + b[cc]
+
+
+@nb.njit(parallel=True, **_JIT)
+def _scale_shift_par(x2, a, b, y, nch):
+    m = x2.shape[0]
+    per = (m + nch - 1) // nch
+    for ch in nb.prange(nch):
+        i0 = min(m, ch * per)
+        i1 = min(m, i0 + per)
+        _scale_shift_rows(x2[i0:i1], a, b, y[i0:i1])
+
+
+def scale_shift(x2: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-channel ``x * a + b`` of an (M, C) float32 array (inference batch norm)."""
+    x2 = np.ascontiguousarray(x2, dtype=np.float32)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    y = np.empty_like(x2)
+    nch = _chunks(x2.shape[0], x2.size)
+    if nch == 1:
+        _scale_shift_rows(x2, a, b, y)
+    else:
+        _scale_shift_par(x2, a, b, y, nch)
+    return y
+
+
 @nb.njit(**_JIT_FLOAT)
 def _col_dot_sums(a, xs, mean, inv, s):
     # Column sums of a and of a * xhat, xhat = (xs - mean) * inv.
@@ -1731,6 +1764,41 @@ def bn_backward_train(dy2, x2, mean32, inv, gamma):
     return dx, sums[0], sums[1]
 
 
+# --------------------------------------------------------------------------- optimizer
+
+
+@nb.njit(**_JIT)
+def adam_update(w, g, m, v, b1, b2, lr_t, eps, clip):
+    """One Adam step in Keras's form, in place and in one pass over float32 arrays:
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr_t m / (sqrt(v) + eps)
+
+    then, when ``clip`` > 0, w is clipped to [-clip, clip] (``weight_clip``). Each
+    operation rounds to float32 in that order, as the NumPy expression does (no FMA).
+    """
+    w1 = w.reshape(-1)
+    g1 = g.reshape(-1)
+    m1 = m.reshape(-1)
+    v1 = v.reshape(-1)
+    b1f = np.float32(b1)
+    b2f = np.float32(b2)
+    c1 = np.float32(1.0 - b1)
+    c2 = np.float32(1.0 - b2)
+    lr = np.float32(lr_t)
+    e = np.float32(eps)
+    cl = np.float32(clip)
+    for i in range(w1.shape[0]):
+        gi = g1[i]
+        mi = m1[i] * b1f + c1 * gi
+        vi = v1[i] * b2f + c2 * (gi * gi)
+        m1[i] = mi
+        v1[i] = vi
+        wi = w1[i] - lr * mi / (np.sqrt(vi) + e)
+        if cl > 0:
+            wi = min(max(wi, -cl), cl)
+        w1[i] = wi
+
+
 def warm_up(progress=None) -> None:
     """Compile (or load from cache) every kernel on tiny inputs.
 
@@ -1740,6 +1808,12 @@ def warm_up(progress=None) -> None:
     steps = []
     x = np.random.default_rng(0).standard_normal((1, 5, 5, 3)).astype(np.float32)
     steps.append(lambda: pack_conv_input(x, 3, 3, 1, (1, 1), (5, 5), 0))
+    w4 = np.zeros(4, np.float32)
+    for nch in (1, 2):
+        steps.append(lambda nch=nch: _with_chunks(nch, scale_shift, xb.reshape(-1, 64),
+                                                  w4.repeat(16), w4.repeat(16)))
+    steps.append(lambda: adam_update(w4, w4.copy(), w4.copy(), w4.copy(), 0.9, 0.999, 1e-3,
+                                     1e-7, 1.0))
     a = np.zeros((4, 1), np.uint64)
     bt = np.zeros((1, 3), np.uint64)
     steps.append(lambda: xnor_gemm(a, bt, 9, parallel=False))

@@ -559,7 +559,7 @@ class BatchNorm(Layer):
             self.moving_variance += (1 - m) * var
             return y.reshape(x.shape)
         a, b = self.scale_offset()
-        return (x2 * a + b).astype(np.float32).reshape(x.shape)
+        return K.scale_shift(x2, a, b).reshape(x.shape)
 
     def backward(self, dy):
         c = dy.shape[-1]

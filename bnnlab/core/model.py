@@ -128,14 +128,14 @@ class Sequential:
             if g is None:
                 break
 
-    def predict_logits(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), np.float32)
 
-    def predict_proba(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return softmax(self.predict_logits(x, batch_size).astype(np.float64)).astype(np.float32)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) in inference mode (running batch-norm statistics)."""
         logits = self.predict_logits(x, batch_size)
         loss, _ = softmax_cross_entropy(logits, y)

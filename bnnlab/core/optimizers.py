@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import kernels as K
 from .layers import Param
 
 __all__ = ["Optimizer", "Adam", "SGD", "Bop", "make_optimizer", "optimizer_names",
@@ -50,6 +51,13 @@ def schedule_names() -> list[str]:
 
 
 # --------------------------------------------------------------------------- optimizers
+
+
+def _fused(p: Param, *slots: np.ndarray) -> bool:
+    """Whether the compiled update applies: C-contiguous float32 arrays, a positive clip."""
+    arrays = (p.value, p.grad, *slots)
+    return (all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+            and (p.clip is None or p.clip > 0))
 
 
 class Optimizer:
@@ -98,17 +106,31 @@ class Adam(Optimizer):
 
     def step(self, params):
         self._t = self.iterations + 1
-        super().step(params)
+        lr = self.current_lr
+        self.iterations += 1
+        lr_t = lr * math.sqrt(1 - self.beta_2 ** self._t) / (1 - self.beta_1 ** self._t)
+        for p in params:
+            m, v = self._slots(p, "m", "v")
+            if _fused(p, m, v):
+                # One compiled pass per array, with weight_clip folded in.
+                K.adam_update(p.value, p.grad, m, v, self.beta_1, self.beta_2, lr_t,
+                              self.epsilon, p.clip or 0.0)
+            else:
+                self._update(p, m, v, lr_t)
+                p.apply_constraint()
 
     def update(self, p, lr):
         m, v = self._slots(p, "m", "v")
+        lr_t = lr * math.sqrt(1 - self.beta_2 ** self._t) / (1 - self.beta_1 ** self._t)
+        self._update(p, m, v, lr_t)
+
+    def _update(self, p, m, v, lr_t):
         b1, b2 = self.beta_1, self.beta_2
         g = p.grad
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * (g * g)
-        lr_t = lr * math.sqrt(1 - b2 ** self._t) / (1 - b1 ** self._t)
         p.value -= (lr_t * m / (np.sqrt(v) + self.epsilon)).astype(np.float32)
 
     def config(self):

@@ -451,7 +451,8 @@ class Runtime:
         """
         raw = np.asarray(raw)
         threads = available_cpus() if threads is None else max(1, int(threads))
-        step = max(1, min(self.batch_size, 256))
+        # Slices of at most 256 images, and at least one slice per thread.
+        step = max(1, min(self.batch_size, 256, -(-len(raw) // threads)))
         slices = [raw[i:i + step] for i in range(0, len(raw), step)]
         if threads == 1 or len(slices) < 2:
             outs = [self._run(s) for s in slices]
