@@ -228,3 +228,17 @@ def test_any_valid_file_runs_like_the_oracle(trained, draw):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, (4, *mf.input.shape)).astype(np.uint8)
     np.testing.assert_array_equal(rt.logits(raw), reference_logits(mf, raw))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 5000, 1 << 30])
+def test_chunked_blocks_equal_the_oracle(trained, digits_test, monkeypatch, chunk_bytes):
+    # Binary blocks run a few images per GEMM; uneven last chunks must change nothing.
+    import bnnlab.deploy.runtime as R
+
+    monkeypatch.setattr(R, "_CHUNK_BYTES", chunk_bytes)
+    rt = load_runtime(trained[1])
+    raw = raw_from_unit(digits_test[0][:37], "uint8")
+    np.testing.assert_array_equal(rt.logits(raw, threads=1), reference_logits(rt.model_file, raw))
+    for b in rt._blocks:
+        if hasattr(b, "chunk"):
+            assert b.chunk >= 1
