@@ -121,14 +121,19 @@ def bench_inference(repeats):
     for batch in (1, 256):
         x = rng.random((batch, 28, 28, 1), dtype=np.float32)
         for nt in (1, 2):
-            with threads(nt):
-                tb = median_time(lambda: bnn.forward(x), repeats, 0.3)
-                tf = median_time(lambda: fp.forward(x), repeats, 0.3)
-            rows.append({"case": f"larq-mnist-bnn inference batch {batch}", "threads": nt,
-                         "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
-                         "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3,
-                         "ratio": tf / tb})
+            rows.append(_throughput(f"larq-mnist-bnn inference batch {batch}", nt, batch,
+                                    lambda: bnn.forward(x), lambda: fp.forward(x), repeats))
     return rows
+
+
+def _throughput(case, nt, batch, binary_fn, float_fn, repeats):
+    """Images/s and latency of a binary and a float32 pass over one batch, on nt threads."""
+    with threads(nt):
+        tb = median_time(binary_fn, repeats, 0.3)
+        tf = median_time(float_fn, repeats, 0.3)
+    return {"case": case, "threads": nt,
+            "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
+            "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3, "ratio": tf / tb}
 
 
 def bench_runtime(repeats):
@@ -152,20 +157,16 @@ def bench_runtime(repeats):
         raw = rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)
         x = raw.astype(np.float32) / np.float32(255.0)
         for nt in (1, 2):
-            with threads(nt):
-                tb = median_time(lambda: runtime.logits(raw, threads=nt), repeats, 0.3)
-                tf = median_time(lambda: twin.logits(x), repeats, 0.3)
-            rows.append({"case": f".bnn runtime batch {batch}", "threads": nt,
-                         "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
-                         "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3,
-                         "ratio": tf / tb})
+            rows.append(_throughput(f".bnn runtime batch {batch}", nt, batch,
+                                    lambda: runtime.logits(raw, threads=nt),
+                                    lambda: twin.logits(x), repeats))
     return rows
 
 
 def bench_epoch(nthreads=2, n=60000):
-    """One real epoch of larq-mnist-bnn through the Trainer (shuffling, telemetry, and
-    validation off), on random images of MNIST's shape: the speed does not depend on
-    the pixels."""
+    """One real epoch of larq-mnist-bnn through the Trainer, with shuffling and telemetry
+    as ``bnnlab train`` runs it but no validation, on random images of MNIST's shape
+    (the speed does not depend on the pixels)."""
     from .core.trainer import Trainer
     from .core.optimizers import Adam
 

@@ -114,3 +114,16 @@ def test_python_dash_m_and_bench_quick_json():
     assert "gemm 5184x576x64" in cases and "avx2" in d["cpu"]
     gemm = next(row for row in d["results"] if row["case"] == "gemm 5184x576x64")
     assert gemm["ratio"] > 0 and gemm["binary_tops"] > 0
+    assert d["cpu"]["popcount"]
+    for batch in (1, 256):
+        rt = [row for row in d["results"] if row["case"] == f".bnn runtime batch {batch}"]
+        assert [row["threads"] for row in rt] == [1, 2]
+        assert all(row["binary_images_per_s"] > 0 and row["ratio"] > 0 for row in rt)
+
+
+def test_bench_epoch_runs_a_whole_epoch():
+    from bnnlab.bench import bench_epoch
+
+    (row,) = bench_epoch(nthreads=1, n=640)
+    assert row["threads"] == 1 and row["epoch_s"] > 0
+    assert row["images_per_s"] == pytest.approx(640 / row["epoch_s"])
