@@ -79,7 +79,10 @@ class Optimizer:
 
     def _slots(self, p: Param, *names: str) -> list[np.ndarray]:
         st = self._state.setdefault(id(p), {})
-        return [st.setdefault(n, np.zeros_like(p.value)) for n in names]
+        for n in names:
+            if n not in st:  # allocate once, not on every step
+                st[n] = np.zeros_like(p.value)
+        return [st[n] for n in names]
 
     def step(self, params: list[Param]) -> None:
         lr = self.current_lr
