@@ -109,9 +109,8 @@ class Adam(Optimizer):
 
     def step(self, params):
         self._t = self.iterations + 1
-        lr = self.current_lr
+        lr_t = self._lr_t(self.current_lr)
         self.iterations += 1
-        lr_t = lr * math.sqrt(1 - self.beta_2 ** self._t) / (1 - self.beta_1 ** self._t)
         for p in params:
             m, v = self._slots(p, "m", "v")
             if _fused(p, m, v):
@@ -124,8 +123,11 @@ class Adam(Optimizer):
 
     def update(self, p, lr):
         m, v = self._slots(p, "m", "v")
-        lr_t = lr * math.sqrt(1 - self.beta_2 ** self._t) / (1 - self.beta_1 ** self._t)
-        self._update(p, m, v, lr_t)
+        self._update(p, m, v, self._lr_t(lr))
+
+    def _lr_t(self, lr):
+        """The step size with Adam's bias corrections folded in, at step ``self._t``."""
+        return lr * math.sqrt(1 - self.beta_2 ** self._t) / (1 - self.beta_1 ** self._t)
 
     def _update(self, p, m, v, lr_t):
         b1, b2 = self.beta_1, self.beta_2

@@ -49,9 +49,9 @@ def _pool_threshold_pack(z, r0, ho, wo, corr, ps, pst, hp, wp, sgn, thr, out, n,
     """Max-pool image ``n``'s accumulators and pack ``sgn * max >= thr`` as bits.
 
     z: (rows, F) accumulators, image n's ho*wo rows starting at r0; corr: (ho*wo, F)
-    subtracted before pooling, or (0, F); sgn, thr: (F,) of z's dtype; out: (N, hp*wp,
-    ceil(F/64)) uint64 (bit 1 = -1, i.e. the comparison failed); m: scratch (F,) of z's
-    dtype.
+    subtracted before pooling, or (0, F); sgn, thr: (F,) int32 for integer accumulators,
+    float for float ones; out: (N, hp*wp, ceil(F/64)) uint64 (bit 1 = -1, i.e. the
+    comparison failed); m: scratch (F,) of z's dtype.
     """
     f_n = z.shape[1]
     fw_n = out.shape[2]
@@ -234,7 +234,7 @@ def _dense_raw_image(x, n, wt, out):
 def _threshold_pack(acc, sgn, thr, out):
     """Bits of the comparison ``sgn[f] * acc >= thr[f]`` (true means +1, bit 0).
 
-    acc: (N, P, F) int32/float32; sgn: (F,) -1/0/+1 and thr: (F,) int64 or float64, which
+    acc: (N, P, F) int32/float32; sgn: (F,) -1/0/+1 and thr: (F,) int32 or float64, which
     encode the four threshold modes; out: (N, P, ceil(F/64)) uint64.
     """
     n_img, p_n, f_n = acc.shape
