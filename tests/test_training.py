@@ -202,3 +202,25 @@ def test_adam_falls_back_for_arrays_it_cannot_fuse():
     assert not p.value.flags.c_contiguous
     Adam(0.1).step([p])
     np.testing.assert_allclose(p.value, v - 0.1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["larq-mnist-bnn", "larq-mnist-fp"])
+def test_a_seed_gives_the_same_bits_serial_or_threaded(monkeypatch, preset):
+    """The kernels run serially when the machine is busy and threaded otherwise; the
+    reductions are split the same way in both, so a run does not depend on the load."""
+    from bnnlab.core import kernels as K
+
+    scene = load_preset(preset)
+    scene.dataset, scene.limit_train, scene.limit_test = "digits", 256, 64
+    data = prepare_data(scene)
+
+    def run(busy):
+        monkeypatch.setattr(K._contention, "check", lambda: busy)
+        model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
+        make_trainer(scene, model, data, epochs=1, telemetry=False).run()
+        return model.state_dict()
+
+    threaded, serial = run(False), run(True)
+    assert threaded.keys() == serial.keys()
+    for k in threaded:
+        np.testing.assert_array_equal(threaded[k], serial[k], err_msg=k)

@@ -138,6 +138,17 @@ def _chunks(items: int, work: int) -> int:
     return max(1, min(int(items), nb.get_num_threads()))
 
 
+# Sums over the batch (weight gradients, batch-norm statistics) are split into this many
+# partial sums whatever the thread count, and the partials are added in a fixed order.
+# A chunk of a parallel kernel computes whole partials, so the result has the same bits
+# on one thread or many, busy machine or idle: a seed makes a run repeatable.
+REDUCE_PARTS = 8
+
+
+def _reduce_parts(items: int) -> int:
+    return max(1, min(int(items), REDUCE_PARTS))
+
+
 @intrinsic
 def popcount64(typingctx, x):
     """LLVM ``ctpop`` on a uint64 (compiles to ``popcnt``, or vector code in loops)."""
@@ -1383,18 +1394,35 @@ def _conv_backward_images(xp, w, wm, dz, orig, toff, i0, i1, n, npos, f_, kh, sp
                        dxp[i0 * img:i1 * img])
 
 
-@nb.njit(**_JIT_PAR)
-def _conv_backward_par(xp, w, wm, dz, orig, toff, n, npos, f_, kh, span, row, sparse_dw,
-                       sparse_dx, need_dx, parts, dxp, gate, clip, nch):
-    # Chunk ch owns images [i0, i1) of dxp and slice ch of `parts`, so no two threads
-    # write the same element; the weight-gradient slices are summed by the caller.
-    per = (n + nch - 1) // nch
-    size = parts.shape[0] // nch
-    for ch in nb.prange(nch):
-        i0 = min(n, ch * per)
+@nb.njit(**_JIT_FLOAT)
+def _conv_backward_parts(xp, w, wm, dz, orig, toff, n, npos, f_, kh, span, row, sparse_dw,
+                         sparse_dx, need_dx, parts, dxp, gate, clip, p0, p1, nparts):
+    # Part p owns images [i0, i1) of dxp and slice p of `parts`, so no two parts write
+    # the same element; the weight-gradient slices are summed by the caller.
+    per = (n + nparts - 1) // nparts
+    size = parts.shape[0] // nparts
+    for p in range(p0, p1):
+        i0 = min(n, p * per)
         _conv_backward_images(xp, w, wm, dz, orig, toff, i0, min(n, i0 + per), n, npos, f_, kh,
                               span, row, sparse_dw, sparse_dx, need_dx,
-                              parts[ch * size:(ch + 1) * size], dxp, gate, clip)
+                              parts[p * size:(p + 1) * size], dxp, gate, clip)
+
+
+@nb.njit(**_JIT_PAR)
+def _conv_backward_par(xp, w, wm, dz, orig, toff, n, npos, f_, kh, span, row, sparse_dw,
+                       sparse_dx, need_dx, parts, dxp, gate, clip, nparts, nch):
+    for ch in nb.prange(nch):
+        _conv_backward_parts(xp, w, wm, dz, orig, toff, n, npos, f_, kh, span, row, sparse_dw,
+                             sparse_dx, need_dx, parts, dxp, gate, clip, ch * nparts // nch,
+                             (ch + 1) * nparts // nch, nparts)
+
+
+def _sum_parts(parts: np.ndarray) -> np.ndarray:
+    """Rows of ``parts`` added one after another, in row order."""
+    acc = parts[0].copy()
+    for row in parts[1:]:
+        acc += row
+    return acc
 
 
 def _density(dz: np.ndarray) -> float:
@@ -1445,8 +1473,9 @@ def conv_backward(x, wt, dz, stride, pad_top, pad_left, need_dx, dw, dx, pad_val
     else:
         raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
     wt = np.ascontiguousarray(wt, dtype=np.float32)
-    nch = _chunks(n, dz.size * taps // 8)
-    parts = np.empty(nch * f_ * taps, np.float32)
+    nparts = _reduce_parts(n)
+    nch = min(nparts, _chunks(n, dz.size * taps // 8))
+    parts = np.empty(nparts * f_ * taps, np.float32)
     if need_dx:
         dxp = np.empty((n, hp, wp, c), np.float32) if padded else dx
     else:
@@ -1457,13 +1486,13 @@ def conv_backward(x, wt, dz, stride, pad_top, pad_left, need_dx, dw, dx, pad_val
     clip1 = np.float32(clip if fused_gate else -1.0)
     args = (xp.reshape(-1), wt.reshape(-1), wt.reshape(-1), dz.reshape(-1),
             *_offset_tables(n, hp, wp, c, kh, kw, ho, wo, stride))
+    rest = (n, ho * wo, f_, kh, span, wp * c, sparse_dw, sparse_dx, bool(need_dx), parts,
+            dxp.reshape(-1), gate1, clip1)
     if nch == 1:
-        _conv_backward_images(*args, 0, n, n, ho * wo, f_, kh, span, wp * c, sparse_dw, sparse_dx,
-                              bool(need_dx), parts, dxp.reshape(-1), gate1, clip1)
+        _conv_backward_parts(*args, *rest, 0, nparts, nparts)
     else:
-        _conv_backward_par(*args, n, ho * wo, f_, kh, span, wp * c, sparse_dw, sparse_dx,
-                           bool(need_dx), parts, dxp.reshape(-1), gate1, clip1, nch)
-    acc = parts.reshape(nch, -1).sum(axis=0) if nch > 1 else parts
+        _conv_backward_par(*args, *rest, nparts, nch)
+    acc = _sum_parts(parts.reshape(nparts, -1))
     if sparse_dw:
         dw[...] = acc.reshape(f_, kh, kw, c)
     else:
@@ -1572,14 +1601,22 @@ def _col_sums(xs, shift, s):
             s[1, cc] += d * d
 
 
+@nb.njit(**_JIT_FLOAT)
+def _col_sums_parts(x2, shift, s, p0, p1):
+    # Partial sum p (of s.shape[0]) covers the p-th block of rows.
+    m = x2.shape[0]
+    per = (m + s.shape[0] - 1) // s.shape[0]
+    for p in range(p0, p1):
+        _col_sums(x2[min(m, p * per):min(m, p * per + per)], shift, s[p])
+
+
 @nb.njit(**_JIT_PAR)
 def _col_sums_par(x2, shift, s, nch):
     # Only the prange loop here: in a parallel function, array expressions (even `s[:] =
     # 0` or `.sum()`) become parallel regions of their own.
-    m = x2.shape[0]
-    per = (m + nch - 1) // nch
+    nparts = s.shape[0]
     for ch in nb.prange(nch):
-        _col_sums(x2[min(m, ch * per):min(m, ch * per + per)], shift, s[ch])
+        _col_sums_parts(x2, shift, s, ch * nparts // nch, (ch + 1) * nparts // nch)
 
 
 # xhat = (x - mean) * inv is recomputed where it is needed (here and in backward) with
@@ -1647,14 +1684,21 @@ def _col_dot_sums(a, xs, mean, inv, s):
             s[1, cc] += v * ((xs[i, cc] - mean[cc]) * inv[cc])
 
 
+@nb.njit(**_JIT_FLOAT)
+def _col_dot_sums_parts(dy2, x2, mean, inv, s, p0, p1):
+    m = dy2.shape[0]
+    per = (m + s.shape[0] - 1) // s.shape[0]
+    for p in range(p0, p1):
+        i0 = min(m, p * per)
+        i1 = min(m, i0 + per)
+        _col_dot_sums(dy2[i0:i1], x2[i0:i1], mean, inv, s[p])
+
+
 @nb.njit(**_JIT_PAR)
 def _col_dot_sums_par(dy2, x2, mean, inv, s, nch):
-    m = dy2.shape[0]
-    per = (m + nch - 1) // nch
+    nparts = s.shape[0]
     for ch in nb.prange(nch):
-        i0 = min(m, ch * per)
-        i1 = min(m, i0 + per)
-        _col_dot_sums(dy2[i0:i1], x2[i0:i1], mean, inv, s[ch])
+        _col_dot_sums_parts(dy2, x2, mean, inv, s, ch * nparts // nch, (ch + 1) * nparts // nch)
 
 
 @nb.njit(**_JIT)
@@ -1677,22 +1721,23 @@ def _bn_dx_par(dy2, x2, mean, g, md, mdx, inv, out, nch):
 
 
 @nb.njit(**_JIT_FLOAT)
-def _bn_train_forward(x2, scale, offset, eps, nch, y, mean, var, mean32, inv):
+def _bn_train_forward(x2, scale, offset, eps, nparts, nch, y, mean, var, mean32, inv):
     # One call for the whole training-mode forward: statistics (shifted by row 0, in
-    # float64), then y. mean32 and inv are the float32 values that define xhat.
+    # float64, as `nparts` partial sums), then y. mean32 and inv are the float32 values
+    # that define xhat.
     m, c = x2.shape
     shift = np.empty(c, np.float64)
     for cc in range(c):
         shift[cc] = x2[0, cc]
-    s = np.zeros((nch, 2, c), np.float64)
+    s = np.zeros((nparts, 2, c), np.float64)
     if nch == 1:
-        _col_sums(x2, shift, s[0])
+        _col_sums_parts(x2, shift, s, 0, nparts)
     else:
         _col_sums_par(x2, shift, s, nch)
     for cc in range(c):
         s0 = 0.0
         s1 = 0.0
-        for ch in range(nch):
+        for ch in range(nparts):
             s0 += s[ch, 0, cc]
             s1 += s[ch, 1, cc]
         d = s0 / m
@@ -1719,19 +1764,20 @@ def bn_forward_train(x2, scale, offset, eps):
     var = np.empty(c, np.float64)
     mean32 = np.empty(c, np.float32)
     inv = np.empty(c, np.float32)
-    _bn_train_forward(x2, scale, offset, np.float32(eps), _chunks(m, x2.size), y, mean, var,
-                      mean32, inv)
+    nparts = _reduce_parts(m)
+    _bn_train_forward(x2, scale, offset, np.float32(eps), nparts,
+                      min(nparts, _chunks(m, x2.size)), y, mean, var, mean32, inv)
     return y, mean, var, mean32, inv
 
 
 @nb.njit(**_JIT_FLOAT)
-def _bn_train_backward(dy2, x2, mean32, inv, gamma, nch, dx, sums):
+def _bn_train_backward(dy2, x2, mean32, inv, gamma, nparts, nch, dx, sums):
     # dx = (dy*gamma - mean(dy*gamma) - xhat * mean(dy*gamma*xhat)) * inv; sums receives
-    # sum(dy) and sum(dy * xhat), accumulated in float64.
+    # sum(dy) and sum(dy * xhat), accumulated in float64 as `nparts` partial sums.
     m, c = dy2.shape
-    s = np.zeros((nch, 2, c), np.float64)
+    s = np.zeros((nparts, 2, c), np.float64)
     if nch == 1:
-        _col_dot_sums(dy2, x2, mean32, inv, s[0])
+        _col_dot_sums_parts(dy2, x2, mean32, inv, s, 0, nparts)
     else:
         _col_dot_sums_par(dy2, x2, mean32, inv, s, nch)
     md = np.empty(c, np.float32)
@@ -1739,7 +1785,7 @@ def _bn_train_backward(dy2, x2, mean32, inv, gamma, nch, dx, sums):
     for cc in range(c):
         sdy = 0.0
         sdyx = 0.0
-        for ch in range(nch):
+        for ch in range(nparts):
             sdy += s[ch, 0, cc]
             sdyx += s[ch, 1, cc]
         sums[0, cc] = sdy
@@ -1760,7 +1806,9 @@ def bn_backward_train(dy2, x2, mean32, inv, gamma):
     m, c = dy2.shape
     dx = np.empty((m, c), np.float32)
     sums = np.empty((2, c), np.float64)
-    _bn_train_backward(dy2, x2, mean32, inv, gamma, _chunks(m, dy2.size), dx, sums)
+    nparts = _reduce_parts(m)
+    _bn_train_backward(dy2, x2, mean32, inv, gamma, nparts, min(nparts, _chunks(m, dy2.size)),
+                       dx, sums)
     return dx, sums[0], sums[1]
 
 
