@@ -142,6 +142,8 @@ def cmd_train(args) -> int:
                     "epoch": snap.epoch, "loss": snap.loss, "accuracy": snap.accuracy,
                     "val_loss": snap.val_loss, "val_accuracy": snap.val_accuracy,
                     "seconds": round(seconds, 3),
+                    "train_seconds": round(seconds - snap.val_seconds, 3),
+                    "val_seconds": round(snap.val_seconds, 3),
                     "images_per_second": round(len(data.x_train) / seconds, 1) if seconds else None,
                 }
                 results.append(row)
@@ -153,8 +155,9 @@ def cmd_train(args) -> int:
                     va = "n/a" if snap.val_accuracy is None else f"{snap.val_accuracy:.4f}"
                     print(f"epoch {snap.epoch}/{snap.epochs}: loss {snap.loss:.4f} "
                           f"accuracy {snap.accuracy:.4f} val_accuracy {va} "
-                          f"({seconds:.1f} s, {row['images_per_second']:,.0f} img/s incl. validation)",
-                          flush=True)
+                          f"({seconds:.1f} s: training {row['train_seconds']:.1f} s, validation "
+                          f"{row['val_seconds']:.1f} s; {row['images_per_second']:,.0f} img/s "
+                          f"incl. validation)", flush=True)
     except TrainingDiverged as exc:
         print(f"bnnlab train: {exc}", file=sys.stderr)
         return 1

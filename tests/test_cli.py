@@ -33,7 +33,10 @@ def test_train_json_per_epoch_and_checkpoint(capsys, tmp_path):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
-        assert {"epoch", "loss", "accuracy", "val_accuracy", "seconds", "images_per_second"} <= set(r)
+        assert {"epoch", "loss", "accuracy", "val_accuracy", "seconds", "train_seconds",
+                "val_seconds", "images_per_second"} <= set(r)
+        assert r["val_seconds"] >= 0 and r["train_seconds"] > 0
+        assert abs(r["train_seconds"] + r["val_seconds"] - r["seconds"]) < 0.002
     model, meta = load_checkpoint(ckpt)
     assert meta["scene"] == "toy-xor" and len(meta["epochs"]) == 2
     # the checkpoint holds plain arrays: readable without pickle

@@ -96,6 +96,7 @@ class Snapshot:
     history: History
     model_config: dict  # Sequential.config() of the model being trained
     model_state: dict  # read-only copies of every array, for inference views (try-it, filters)
+    val_seconds: float = 0.0  # time the validation at this epoch's end took (0 elsewhere)
 
     @property
     def progress(self) -> float:
@@ -273,19 +274,22 @@ class Trainer:
                     window_t, window_images = now, 0
                     # Telemetry first: validation overwrites each layer's last input.
                     layers = self._all_telemetry()
+                    val_seconds = 0.0
                     if last and self.x_val is not None:
+                        t_val = time.perf_counter()
                         val_loss, val_acc = model.evaluate(self.x_val, self.y_val)
                         window_t = time.perf_counter()  # validation time is not training speed
+                        val_seconds = window_t - t_val
                     event = "epoch" if last else "step"
                     if last and epoch == self.epochs:
                         event = "done"
                     yield self._snapshot(event, step, epoch, b + 1, loss_sum, correct, seen,
                                          val_loss, val_acc, ips, start, epoch_end=last,
-                                         layers=layers)
+                                         layers=layers, val_seconds=val_seconds)
         assert step == total_steps
 
     def _snapshot(self, event, step, epoch, batch, loss_sum, correct, seen, val_loss, val_acc,
-                  ips, start, epoch_end=False, layers=None) -> Snapshot:
+                  ips, start, epoch_end=False, layers=None, val_seconds=0.0) -> Snapshot:
         loss = loss_sum / seen if seen else float("nan")
         acc = correct / seen if seen else float("nan")
         if layers is None:
@@ -314,6 +318,7 @@ class Trainer:
             history=c.freeze(len(self._quant)),
             model_config=self._model_config,
             model_state={k: _frozen(v) for k, v in self.model.state_dict().items()},
+            val_seconds=val_seconds,
         )
         self.last_snapshot = snap
         return snap
