@@ -130,6 +130,8 @@ CONV_CASES = [
     (1, 6, 7, 13, 17, 2, 3, 2, "valid"),
     (4, 5, 5, 64, 64, 3, 3, 1, "valid"),
     (2, 4, 4, 5, 3, 1, 1, 1, "valid"),
+    # 8 partial sums of 5 images; the dense dx product takes them 3 + 2 at a time
+    (40, 12, 12, 16, 8, 3, 3, 1, "same"),
 ]
 
 

@@ -1347,17 +1347,21 @@ def _conv_backward_sparse(xp, w, dz, orig, i0, i1, npos, f_, kh, span, row, need
 
 @nb.njit(**_JIT_FLOAT)
 def _conv_dx_dense(wm, dz, orig, i0, i1, npos, f_, kh, span, row, dxp):
-    # Per image: cols = dz @ W (pixels x taps) in a scratch tile, then added into the
-    # patches of dxp (col2im), one contiguous kernel row at a time.
+    # Per group of images: cols = dz @ W (pixels x taps) in a scratch tile of about
+    # DX_TILE_FLOATS, then added into the patches of dxp (col2im), one contiguous kernel
+    # row at a time. Grouping images keeps the product tall when an image has few pixels.
     taps = kh * span
-    tile = np.empty(npos * taps, np.float32)
+    group = max(1, min(i1 - i0, DX_TILE_FLOATS // (npos * taps)))
+    tile = np.empty(group * npos * taps, np.float32)
     ka = np.arange(f_)
-    ic = np.arange(npos) * taps
-    for img in range(i0, i1):
-        r0 = img * npos
-        ia = np.arange(r0, r0 + npos) * f_
-        _gemm_offsets(dz, ia, ka, wm, 0, taps, taps, tile, 0, ic, False)
-        for p in range(npos):
+    ic = np.arange(group * npos) * taps
+    for g0 in range(i0, i1, group):
+        g1 = min(i1, g0 + group)
+        r0 = g0 * npos
+        rows = (g1 - g0) * npos
+        ia = np.arange(r0, r0 + rows) * f_
+        _gemm_offsets(dz, ia, ka, wm, 0, taps, taps, tile, 0, ic[:rows], False)
+        for p in range(rows):
             o = orig[r0 + p]
             for dy in range(kh):
                 d = o + dy * row
@@ -1369,6 +1373,11 @@ def _conv_dx_dense(wm, dz, orig, i0, i1, npos, f_, kh, span, row, dxp):
                 while k < span:
                     dxp[d + k] += tile[t + k]
                     k += 1
+
+
+# The dense input-gradient product runs on groups of images whose (pixels x taps) tile
+# holds about this many floats (256 KiB: it stays in L2 for the col2im that follows).
+DX_TILE_FLOATS = 1 << 16
 
 
 @nb.njit(**_JIT_FLOAT)
