@@ -1438,7 +1438,8 @@ def _density(dz: np.ndarray) -> float:
     """Fraction of non-zeros in dz, estimated from up to four whole images."""
     n = dz.shape[0]
     pick = dz[:: max(1, n // 4)][:4]
-    return np.count_nonzero(pick) / max(1, pick.size)
+    # count_nonzero on this strided view is some 8x slower than comparing first
+    return np.count_nonzero(pick != 0) / max(1, pick.size)
 
 
 # The sparse scatter pays off while at most this fraction of dz is non-zero (max pooling
