@@ -168,3 +168,24 @@ def test_keras_layer_names_and_config_roundtrip():
     m2.load_state_dict(m.state_dict())
     x = np.random.default_rng(0).standard_normal((2, 10, 10, 1)).astype(np.float32)
     np.testing.assert_array_equal(m.forward(x), m2.forward(x))
+
+
+@pytest.mark.parametrize("shape, unbiased", [((5, 3, 2, 4), True), ((7, 4), False),
+                                             ((1, 1, 1, 4), True)])
+def test_batchnorm_running_variance_follows_keras_2(shape, unbiased):
+    # Keras 2 sends image batches through TensorFlow's fused batch norm, whose running
+    # variance takes the unbiased batch variance (n / (n - 1), n = N*H*W; a single value
+    # is not corrected); 2-D batches keep the biased one. Normalization uses the biased one.
+    rng = np.random.default_rng(11)
+    bn = BatchNorm(momentum=0.75)
+    bn.build(shape[1:], rng)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    y = bn.forward(x, training=True)
+    flat = x.reshape(-1, shape[-1]).astype(np.float64)
+    n = flat.shape[0]
+    ddof = 1 if unbiased and n > 1 else 0
+    np.testing.assert_allclose(bn.moving_mean, 0.25 * flat.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance, 0.75 + 0.25 * flat.var(axis=0, ddof=ddof),
+                               rtol=1e-5)
+    xhat = (flat - flat.mean(axis=0)) / np.sqrt(flat.var(axis=0) + bn.epsilon)
+    np.testing.assert_allclose(y.reshape(-1, shape[-1]), xhat, rtol=1e-4, atol=1e-4)

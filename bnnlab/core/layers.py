@@ -497,6 +497,12 @@ class BatchNorm(Layer):
 
     Training uses batch statistics and updates running ones with ``momentum``; inference
     uses the running statistics. ``center``/``scale`` switch beta/gamma on or off.
+
+    Like Keras 2 (the Keras Larq runs on), the running variance of an image batch
+    (N, H, W, C) takes the unbiased batch variance, times n / (n - 1) with n = N*H*W:
+    Keras hands 4-D inputs to TensorFlow's fused batch norm, which corrects it. Other
+    inputs take the biased variance, as Keras's unfused path does. Normalization itself
+    always divides by the biased variance.
     """
 
     type_name = "BatchNorm"
@@ -555,6 +561,9 @@ class BatchNorm(Layer):
             m = self.momentum
             self.moving_mean *= m
             self.moving_mean += (1 - m) * mean
+            if x.ndim == 4:
+                n = x2.shape[0]
+                var = var * np.float32(n / max(n - 1, 1))
             self.moving_variance *= m
             self.moving_variance += (1 - m) * var
             return y.reshape(x.shape)
