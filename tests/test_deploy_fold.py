@@ -221,3 +221,31 @@ def test_unsupported_models_name_the_layer(layers, match):
     model = Sequential(layers, (5, 5, 1))
     with pytest.raises(ExportError, match=match):
         fold_model(model)
+
+
+@pytest.mark.parametrize("kernel, padding, pad, pool, filters, shape", [
+    ((3, 3), "valid", 0.0, True, 9, (14, 13, 1)),
+    ((3, 3), "same", 0.0, True, 40, (12, 15, 1)),
+    ((3, 3), "same", 0.0, False, 70, (9, 8, 1)),
+    ((5, 3), "valid", 0.0, True, 17, (13, 11, 1)),
+    ((1, 3), "same", 0.0, False, 16, (6, 10, 1)),
+    ((3, 3), "valid", 0.0, True, 1, (4, 4, 1)),
+])
+def test_one_channel_first_block_shares_row_sums(kernel, padding, pad, pool, filters, shape):
+    """The first block's int16 row-sum kernel (one channel, ±1 weights three taps wide)
+    against the NumPy oracle, for every filter-count, padding and pooling case it takes.
+    (Padding with ±1 on [0, 1] pixels makes the block accumulate in float32 instead.)"""
+    layers = [QuantConv2D(filters, kernel, kernel_quantizer="ste_sign", padding=padding,
+                          pad_values=pad, use_bias=False)]
+    layers += [MaxPool2D(2), BatchNorm()] if pool else [BatchNorm()]
+    layers += [Flatten(), QuantDense(5, **BIN), BatchNorm()]
+    model = randomize(Sequential(layers, shape, seed=filters), filters)
+    mf = decode(encode(fold_model(model)))
+    rt = Runtime(mf)
+    assert rt._blocks[0].c1_pm1
+    modes = set(mf.blocks[0].modes.tolist())
+    assert {MODE_GE, MODE_LE} <= modes if filters > 2 else modes <= {MODE_PLUS, MODE_MINUS}
+    for n in (1, 7):
+        raw, _ = images(n, shape, seed=n)
+        for got, want in zip(rt.trace(raw), reference_trace(mf, raw)):
+            np.testing.assert_array_equal(got, want if got.dtype == np.float32 else want.astype(np.int8))

@@ -211,6 +211,122 @@ def _conv_raw_exact_f32(xp, orig, toff, w1, f_, ho, wo, ps, pst, hp, wp, chunk, 
 
 
 @nb.njit(**_JIT)
+def _conv_c1_pm1(xp, pat, ho, wo, pool2, hp, wp, sgn, thr, out_bits):
+    """First block on one-channel integer input, weights all ±1, kernels three taps wide.
+
+    Three ±1 taps in a kernel row form one of 8 sign patterns, so every input row gets
+    its 8 signed three-tap sums once (``hs``), shared by all filters; a filter's
+    accumulator is then kh additions per output against 3*kh multiply-adds. Everything
+    runs in int16 on whole images flattened with the padded row stride (columns past
+    ``wo`` hold sums nobody reads): short rows would keep the loops from vectorizing.
+    Per filter: accumulate, max over 2x2 windows at every position (``pool2``), compare,
+    and OR the filter's bit into 16-bit words; the pixel words are gathered at the end.
+
+    xp: (N, Hp, Wp) int16 padded input, Hp >= ho + kh - 1 and Wp >= wo + 2; pat: (F, kh)
+    int64, bit j set when tap dx = j is -1; sgn, thr: (F,) int32 (see _pool_threshold_pack);
+    out_bits: (N, hp*wp, ceil(F/64)) uint64. The caller checks that sums of kh*3 taps fit
+    in int16.
+    """
+    n_img, hpin, wpin = xp.shape
+    f_n, kh = pat.shape
+    big = wpin * hpin
+    xf = xp.reshape(n_img, big)
+    rows = ho + kh - 1
+    ln = rows * wpin
+    hs = np.zeros((8, ln), np.int16)
+    zn = ho * wpin
+    z = np.empty(zn, np.int16)
+    rn = (2 * hp - 1) * wpin if pool2 else zn  # positions whose window max is needed
+    qn = rn - 1 if pool2 else zn
+    r = np.empty(rn, np.int16)
+    w16 = np.empty(((f_n + 15) // 16, qn), np.uint16)
+    fw_n = out_bits.shape[2]
+    for n in range(n_img):
+        x0 = xf[n][0:ln - 2]
+        x1 = xf[n][1:ln - 1]
+        x2 = xf[n][2:ln]
+        h0, h1, h2, h3 = hs[0], hs[1], hs[2], hs[3]
+        h4, h5, h6, h7 = hs[4], hs[5], hs[6], hs[7]
+        for i in range(ln - 2):
+            a = x0[i]
+            b = x1[i]
+            c = x2[i]
+            ab = np.int16(a + b)
+            amb = np.int16(a - b)
+            h0[i] = ab + c
+            h4[i] = ab - c
+            h2[i] = amb + c
+            h6[i] = amb - c
+            h1[i] = c - amb
+            h5[i] = -amb - c
+            h3[i] = c - ab
+            h7[i] = -ab - c
+        w16[:] = 0
+        for f in range(f_n):
+            if pool2 and kh == 3:  # accumulate and take the vertical max in one pass
+                p0, p1, p2 = hs[pat[f, 0]], hs[pat[f, 1]], hs[pat[f, 2]]
+                a0, b0 = p0[0:rn], p0[wpin:wpin + rn]
+                a1, b1 = p1[wpin:wpin + rn], p1[2 * wpin:2 * wpin + rn]
+                a2, b2 = p2[2 * wpin:2 * wpin + rn], p2[3 * wpin:3 * wpin + rn]
+                for q in range(rn):
+                    u = np.int16(a0[q] + a1[q] + a2[q])
+                    v = np.int16(b0[q] + b1[q] + b2[q])
+                    r[q] = u if u > v else v
+            else:
+                s0 = hs[pat[f, 0]]
+                for q in range(zn):
+                    z[q] = s0[q]
+                for dy in range(1, kh):
+                    sd = hs[pat[f, dy]][dy * wpin:dy * wpin + zn]
+                    for q in range(zn):
+                        z[q] += sd[q]
+                if pool2:
+                    za, zb = z[0:rn], z[wpin:wpin + rn]
+                    for q in range(rn):
+                        u = za[q]
+                        v = zb[q]
+                        r[q] = u if u > v else v
+                else:
+                    r[:] = z
+            one = np.uint16(1 << (f & 15))
+            wr = w16[f >> 4]
+            sf = sgn[f]
+            tf = np.int64(thr[f])
+            ra = r[0:qn]
+            rb = r[1:qn + 1] if pool2 else r[0:qn]
+            if sf == 0:  # the comparison 0 >= thr fails everywhere or nowhere
+                if tf > 0:
+                    for q in range(qn):
+                        wr[q] |= one
+                continue
+            # sgn*m >= thr fails when m < thr (sgn 1) or m > -thr (sgn -1); m fits int16.
+            t16 = np.int16(min(max(tf if sf > 0 else -tf, -32768), 32767))
+            if sf > 0:
+                for q in range(qn):
+                    u = ra[q]
+                    v = rb[q]
+                    m = u if u > v else v
+                    wr[q] |= one if m < t16 else np.uint16(0)
+            else:
+                for q in range(qn):
+                    u = ra[q]
+                    v = rb[q]
+                    m = u if u > v else v
+                    wr[q] |= one if m > t16 else np.uint16(0)
+        st = 2 if pool2 else 1
+        for py in range(hp):
+            for px in range(wp):
+                q = st * (py * wpin + px)
+                for fw in range(fw_n):
+                    word = np.uint64(0)
+                    for j in range(4):
+                        g = 4 * fw + j
+                        if g < w16.shape[0]:
+                            word |= np.uint64(w16[g, q]) << np.uint64(16 * j)
+                    out_bits[n, py * wp + px, fw] = word
+
+
+@nb.njit(**_JIT)
 def _dense_raw(x, wt, out):
     """x: (N, K) int32/float32; wt: (K, F) same dtype; sums in ascending k, as the C does."""
     for n in range(x.shape[0]):
@@ -319,9 +435,22 @@ class _Prepared:
                 self.thr = np.clip(np.ceil(thr), lim.min, lim.max).astype(np.int32)
             else:
                 self.sgn, self.thr = sgn.astype(np.float64), thr
+        # One-channel integer pixels with ±1 kernels three taps wide (a binary first
+        # layer on images) share signed row sums between filters; see _conv_c1_pm1.
+        self.c1_pm1 = (b.kind == "conv2d" and b.input == "raw" and b.output == "bits"
+                       and dtype == np.int16 and b.in_shape[2] == 1
+                       and tuple(b.kernel_size)[1] == 3 and b.stride == 1
+                       and (self.ps, self.pst) in ((1, 1), (2, 2))
+                       and float(b.pad_value).is_integer() and abs(float(b.pad_value)) <= 255
+                       and bool(np.all(np.abs(self.wt) == 1)))
+        if self.c1_pm1:
+            kh = b.kernel_size[0]
+            neg = (self.wt.T.reshape(self.f, kh, 3) < 0).astype(np.int64)
+            self.pat = np.ascontiguousarray(neg[:, :, 0] | neg[:, :, 1] << 1 | neg[:, :, 2] << 2)
         # Integer pixels and weights whose sums stay below 2**24 run on float32 tiles,
         # exactly; real-valued inputs keep the tap order of the C code instead.
         self.exact_f32 = (b.kind == "conv2d" and b.input == "raw" and dtype != np.float32
+                          and not self.c1_pm1
                           and 255 * self.k * int(np.abs(self.wt).max(initial=0)) < (1 << 24))
         if self.exact_f32:
             self.w1 = self.wt.astype(np.float32).reshape(-1)
@@ -375,6 +504,18 @@ class _Prepared:
                 _conv_bits(x, self.wt, self.k, h, w, c, kh, kw, b.stride, pt, pl, self.pad_bit,
                            self.corr, self.ho, self.wo, self.ps, self.pst, self.hp, self.wp,
                            min(self.chunk, n), sgn, thr, bits_out, out_bits, out_acc)
+            elif self.c1_pm1:
+                ho, wo = self.ho, self.wo
+                hp_in = _padded_extent(h, kh, 1, pt, ho)
+                wp_in = _padded_extent(w, kw, 1, pl, wo)
+                if pt == 0 and pl == 0 and hp_in <= h and wp_in <= w:
+                    xp = np.ascontiguousarray(x.reshape(n, h, w), dtype=np.int16)
+                else:
+                    xp = np.full((n, max(hp_in, h + pt), max(wp_in, w + pl)),
+                                 int(b.pad_value), np.int16)
+                    xp[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w)
+                _conv_c1_pm1(xp, self.pat, ho, wo, self.ps == 2, self.hp, self.wp, self.sgn,
+                             self.thr, out_bits)
             elif self.exact_f32:
                 ho, wo = self.ho, self.wo
                 xp = pad_input(x, pt, pl, _padded_extent(h, kh, b.stride, pt, ho),
