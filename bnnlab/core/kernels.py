@@ -284,6 +284,12 @@ def _pack_patches_aligned(pix, n, h, w, c, kh, kw, stride, pad_top, pad_left, ho
                       and ox * stride - pad_left >= 0 and ox * stride - pad_left + kw <= w):
                     # The whole patch is inside: no bounds checks per tap.
                     b = (img * h + oy * stride - pad_top) * w + ox * stride - pad_left
+                    if per == 2:  # 32 channels: two taps per word, spelled out
+                        for wd in range(nwo):
+                            lo = pix1[b + poff[2 * wd]]
+                            hi = pix1[b + poff[2 * wd + 1]] if 2 * wd + 1 < ntap else np.uint64(0)
+                            out[r, wd] = lo | (hi << np.uint64(32))
+                        continue
                     t = 0
                     for wd in range(nwo):
                         word = np.uint64(0)
