@@ -15,13 +15,11 @@ import time
 import warnings
 from pathlib import Path
 
+from .cli_base import CliError, progress_bar as _progress_bar
+
 __all__ = ["main"]
 
 SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui", "export", "run", "import")
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -70,15 +68,9 @@ def _model_from_arg(arg: str):
 
 
 def _open_deployed(path: str):
-    from .deploy.commands import open_deployed
+    from .cli_deploy import open_deployed
 
     return open_deployed(path)
-
-
-def _progress_bar(done: int, total: int, text: str, width: int = 28) -> str:
-    frac = done / total if total else 1.0
-    n = int(round(frac * width))
-    return f"\r[{'#' * n}{'.' * (width - n)}] {100 * frac:5.1f}% {text}"
 
 
 # --------------------------------------------------------------------------- commands
@@ -117,7 +109,7 @@ def cmd_train(args) -> int:
     except (DatasetError, SceneError) as exc:
         raise CliError(str(exc)) from None
     if to_bnn:  # find out before training whether the model can be exported at all
-        from .deploy.commands import check_exportable
+        from .cli_deploy import check_exportable
 
         check_exportable(model, scene, data.dataset)
     trainer = make_trainer(scene, model, data, telemetry=False)
@@ -166,7 +158,7 @@ def cmd_train(args) -> int:
         print("\nbnnlab train: interrupted", file=sys.stderr)
         return 130
     if to_bnn:
-        from .deploy.commands import write_trained
+        from .cli_deploy import write_trained
 
         size = write_trained(model, scene, data.dataset, results, args.out)
         if not args.json:
@@ -246,19 +238,19 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .deploy.commands import cmd_export as run
+    from .cli_deploy import cmd_export as run
 
     return run(args)
 
 
 def cmd_run(args) -> int:
-    from .deploy.commands import cmd_run as run
+    from .cli_deploy import cmd_run as run
 
     return run(args)
 
 
 def cmd_import(args) -> int:
-    from .deploy.commands import cmd_import as run
+    from .cli_deploy import cmd_import as run
 
     return run(args)
 

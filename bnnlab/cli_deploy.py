@@ -1,7 +1,9 @@
 """The ``export``, ``run`` and ``import`` subcommands, and the ``.bnn`` side of ``train``.
 
-Kept here so the CLI module only registers them; errors meant for the user are raised as
-:class:`bnnlab.cli.CliError` (one line, exit status 2).
+``bnnlab/cli.py`` registers them; errors meant for the user are raised as
+:class:`bnnlab.cli_base.CliError` (one line, exit status 2). The work itself is done by
+the Qt-free API of :mod:`bnnlab.deploy`; this module only turns arguments into calls and
+results into lines.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from ..cli import CliError
+from .cli_base import CliError
 
 __all__ = [
     "check_exportable",
@@ -24,7 +26,7 @@ __all__ = [
 
 
 def open_deployed(path: str):
-    from . import LarqImportError, ModelFileError, open_model
+    from .deploy import LarqImportError, ModelFileError, open_model
 
     try:
         return open_model(path)
@@ -34,8 +36,8 @@ def open_deployed(path: str):
 
 def export_args(model, input_scale: str | None, dataset: str | None, meta: dict | None = None):
     """(input record, class names) for exporting ``model``, from options or checkpoint meta."""
-    from ..data import DatasetError, dataset_info
-    from .fold import ExportError, input_spec_for
+    from .data import DatasetError, dataset_info
+    from .deploy.fold import ExportError, input_spec_for
 
     meta = meta or {}
     dataset = dataset or meta.get("dataset")
@@ -47,7 +49,7 @@ def export_args(model, input_scale: str | None, dataset: str | None, meta: dict 
             raise CliError(str(exc)) from None
     scale = input_scale or meta.get("input_scale")
     if scale is None and meta.get("scene"):
-        from ..io.scenes import SceneError, load_preset
+        from .io.scenes import SceneError, load_preset
 
         try:
             scale = load_preset(meta["scene"]).input_scale
@@ -63,7 +65,7 @@ def export_args(model, input_scale: str | None, dataset: str | None, meta: dict 
 
 def check_exportable(model, scene, dataset) -> None:
     """Fail before training when the scene's model has no ``.bnn`` form."""
-    from . import ExportError, to_model_file
+    from .deploy import ExportError, to_model_file
 
     spec, names = export_args(model, scene.input_scale, dataset.name)
     try:
@@ -74,7 +76,7 @@ def check_exportable(model, scene, dataset) -> None:
 
 def write_trained(model, scene, dataset, results: list[dict], path: str) -> int:
     """Write a freshly trained model as ``.bnn``, with the accuracy the trainer reported."""
-    from . import ExportError, export_model
+    from .deploy import ExportError, export_model
 
     spec, names = export_args(model, scene.input_scale, dataset.name)
     meta = {"name": scene.name, "dataset": dataset.name, "source": "bnnlab train",
@@ -91,8 +93,8 @@ def write_trained(model, scene, dataset, results: list[dict], path: str) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..core.model import CheckpointError, load_checkpoint
-    from . import ExportError, ModelFileError, export_c, read_file, to_model_file, write_file
+    from .core.model import CheckpointError, load_checkpoint
+    from .deploy import ExportError, ModelFileError, export_c, read_file, to_model_file, write_file
 
     if not args.out and not args.c:
         raise CliError("export: nothing to do; give OUT.bnn and/or --c DIR")
@@ -131,8 +133,8 @@ def cmd_export(args) -> int:
         folder = Path(args.out).resolve().parent
         if not folder.is_dir():
             raise CliError(f"export: folder {folder} does not exist")
-        from ..core.summary import profile_model
-        from .unfold import model_from_file
+        from .core.summary import profile_model
+        from .deploy.unfold import model_from_file
 
         size = write_file(args.out, mf)
         f32 = profile_model(model_from_file(mf)).total_params * 4
@@ -159,9 +161,9 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     import numpy as np
 
-    from ..data import DatasetError, load_dataset
-    from . import ModelFileError, load_runtime
-    from .runtime import available_cpus, raw_from_unit
+    from .data import DatasetError, load_dataset
+    from .deploy import ModelFileError, load_runtime
+    from .deploy.runtime import available_cpus, raw_from_unit
 
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1")
@@ -192,8 +194,8 @@ def cmd_run(args) -> int:
            "threads": args.threads or available_cpus(),
            "recorded_accuracy": rt.metadata.get("test_accuracy")}
     if args.bench:
-        from .bench import FloatTwin, time_float, time_runtime
-        from .unfold import model_from_file
+        from .deploy.bench import FloatTwin, time_float, time_runtime
+        from .deploy.unfold import model_from_file
 
         twin = FloatTwin(model_from_file(rt.model_file))
         x = raw.astype(np.float32) * np.float32(rt.input.scale) + np.float32(rt.input.offset)
@@ -226,9 +228,9 @@ def _int(text, default):
 
 
 def cmd_import(args) -> int:
-    from ..core.model import save_checkpoint
-    from ..core.summary import profile_model
-    from . import ExportError, export_model, model_file_bytes
+    from .core.model import save_checkpoint
+    from .core.summary import profile_model
+    from .deploy import ExportError, export_model, model_file_bytes
 
     if not args.model.lower().endswith((".h5", ".hdf5")):
         raise CliError(f"import: {args.model!r} is not a Keras/Larq .h5 model")
