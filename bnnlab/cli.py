@@ -42,7 +42,7 @@ def _load_scene_arg(arg: str):
 
 def _model_from_arg(arg: str):
     """A model from a scene (freshly initialized) or a checkpoint, .bnn or .h5 (trained weights)."""
-    from .core.model import CheckpointError, load_checkpoint
+    from .io.checkpoints import CheckpointError, load_checkpoint
     from .data import DatasetError, dataset_info
     from .experiment import build_model
 
@@ -77,7 +77,7 @@ def _open_deployed(path: str):
 
 
 def cmd_train(args) -> int:
-    from .core.model import save_checkpoint
+    from .io.checkpoints import save_checkpoint
     from .core.trainer import TrainingDiverged
     from .data import DatasetError
     from .experiment import build_model, make_trainer, prepare_data

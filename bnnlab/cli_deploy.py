@@ -93,7 +93,7 @@ def write_trained(model, scene, dataset, results: list[dict], path: str) -> int:
 
 
 def cmd_export(args) -> int:
-    from .core.model import CheckpointError, load_checkpoint
+    from .io.checkpoints import CheckpointError, load_checkpoint
     from .deploy import ExportError, ModelFileError, export_c, read_file, to_model_file, write_file
 
     if not args.out and not args.c:
@@ -228,7 +228,7 @@ def _int(text, default):
 
 
 def cmd_import(args) -> int:
-    from .core.model import save_checkpoint
+    from .io.checkpoints import save_checkpoint
     from .core.summary import profile_model
     from .deploy import ExportError, export_model, model_file_bytes
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bnnlab.cli import main
-from bnnlab.core.model import load_checkpoint, save_checkpoint
+from bnnlab.io.checkpoints import load_checkpoint, save_checkpoint
 from bnnlab.data.fakes import fake_spec, write_fake_files
 from bnnlab.data.registry import FILE_DATASETS
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnnlab.cli import main
-from bnnlab.core.model import load_checkpoint
+from bnnlab.io.checkpoints import load_checkpoint
 from bnnlab.data import load_dataset
 from bnnlab.data.fakes import fake_spec, write_fake_files
 from bnnlab.data.registry import FILE_DATASETS

@@ -88,7 +88,7 @@ def open_model(path: str | os.PathLike):
 
         return import_larq(path)
     if suffix == ".npz":
-        from ..core.model import load_checkpoint
+        from ..io.checkpoints import load_checkpoint
 
         return load_checkpoint(path)[0]
     raise ModelFileError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; "
