@@ -177,7 +177,7 @@ def cmd_run(args) -> int:
     if limit is not None and limit < 1:
         raise CliError("--limit must be at least 1")
     try:
-        ds = load_dataset(args.data, args.data_dir, limit_test=limit, seed=seed)
+        ds = load_dataset(args.data, args.data_dir, limit_test=limit, seed=seed, splits=("test",))
     except DatasetError as exc:
         raise CliError(str(exc)) from None
     if ds.input_shape != tuple(rt.input.shape):

@@ -65,7 +65,7 @@ def test_filters_on_checkpoint_and_scene(capsys, tmp_path):
     (["train", "quickstart", "--epochs", "0"], "--epochs"),
     (["train", "quickstart", "--epochs", "x"], "invalid int value"),
     (["summary", "missing.npz"], "no such file"),
-    (["train", "larq-mnist-bnn", "--data-dir", "/nonexistent"], "BNNLAB_DATA_DIR"),
+    (["train", "larq-mnist-bnn", "--data-dir", "/nonexistent"], "--data-dir /nonexistent does not exist"),
     (["frobnicate"], "not a command, a scene file or a preset"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, tmp_path, argv, match):

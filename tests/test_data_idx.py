@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -147,11 +148,20 @@ def test_absurd_dimensions_rejected_before_allocating(tmp_path, gz):
     assert str(MAX_PAYLOAD_BYTES) in message
 
 
-def test_lying_header_with_small_gzip_costs_little(tmp_path):
-    # Announces ~1 GiB minus a little, delivers 10 bytes: must fail as truncated, quickly.
+@pytest.mark.parametrize("gz", [False, True])
+def test_lying_header_with_small_gzip_costs_little(tmp_path, gz):
+    # Announces 512 MiB, delivers 10 bytes: must fail as truncated, having allocated about what
+    # the file holds (one read chunk), not what its header announces.
     n = MAX_PAYLOAD_BYTES // 2
     data = bytes([0, 0, 8, 1]) + struct.pack(">I", n) + b"\x00" * 10
-    _expect_error(_write(tmp_path, data, gz=True), "truncated")
+    path = _write(tmp_path, data, gz=gz)
+    tracemalloc.start()
+    try:
+        _expect_error(path, "truncated")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes allocated for a {path.stat().st_size}-byte file"
 
 
 def test_corrupt_gzip_stream(tmp_path):

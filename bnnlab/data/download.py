@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .dataset import DatasetError
 
-__all__ = ["DEFAULT_TIMEOUT", "MIRROR_ENV", "ProgressFn", "fetch", "mirror_urls"]
+__all__ = ["CACHE_ENV", "DEFAULT_TIMEOUT", "MIRROR_ENV", "ProgressFn", "fetch", "mirror_urls"]
 
 #: Reports ``(bytes_done, bytes_total)``; ``bytes_total`` is -1 when the server did not say.
 ProgressFn = Callable[[int, int], None]
@@ -28,6 +28,8 @@ MIRROR_ENV = "BNNLAB_MIRROR"
 DEFAULT_TIMEOUT = 30.0
 _CHUNK = 1 << 16
 _USER_AGENT = "bnnlab-dataset-fetch/1"
+#: Env var naming the folder downloads go into (the dataset cache).
+CACHE_ENV = "BNNLAB_CACHE_DIR"
 
 
 def mirror_urls(dataset: str, filename: str, bases: Iterable[str]) -> list[str]:
@@ -59,7 +61,17 @@ def fetch(
     """
     dest = Path(dest)
     urls = list(urls)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        probe_fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(probe_fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot download {dest.name}: cannot write into {dest.parent} "
+            f"({exc.strerror or exc}). Set {CACHE_ENV} to a writable folder, or copy the file "
+            f"into a folder of your own and pass it with --data-dir."
+        ) from None
     failures = []
     for url in urls:
         try:
@@ -80,7 +92,7 @@ def _fetch_one(url: str, dest: Path, md5: str, progress: ProgressFn | None, time
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, progress, timeout)
+            digest = _stream(url, _Sink(out, tmp), progress, timeout)
         if digest != md5:
             raise _AttemptFailed(f"checksum mismatch (md5 {digest}, expected {md5})")
         os.replace(tmp, dest)
@@ -88,6 +100,22 @@ def _fetch_one(url: str, dest: Path, md5: str, progress: ProgressFn | None, time
         # BaseException so that Ctrl-C in the middle of a download leaves no stray .part file.
         tmp.unlink(missing_ok=True)
         raise
+
+
+class _Sink:
+    """The temporary file; a failed write (a full disk) ends the download, not just one mirror."""
+
+    def __init__(self, out, path: Path):
+        self._out, self._path = out, path
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._out.write(chunk)
+        except OSError as exc:
+            raise DatasetError(
+                f"cannot write {self._path.parent}: {exc.strerror or exc}; free some space or "
+                f"set {CACHE_ENV} to another folder"
+            ) from None
 
 
 def _stream(url: str, out, progress: ProgressFn | None, timeout: float) -> str:

@@ -20,8 +20,8 @@ import numpy as np
 
 from .dataset import DatasetError
 
-__all__ = ["IDX_DTYPES", "MAX_DIMS", "MAX_PAYLOAD_BYTES", "decode_idx", "encode_idx", "is_gzip",
-           "read_idx", "write_idx"]
+__all__ = ["IDX_DTYPES", "MAX_DIMS", "MAX_PAYLOAD_BYTES", "decode_idx", "decode_idx_header",
+           "encode_idx", "is_gzip", "read_idx", "write_idx"]
 
 #: IDX type code -> big-endian NumPy dtype.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -39,6 +39,9 @@ MAX_PAYLOAD_BYTES = 1 << 30
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
+#: After the announced data, a gzip stream is inflated at most this much further (and thrown
+#: away) to tell a damaged stream, whose checksum fails, from an intact one with extra bytes.
+_GZIP_DRAIN_BYTES = 64 << 20
 _CODE_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in IDX_DTYPES.items()}
 _FIX = "replace it with an intact copy of the original file"
 
@@ -61,15 +64,27 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return decode_idx(data, str(path))
 
 
+def _open(data: bytes) -> BinaryIO:
+    if is_gzip(data):
+        return gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+    return io.BytesIO(data)
+
+
 def decode_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode the bytes of an IDX file (raw or gzipped); ``source`` names it in errors."""
-    if is_gzip(data):
-        stream: BinaryIO = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
-    else:
-        stream = io.BytesIO(data)
     try:
-        with stream:
-            return _decode_stream(stream, source)
+        with _open(data) as stream:
+            return _decode_stream(stream, source, is_gzip(data))
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{source}: damaged gzip data ({exc}); {_FIX}") from exc
+
+
+def decode_idx_header(data: bytes, source: str = "<bytes>") -> tuple[np.dtype, tuple[int, ...]]:
+    """The element type and shape an IDX file announces, inflating only its first bytes."""
+    try:
+        with _open(data) as stream:
+            dtype, shape, _ = _read_header(stream, source)
+            return dtype, shape
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{source}: damaged gzip data ({exc}); {_FIX}") from exc
 
@@ -88,7 +103,7 @@ def _read_exact(stream: BinaryIO, n: int, source: str, what: str) -> bytearray:
     return buf
 
 
-def _decode_stream(stream: BinaryIO, source: str) -> np.ndarray:
+def _read_header(stream: BinaryIO, source: str) -> tuple[np.dtype, tuple[int, ...], int]:
     magic = _read_exact(stream, 4, source, "the IDX header")
     zero1, zero2, code, ndim = magic
     if zero1 or zero2:
@@ -114,8 +129,19 @@ def _decode_stream(stream: BinaryIO, source: str) -> np.ndarray:
             f"{source}: IDX header announces shape {shape}, {nbytes} bytes of data, beyond the "
             f"{MAX_PAYLOAD_BYTES} byte limit; the header is corrupt; {_FIX}"
         )
+    return dtype, shape, nbytes
+
+
+def _decode_stream(stream: BinaryIO, source: str, gzipped: bool) -> np.ndarray:
+    dtype, shape, nbytes = _read_header(stream, source)
     payload = _read_exact(stream, nbytes, source, f"shape {shape}")
     if stream.read(1):
+        if gzipped:
+            # A flipped bit inside a deflate stream often inflates to more bytes than were
+            # compressed; the gzip checksum at the end of the stream tells which it is.
+            drained = 1
+            while drained < _GZIP_DRAIN_BYTES and (chunk := stream.read(_CHUNK)):
+                drained += len(chunk)
         raise DatasetError(
             f"{source}: file has trailing bytes after the {nbytes} bytes of shape {shape}; {_FIX}"
         )

@@ -15,6 +15,7 @@ none does, the files are downloaded into the cache (unless ``download=False``).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,16 +25,16 @@ import numpy as np
 
 from . import digits, toy
 from .dataset import Dataset, DatasetError, DatasetInfo
-from .download import ProgressFn, fetch, mirror_urls
-from .idx import decode_idx, encode_idx, is_gzip
+from .download import CACHE_ENV, ProgressFn, fetch, mirror_urls
+from .idx import decode_idx, decode_idx_header, encode_idx, is_gzip
 
 __all__ = [
-    "BUILTIN_DATASETS", "CACHE_ENV", "DATA_DIR_ENV", "FILE_DATASETS", "FileDatasetSpec", "FileSpec",
+    "BUILTIN_DATASETS", "CACHE_ENV", "DATA_DIR_ENV", "FILE_DATASETS", "SPLITS", "FileDatasetSpec", "FileSpec",
     "cache_root", "dataset_info", "dataset_names", "load_dataset",
 ]
 
 DATA_DIR_ENV = "BNNLAB_DATA_DIR"
-CACHE_ENV = "BNNLAB_CACHE_DIR"
+SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,15 @@ class FileSpec:
 
     ``md5`` is the checksum of the file as published (gzipped). ``raw_md5`` is that of its
     uncompressed IDX content, which also identifies copies that were gunzipped or re-gzipped
-    (Debian re-gzips Fashion-MNIST); ``None`` when no trustworthy value is known.
+    (Debian re-gzips Fashion-MNIST); ``None`` when no trustworthy value is known. ``shape`` is
+    that of the published array: a copy whose checksum differs must announce it in its header
+    before anything beyond the header is inflated.
     """
 
     filename: str
     md5: str
     raw_md5: str | None = None
+    shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,21 @@ class FileDatasetSpec:
     def files(self) -> tuple[FileSpec, FileSpec, FileSpec, FileSpec]:
         return (self.train_images, self.train_labels, self.test_images, self.test_labels)
 
+    def split_files(self, splits: tuple[str, ...]) -> tuple[FileSpec, ...]:
+        """The files holding ``splits`` (``"train"``, ``"test"``), images before labels."""
+        pairs = {"train": (self.train_images, self.train_labels),
+                 "test": (self.test_images, self.test_labels)}
+        return tuple(f for split in SPLITS if split in splits for f in pairs[split])
+
 
 def _mnist_files(md5s: tuple[str, str, str, str],
                  raw_md5s: tuple[str | None, ...] = (None,) * 4) -> dict[str, FileSpec]:
     names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
     roles = ("train_images", "train_labels", "test_images", "test_labels")
-    rows = zip(roles, names, md5s, raw_md5s, strict=True)
-    return {role: FileSpec(n, m, r) for role, n, m, r in rows}
+    shapes = ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))
+    rows = zip(roles, names, md5s, raw_md5s, shapes, strict=True)
+    return {role: FileSpec(n, m, r, s) for role, n, m, r, s in rows}
 
 
 # Published md5s of the .gz files: MNIST's match /work/shared/data/mnist/MD5SUMS and torchvision;
@@ -201,12 +212,15 @@ def load_dataset(
     seed: int = 0,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """Load a registered dataset by name.
 
     File datasets are found as described in this module's docstring; ``progress`` reports
     ``(bytes_done, bytes_total)`` per downloaded file, restarting at 0 for each. Built-in sets
     are generated from ``seed``. ``limit_train``/``limit_test`` keep only the first N examples.
+    ``splits`` names the splits wanted: a split left out is neither looked for, read nor
+    downloaded, and comes back with no examples (``splits=("test",)`` to evaluate a model).
     Every failure raises :class:`DatasetError` with a message fit to show as is.
     """
     key = _canonical(name)
@@ -214,15 +228,29 @@ def load_dataset(
         valid = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
         if limit is not None and not valid:
             raise DatasetError(f"{label} must be a positive integer or None, not {limit!r}")
+    splits = tuple(splits)
+    if not splits or any(s not in SPLITS for s in splits):
+        raise DatasetError(f"splits must name some of {', '.join(SPLITS)}, not {splits!r}")
+    limits = {"train": limit_train if "train" in splits else 0,
+              "test": limit_test if "test" in splits else 0}
     if key in BUILTIN_DATASETS:
         builtin = BUILTIN_DATASETS[key]
         x_tr, y_tr, x_te, y_te = builtin.build(seed)
-        return Dataset(key, x_tr[:limit_train], y_tr[:limit_train], x_te[:limit_test],
-                       y_te[:limit_test], builtin.info.class_names, builtin.info.kind, "built-in")
+        return Dataset(key, x_tr[:limits["train"]], y_tr[:limits["train"]], x_te[:limits["test"]],
+                       y_te[:limits["test"]], builtin.info.class_names, builtin.info.kind,
+                       "built-in")
     spec = FILE_DATASETS[key]
-    folder = _find_or_download(spec, data_dir, download, progress)
-    x_tr, y_tr = _load_pair(spec, folder, spec.train_images, spec.train_labels, limit_train)
-    x_te, y_te = _load_pair(spec, folder, spec.test_images, spec.test_labels, limit_test)
+    folder = _find_or_download(spec, data_dir, download, progress, spec.split_files(splits))
+    pairs = {"train": (spec.train_images, spec.train_labels),
+             "test": (spec.test_images, spec.test_labels)}
+    arrays = {}
+    for split, (images, labels) in pairs.items():
+        if split in splits:
+            arrays[split] = _load_pair(spec, folder, images, labels, limits[split])
+        else:
+            side = images.shape[1:]
+            arrays[split] = (np.zeros((0, *side, 1), np.float32), np.zeros(0, np.int64))
+    (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
     return Dataset(key, x_tr, y_tr, x_te, y_te, spec.class_names, "image", str(folder))
 
 
@@ -248,19 +276,19 @@ def _locate(folder: Path, file: FileSpec) -> Path | None:
 
 
 def _find_or_download(spec: FileDatasetSpec, data_dir: str | os.PathLike | None, download: bool,
-                      progress: ProgressFn | None) -> Path:
+                      progress: ProgressFn | None, files: tuple[FileSpec, ...]) -> Path:
     looked = []
     for label, folder in _candidates(spec, data_dir):
         if folder is None:
             looked.append(f"  {label}: not set")
             continue
-        found = sum(_locate(folder, f) is not None for f in spec.files)
-        if found == len(spec.files):
+        found = sum(_locate(folder, f) is not None for f in files)
+        if found == len(files):
             return folder
-        state = f"only {found} of 4 files" if found else "missing"
+        state = f"only {found} of {len(files)} files" if found else "missing"
         looked.append(f"  {folder} ({label}): {state}")
     fix = (f"pass --data-dir DIR (data_dir=DIR) where DIR/{spec.name}/ holds "
-           f"{', '.join(f.filename for f in spec.files)} (or the same names without .gz), "
+           f"{', '.join(f.filename for f in files)} (or the same names without .gz), "
            f"or set {DATA_DIR_ENV}=DIR")
     if not download:
         raise DatasetError(
@@ -268,8 +296,11 @@ def _find_or_download(spec: FileDatasetSpec, data_dir: str | os.PathLike | None,
             + "\n".join(looked)
             + f"\nTo fix: {fix}, or allow downloading into {cache_root() / spec.name}."
         )
+    if data_dir:
+        # A folder was named on purpose: a typo in it must not start a download elsewhere.
+        raise DatasetError(_no_dataset_in(spec, Path(data_dir).expanduser(), files))
     target = cache_root() / spec.name
-    for file in spec.files:
+    for file in files:
         if _locate(target, file) is None:
             try:
                 fetch(mirror_urls(spec.name, file.filename, spec.mirrors), target / file.filename,
@@ -279,6 +310,24 @@ def _find_or_download(spec: FileDatasetSpec, data_dir: str | os.PathLike | None,
     return target
 
 
+def _no_dataset_in(spec: FileDatasetSpec, data_dir: Path, files: tuple[FileSpec, ...]) -> str:
+    if not data_dir.is_dir():
+        what = "does not exist" if not data_dir.exists() else "is not a folder"
+        return (f"--data-dir {data_dir} {what}, so it has no {spec.title} ({spec.name}); fix the "
+                f"path, or leave --data-dir out to download {spec.name} into "
+                f"{cache_root() / spec.name}")
+    sub = data_dir / spec.name
+    if all(_locate(data_dir, f) is not None for f in files):
+        hint = (f"; the files are in {data_dir} itself: move them into {sub} or pass the folder "
+                "above it")
+    else:
+        present = sum(_locate(sub, f) is not None for f in files)
+        hint = f"; {sub} holds {present} of the {len(files)} files needed" if present else ""
+    return (f"--data-dir {data_dir} has no {spec.title} dataset: {sub} should hold "
+            f"{', '.join(f.filename for f in files)}{hint}. Fix the path, or leave --data-dir out "
+            f"to download {spec.name} into {cache_root() / spec.name}")
+
+
 # ------------------------------------------------------------------------- reading, checking
 
 # Files already checked in this process, keyed so that a changed file or checksum is re-checked.
@@ -286,30 +335,61 @@ _verified: set[tuple[str, int, int, str, str | None]] = set()
 
 
 def _read_verified(spec: FileDatasetSpec, folder: Path, file: FileSpec) -> np.ndarray:
+    """The file's array, checked against the release before more than its header is inflated.
+
+    A copy with the published checksum is the release itself. Any other copy (gunzipped,
+    re-gzipped, damaged, or lying) must announce the published shape in its header before
+    its data is inflated, then match the published content checksum.
+    """
     path = _locate(folder, file)
     if path is None:  # vanished since the folder was chosen
         raise DatasetError(f"{folder / file.filename}: file not found")
-    data = path.read_bytes()
-    array = decode_idx(data, str(path))
-    stat = path.stat()
+    try:
+        stat = path.stat()
+        limit = _size_limit(file)
+        if limit is not None and stat.st_size > limit:
+            raise DatasetError(
+                f"{path}: {stat.st_size} bytes, more than any copy of {spec.title} file "
+                f"{file.filename} can hold ({limit}); replace it with the original file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, file.md5, file.raw_md5)
     if key in _verified:
-        return array
+        return decode_idx(data, str(path))
     digest = hashlib.md5(data).hexdigest()
-    if digest != file.md5:
-        raw_digest = hashlib.md5(encode_idx(array)).hexdigest()
-        # An uncompressed copy with no known content checksum can only be checked structurally.
-        unverifiable = file.raw_md5 is None and not is_gzip(data)
-        if not unverifiable and raw_digest != file.raw_md5:
-            expected = file.md5 + (f" (or {file.raw_md5} uncompressed)" if file.raw_md5 else "")
-            raise DatasetError(
-                f"{path}: checksum mismatch for {spec.title} file {file.filename} in folder "
-                f"{folder}: md5 {digest}, expected {expected}. The file is damaged or is not the "
-                f"original release. Delete it and load again to download a fresh copy, or point "
-                f"--data-dir / {DATA_DIR_ENV} at a folder with the original files."
-            )
+    if digest == file.md5:
+        array = decode_idx(data, str(path))
+        _verified.add(key)
+        return array
+
+    def mismatch(detail: str = "") -> DatasetError:
+        expected = file.md5 + (f" (or {file.raw_md5} uncompressed)" if file.raw_md5 else "")
+        return DatasetError(
+            f"{path}: checksum mismatch for {spec.title} file {file.filename} in folder "
+            f"{folder}: md5 {digest}, expected {expected}{detail}. The file is damaged or is not "
+            f"the original release. Delete it and load again to download a fresh copy, or point "
+            f"--data-dir / {DATA_DIR_ENV} at a folder with the original files."
+        )
+
+    _, shape = decode_idx_header(data, str(path))
+    if file.shape and shape != file.shape:
+        raise mismatch(f"; its header announces shape {shape}, the release holds {file.shape}")
+    array = decode_idx(data, str(path))
+    # An uncompressed copy with no known content checksum can only be checked structurally.
+    unverifiable = file.raw_md5 is None and not is_gzip(data)
+    if not unverifiable and hashlib.md5(encode_idx(array)).hexdigest() != file.raw_md5:
+        raise mismatch()
     _verified.add(key)
     return array
+
+
+def _size_limit(file: FileSpec) -> int | None:
+    """Bytes beyond which no copy of ``file`` (raw, or gzipped at any level) can be genuine."""
+    if not file.shape:
+        return None
+    raw = 4 + 4 * len(file.shape) + math.prod(file.shape)  # uint8 elements
+    return raw + raw // 64 + 4096  # deflate expands incompressible data by well under 1%
 
 
 def _load_pair(spec: FileDatasetSpec, folder: Path, images_file: FileSpec, labels_file: FileSpec,
@@ -321,6 +401,11 @@ def _load_pair(spec: FileDatasetSpec, folder: Path, images_file: FileSpec, label
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DatasetError(f"{img_path}: expected uint8 images of shape (N, H, W), got "
                            f"{images.dtype} {images.shape}; replace it with the original file")
+    side = images_file.shape[1:]
+    if side and images.shape[1:] != side:
+        raise DatasetError(f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, but "
+                           f"{spec.title} images are {side[0]}x{side[1]}; replace it with the "
+                           "original file")
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DatasetError(f"{lbl_path}: expected uint8 labels of shape (N,), got "
                            f"{labels.dtype} {labels.shape}; replace it with the original file")
