@@ -19,7 +19,8 @@ from .cli_base import CliError, progress_bar as _progress_bar
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui", "export", "run", "import")
+SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui", "export", "run", "import",
+               "install-desktop")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -268,6 +269,30 @@ def cmd_gui(args) -> int:
     return gui_main(argv)
 
 
+def cmd_install_desktop(args) -> int:
+    from .io.desktop import install_desktop, uninstall_desktop
+
+    try:
+        if args.remove:
+            paths = uninstall_desktop(args.data_home)
+            verb = "removed"
+        else:
+            paths = install_desktop(args.data_home)
+            verb = "wrote"
+    except (OSError, ValueError) as exc:
+        where = getattr(exc, "filename", None)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CliError(f"{where}: {reason}" if where else reason) from None
+    if args.json:
+        print(json.dumps({"action": verb, "paths": [str(p) for p in paths]}))
+    elif not paths:
+        print("bnnlab: nothing to remove")
+    else:
+        for p in paths:
+            print(f"{verb} {p}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -285,6 +310,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bnnlab", description="Explore, train and measure binarized neural networks. "
                 "With no command (or a scene file), opens the desktop app.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a scene (file or preset name)")
@@ -346,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--json", action="store_true")
     im.set_defaults(func=cmd_import)
 
+    d = sub.add_parser("install-desktop",
+                       help="add bnnlab to the desktop's application menu (freedesktop entry and icon)")
+    d.add_argument("--data-home", metavar="DIR",
+                   help="where to write (default: $XDG_DATA_HOME, else ~/.local/share)")
+    d.add_argument("--remove", action="store_true", help="remove the entry and the icon")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_install_desktop)
+
     g = sub.add_parser("gui", help="open the desktop app")
     g.add_argument("scene", nargs="?", help="a scene file (.toml) or a preset name")
     g.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
@@ -364,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                                f"commands: {', '.join(SUBCOMMANDS)} (bnnlab --help)")
             argv = ["gui", *argv]
         args = build_parser().parse_args(argv)
+        if args.version:
+            from .app.about import version
+
+            print(f"bnnlab {version()}")
+            return 0
         if args.command is None:
             build_parser().print_help()
             return 0
@@ -377,6 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        # A preset or scene that cannot be read where no command expected it (e.g. an
+        # installation without its presets) is still a one-line error.
+        scenes = sys.modules.get("bnnlab.io.scenes")
+        if scenes is not None and isinstance(exc, scenes.SceneError):
+            print(f"bnnlab: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,7 +30,7 @@ from .idx import decode_idx, decode_idx_header, encode_idx, is_gzip
 
 __all__ = [
     "BUILTIN_DATASETS", "CACHE_ENV", "DATA_DIR_ENV", "FILE_DATASETS", "SPLITS", "FileDatasetSpec", "FileSpec",
-    "cache_root", "dataset_info", "dataset_names", "load_dataset",
+    "cache_root", "dataset_folders", "dataset_info", "dataset_names", "load_dataset",
 ]
 
 DATA_DIR_ENV = "BNNLAB_DATA_DIR"
@@ -421,3 +421,16 @@ def _load_pair(spec: FileDatasetSpec, folder: Path, images_file: FileSpec, label
     images, labels = images[:limit], labels[:limit]
     x = (images.astype(np.float32) / np.float32(255.0))[..., np.newaxis]
     return x, labels.astype(np.int64)
+
+
+def dataset_folders(name: str, data_dir: str | os.PathLike | None = None
+                    ) -> list[tuple[str, Path | None, int]]:
+    """Where a file dataset is looked for, in order: ``(label, folder, files found there)``.
+
+    ``folder`` is None for a place that is not set (no ``--data-dir``, no
+    ``$BNNLAB_DATA_DIR``); the first folder with all its files is the one loading uses.
+    """
+    spec = FILE_DATASETS[_canonical(name)]
+    return [(label, folder,
+             0 if folder is None else sum(_locate(folder, f) is not None for f in spec.files))
+            for label, folder in _candidates(spec, data_dir)]

@@ -36,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "bnnlab"])
     app.setApplicationName("bnnlab")
     app.setOrganizationName("bnnlab")
+    app.setApplicationDisplayName("bnnlab")
+    # Matches the freedesktop entry that ``bnnlab install-desktop`` writes.
+    app.setDesktopFileName("bnnlab")
+    from ..app.about import version
+    from .about import app_icon
+
+    app.setApplicationVersion(version())
+    app.setWindowIcon(app_icon())
     controller = Controller(data_dir=args.data_dir)
     window = MainWindow(controller, measure_stall=args.measure_stall is not None)
     window.show()  # before loading anything: the window appears at once

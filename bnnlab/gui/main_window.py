@@ -283,6 +283,7 @@ class MainWindow(QMainWindow):
         v.addAction(self.dock.toggleViewAction())
         h = bar.addMenu("&Help")
         h.addAction("Keyboard shortcuts", self._show_shortcuts)
+        h.addAction("About bnnlab", self._show_about)
 
         tb = QToolBar("Training")
         tb.setObjectName("trainingToolbar")
@@ -543,6 +544,12 @@ class MainWindow(QMainWindow):
                 export_graphics(item, path)
             except (OSError, ValueError) as exc:
                 self.banner.show_error("Export failed", str(exc))
+
+    def _show_about(self) -> None:
+        from .about import AboutDialog
+
+        self.about_dialog = AboutDialog(self, data_dir=self.controller.data_dir)
+        self.about_dialog.show()
 
     def _show_shortcuts(self) -> None:
         rows = [(a.text(), a.shortcuts()) for a in

@@ -8,6 +8,7 @@ with the file, the key and the reason. ``schema_version`` allows later migration
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import math
 import os
 import tomllib
@@ -283,15 +284,26 @@ def save_scene(scene: Scene, path: str | os.PathLike) -> None:
 
 
 def preset_dir() -> Path:
-    """The ``scenes/`` folder of presets (next to the package in a source checkout)."""
+    """The folder of preset scenes: the installed package ``bnnlab.presets``.
+
+    ``$BNNLAB_SCENES_DIR`` replaces it with a folder of one's own. The presets are package
+    data read through :mod:`importlib.resources`, so they are found the same way in a
+    wheel, an editable install or a source distribution.
+    """
     env = os.environ.get("BNNLAB_SCENES_DIR")
     if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "scenes", here / "scenes"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "scenes"
+        return Path(env).expanduser()
+    try:
+        root = importlib.resources.files("bnnlab.presets")
+    except ModuleNotFoundError:
+        raise SceneError("bnnlab's preset scenes are not installed (no package bnnlab.presets); "
+                         "reinstall bnnlab (pip install .)") from None
+    # Installed packages live on the file system; a Traversable from a zip would not.
+    path = Path(os.fspath(root)) if isinstance(root, os.PathLike) else None
+    if path is None or not path.is_dir():
+        raise SceneError(f"bnnlab's preset scenes are not in a folder ({root}); "
+                         "install bnnlab unzipped")
+    return path
 
 
 def preset_names() -> list[str]:
