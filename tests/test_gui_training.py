@@ -1,4 +1,4 @@
-"""Live training in the window: curves, histograms, single steps, overlaid runs."""
+"""Live training in the window: curves, histograms, single steps, overlaid runs, results."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from bnnlab.gui.controller import Controller
+from bnnlab.app.runs import RunState
+from bnnlab.app.session import Session
 from bnnlab.gui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 
-WAIT_MS = 60_000
+WAIT_MS = 120_000
 
 
 @pytest.fixture
 def window(qtbot):
-    w = MainWindow(Controller())
+    w = MainWindow(Session())
     qtbot.addWidget(w)
     w.show()
     yield w
@@ -30,98 +31,135 @@ def _points(item) -> int:
     return 0 if x is None else len(x)
 
 
-def _show(window, panel, qtbot):
-    window.tabs.setCurrentWidget(panel)
+def _idle(window, qtbot):
+    qtbot.waitUntil(lambda: (window._refresh(), not window.session.busy)[1], timeout=WAIT_MS)
     window._refresh()
-    panel.flush()
+
+
+def _show(window, title):
+    page = window.page(title)
+    window.tabs.setCurrentWidget(page)
+    window._push_current_tab()
+    assert not page.error.isVisible(), page.error.message.text()
+    if hasattr(page.panel, "flush"):
+        page.panel.flush()
+    return page.panel
 
 
 def test_short_run_updates_curves_and_histograms(window, qtbot):
-    c = window.controller
-    c.update_scene(limit_train=512, limit_test=200, epochs=1)
-    c.start()
-    qtbot.waitUntil(lambda: c.runs and c.runs[0].status == "finished", timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: not c.busy, timeout=WAIT_MS)
+    s = window.session
+    dashboard = window.panel("Training")
+    assert dashboard.empty_note.isVisible()  # "Press Start"
+    s.update_scene(limit_train=512, limit_test=200, epochs=1)
+    s.start()
     window._refresh()
-    curves = window.dashboard.curves[c.runs[0].number]
+    assert not dashboard.empty_note.isVisible()  # gone as soon as a run exists
+    _idle(window, qtbot)
+    assert s.runs[0].state is RunState.FINISHED
+    curves = dashboard.curves[s.runs[0].number]
     assert _points(curves["loss"]) >= 2
     assert _points(curves["accuracy"]) == _points(curves["loss"])
     assert _points(curves["val_accuracy"]) == 1  # one epoch end
-    assert window.dashboard.cards["val_accuracy"].value.text().endswith("%")
+    assert dashboard.cards["val_accuracy"].value.text().endswith("%")
 
-    _show(window, window.weights, qtbot)
-    snap = c.latest_snapshot
-    assert len(window.weights.histograms) == len(snap.layers)
-    _, counts = window.weights.histograms[0].curve.getData()
+    weights = _show(window, "Latent weights")
+    snap = s.latest_snapshot
+    assert len(weights.histograms) == len(snap.layers)
+    _, counts = weights.histograms[0].curve.getData()
     assert counts.sum() == snap.layers[0].weight_counts.sum() > 0
-    assert _points(window.weights.flip_curves[0]) == len(snap.history.step)
+    assert _points(weights.flip_curves[0]) == len(snap.history.step)
 
-    _show(window, window.gating, qtbot)
+    gating = _show(window, "Gradient gating")
     gated_layers = [t for t in snap.layers if t.preact_counts is not None]
-    assert len(window.gating.gates) == len(gated_layers)
-    gate = window.gating.gates[0]
+    assert len(gating.gates) == len(gated_layers)
+    gate = gating.gates[0]
     _, passing = gate.passing.getData()
     _, gated = gate.gated.getData()
     assert np.array_equal(passing + gated, gated_layers[0].preact_counts)
     assert gated.sum() > 0  # some inputs fall outside |x| <= 1
-    assert window.gating.gates[0].region.isVisible()
+
+    results = _show(window, "Results")
+    assert results.table.rowCount() == 1
+    assert results.column("state") == ["finished"]
 
 
 def test_single_step_advances_exactly_one_batch(window, qtbot):
-    c = window.controller
-    c.update_scene(limit_train=512, limit_test=100, epochs=1, snapshot_every=100)
-    window.act_step.trigger()  # no run yet: starts one, paused, and trains one batch
-    qtbot.waitUntil(lambda: c.latest_snapshot is not None, timeout=WAIT_MS)
-    assert c.latest_snapshot.step == 1 and c.state == "paused"
-    window.act_step.trigger()
-    qtbot.waitUntil(lambda: c.latest_snapshot.step == 2, timeout=WAIT_MS)
-    qtbot.wait(300)  # a paused trainer must not move on its own
-    assert c.latest_snapshot.step == 2
-    assert c.paused
-    c.stop(wait=True)
+    s = window.session
+    s.update_scene(limit_train=512, limit_test=100, epochs=1, snapshot_every=100)
+    window.actions_["step"].trigger()  # no run yet: starts one, paused, and trains one batch
+    qtbot.waitUntil(lambda: (window._refresh(), s.latest_snapshot is not None)[1], timeout=WAIT_MS)
+    assert s.latest_snapshot.step == 1 and s.state is RunState.PAUSED
+    assert window.panel("Training").cards["ips"].value.text() == "–"  # no rate while stepping
+    window.actions_["step"].trigger()
+    qtbot.waitUntil(lambda: (window._refresh(), s.latest_snapshot.step == 2)[1], timeout=WAIT_MS)
+    qtbot.wait(300)
+    window._refresh()
+    assert s.latest_snapshot.step == 2  # a paused trainer does not move on its own
+    assert s.paused
+    s.stop(wait=True)
 
 
 def test_runs_are_overlaid_with_distinct_labels(window, qtbot):
-    c = window.controller
-    c.open_preset("toy-xor")
-    c.update_scene(epochs=2)
-    c.start()
-    qtbot.waitUntil(lambda: not c.busy, timeout=WAIT_MS)
+    s = window.session
+    s.open_preset("toy-xor")
+    s.update_scene(epochs=2)
+    s.start()
+    _idle(window, qtbot)
     window.form.activations.mode.setCurrentIndex(
         window.form.activations.mode.findData("stochastic"))
-    c.start()
-    qtbot.waitUntil(lambda: not c.busy, timeout=WAIT_MS)
-    c.train_twin()
-    qtbot.waitUntil(lambda: not c.busy, timeout=WAIT_MS)
-    window.tabs.setCurrentWidget(window.dashboard)
-    window._refresh()
-    titles = [r.title for r in c.runs]
+    s.start()
+    _idle(window, qtbot)
+    s.train_twin()
+    _idle(window, qtbot)
+    dashboard = _show(window, "Training")
+    titles = [r.title for r in s.runs]
     assert titles[:2] == ["#1 toy-xor", "#2 act=stochastic_sign"]
     assert titles[2].startswith("#3 full precision")
-    assert len({r.color for r in c.runs}) == 3
-    legend = [label.text for _, label in window.dashboard.loss_legend.items]
+    assert s.runs[2].twin_of == 2  # the twin of the run selected when it was asked for
+    assert len({r.color for r in s.runs}) == 3
+    legend = [label.text for _, label in dashboard.loss_legend.items]
     assert legend == titles
-    for run in c.runs:
-        assert _points(window.dashboard.curves[run.number]["loss"]) > 0
+    for run in s.runs:
+        assert _points(dashboard.curves[run.number]["loss"]) > 0
     assert window.run_list.list.count() == 3
 
-    # hide one, then remove one
-    c.set_run_visible(c.runs[0], False)
+    s.set_run_visible(s.runs[0], False)
     window._refresh()
-    assert not window.dashboard.curves[1]["loss"].isVisible()
-    assert len(window.dashboard.loss_legend.items) == 2
-    c.remove_run(c.runs[1])
+    assert not dashboard.curves[1]["loss"].isVisible()
+    assert len(dashboard.loss_legend.items) == 2
+    s.remove_run(s.runs[1])
     window._refresh()
-    assert sorted(window.dashboard.curves) == [1, 3]
+    assert sorted(dashboard.curves) == [1, 3]
     assert window.run_list.list.count() == 2
+    assert s.runs[1].twin_of is None  # its run is gone
 
 
-def test_reset_forgets_runs(window, qtbot):
-    c = window.controller
-    c.open_preset("toy-xor")
-    c.update_scene(epochs=1)
-    c.start()
-    qtbot.waitUntil(lambda: not c.busy, timeout=WAIT_MS)
-    window.act_reset.trigger()
-    window._refresh()
-    assert c.runs == [] and window.dashboard.curves == {}
+def test_tryit_uses_the_selected_runs_own_twin(window, qtbot):
+    s = window.session
+    s.update_scene(limit_train=512, limit_test=64, epochs=1)
+    s.start()
+    _idle(window, qtbot)
+    tryit = _show(window, "Try it")
+    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
+                             and tryit.probabilities() is not None)[1], timeout=WAIT_MS)
+    assert tryit.twin_probabilities() is None
+    assert "Binary network (#1)" in tryit.prediction.text()
+    s.train_twin()
+    _idle(window, qtbot)
+    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
+                             and tryit.twin_probabilities() is not None)[1], timeout=WAIT_MS)
+    assert "Full-precision twin of #1 (#2)" in tryit.prediction.text()
+    # A 2-D scene's run: its own network only, no twin from another scene.
+    s.open_preset("toy-xor")
+    s.update_scene(epochs=1)
+    s.start()
+    _idle(window, qtbot)
+    window._push_current_tab()
+    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
+                             and tryit.heatmap() is not None)[1], timeout=WAIT_MS)
+    assert tryit.twin_heatmap() is None and not tryit.twin_boundary.isVisible()
+    window.confirm = lambda *a: True
+    window.reset()
+    window._push_current_tab()
+    assert tryit.probabilities() is None and tryit.twin_probabilities() is None
+    assert "Train a run" in tryit.prediction.text()

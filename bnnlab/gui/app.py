@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from .controller import Controller
+    from ..app.session import Session
     from .main_window import MainWindow
 
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "bnnlab"])
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 
     app.setApplicationVersion(version())
     app.setWindowIcon(app_icon())
-    controller = Controller(data_dir=args.data_dir)
-    window = MainWindow(controller, measure_stall=args.measure_stall is not None)
+    session = Session(data_dir=args.data_dir)
+    window = MainWindow(session, measure_stall=args.measure_stall is not None)
     window.show()  # before loading anything: the window appears at once
     if args.scene:
         if os.path.exists(args.scene) or args.scene.endswith(".toml"):
-            controller.open_scene(args.scene)
+            session.open_scene(args.scene)
         else:
-            controller.open_preset(args.scene)
+            session.open_preset(args.scene)
     probe = _StallRun(window, args.measure_stall) if args.measure_stall is not None else None
     code = app.exec()
     del probe  # held until here: Qt keeps no reference to a plain Python object's slot
@@ -70,7 +70,7 @@ class _StallRun:
 
         self.window, self.seconds = window, seconds
         self.started = None
-        window.controller.start()
+        window.session.start()
         self.timer = QTimer(window)
         self.timer.timeout.connect(self._poll)
         self.timer.start(100)
@@ -78,14 +78,16 @@ class _StallRun:
     def _poll(self) -> None:
         import time
 
-        c, mon = self.window.controller, self.window.stall_monitor
+        from ..app.runs import RunState
+
+        c, mon = self.window.session, self.window.stall_monitor
         if self.started is None:
             if c.latest_snapshot is not None:
                 print(f"before training (warm-up, data, model): longest stall "
                       f"{mon.longest_gap_ms:.1f} ms", flush=True)
                 mon.reset()
                 self.started = time.monotonic()
-            elif c.state == "error":
+            elif c.runs and c.runs[-1].state is RunState.ERROR:
                 print("training failed to start:", c.selected.error if c.selected else "", flush=True)
                 self.window.close()
             return

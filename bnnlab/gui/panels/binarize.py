@@ -26,9 +26,8 @@ from PySide6.QtWidgets import (
 
 from ...core.binarizers import binarizer_names, get_binarizer, hard_sigmoid
 from ..views.picture import Picture
-from ..views.qtfix import keep_true_alive
 from ..views.slider import ValueSlider
-from ..views.style import make_plot, series_color
+from ..views.style import make_plot, palette_color
 
 __all__ = ["BinarizationPanel"]
 
@@ -48,7 +47,6 @@ class BinarizationPanel(QWidget):
     _default_images_loaded = Signal(object, object, str)
 
     def __init__(self, parent: QWidget | None = None, seed: int = 0):
-        keep_true_alive()
         super().__init__(parent)
         self._rng = np.random.default_rng(seed)
         self._binarizers = {name: get_binarizer(name) for name in binarizer_names()}
@@ -67,6 +65,17 @@ class BinarizationPanel(QWidget):
         self._restyle_curves()
         self._update_point()
         self._update_image()
+
+    title = "Binarizers"
+
+    def show_focus(self, focus) -> None:
+        """Binarize the selected run's test images (the built-in digits until a run loads)."""
+        prepared = focus.prepared
+        if prepared is not None and prepared is not getattr(self, "_prepared", None):
+            self._prepared = prepared
+            ds = prepared.dataset
+            if ds.kind == "image":
+                self.set_images(ds.x_test[:64], ds.y_test[:64])
 
     def heightForWidth(self, width: int) -> int:
         # Word-wrapped labels give the layout a height-for-width, which a scroll area
@@ -242,7 +251,7 @@ class BinarizationPanel(QWidget):
             for i, (name, curve) in enumerate(curves.items()):
                 shown = everything or name == chosen
                 curve.setVisible(shown)
-                color = series_color(i)
+                color = palette_color(i)
                 if name == chosen:
                     curve.setPen(pg.mkPen(color, width=3.5))
                     curve.setZValue(5)
@@ -255,8 +264,8 @@ class BinarizationPanel(QWidget):
                     legend.addItem(curve, name)
         self.color_key.setVisible(everything)
         self.color_key.setText("Overlaid: " + " &nbsp; ".join(
-            f"<span style='color:{series_color(i)}'>━━ <b>{name}</b></span>" if name == chosen
-            else f"<span style='color:{series_color(i)}'>━━ {name}</span>"
+            f"<span style='color:{palette_color(i)}'>━━ <b>{name}</b></span>" if name == chosen
+            else f"<span style='color:{palette_color(i)}'>━━ {name}</span>"
             for i, name in enumerate(self._binarizers)))
         window = self._binarizers[chosen].gate_window()
         if window is None:

@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
 from ...core.filters import FilterReport, analyze_filters
 from ...core.model import model_from_state
 from ..views.bars import BarChart
-from ..views.qtfix import keep_true_alive
 from ..views.style import style_plot
 from ..views.throttle import Throttle
 from ..views.tiles import TileGrid, pattern_tiles, tile_mosaic
@@ -68,8 +67,15 @@ class FiltersPanel(QWidget):
     ready-made reports with :meth:`set_reports`.
     """
 
+    title = "Filters"
+
+    def show_focus(self, focus) -> None:
+        """The filters of the selected run's latest weights."""
+        run = focus.run
+        if run is not None and run.snapshot is not None:
+            self.set_snapshot(run.snapshot)
+
     def __init__(self, parent: QWidget | None = None):
-        keep_true_alive()
         super().__init__(parent)
         self.reports: list[FilterReport] = []
         self._signature: tuple | None = None

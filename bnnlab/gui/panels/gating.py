@@ -13,18 +13,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout
 
-from ..widgets import (
-    PerLayerPanel,
-    Staggered,
-    SteadyRange,
-    corner_note,
-    epoch_axis,
-    layer_color,
-    layer_specs_from_snapshot,
-    make_brush,
-    make_pen,
-    style_plot,
-)
+from ..views.style import corner_note, epoch_axis, make_brush, make_pen, palette_color, style_plot
+from ..views.throttle import Staggered, SteadyRange
+from .perlayer import PerLayerPanel, layer_specs_from_snapshot
 
 __all__ = ["GatingPanel"]
 
@@ -93,6 +84,8 @@ class _LayerGate:
 class GatingPanel(PerLayerPanel):
     """Per-layer pre-activation histograms and the gated fraction over time."""
 
+    title = "Gradient gating"
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.view = pg.GraphicsLayoutWidget()
@@ -135,7 +128,7 @@ class GatingPanel(PerLayerPanel):
         self.fraction_plot.enableAutoRange(enable=False)
         self.fraction_plot.setYRange(0, 100, padding=0.02)
         for i in self.columns:
-            curve = pg.PlotDataItem(pen=make_pen(layer_color(i), 2.0), name=specs[i][0])
+            curve = pg.PlotDataItem(pen=make_pen(palette_color(i), 2.0), name=specs[i][0])
             self.fraction_plot.addItem(curve)
             self.fraction_curves.append(curve)
 

@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
 from ...core.model import Sequential
 from ...core.summary import ModelProfile, format_summary, profile_model
 from ..views.bars import BarChart
-from ..views.qtfix import keep_true_alive
 from ..views.style import BNN_COLOR, TWIN_COLOR
 
 __all__ = ["SummaryPanel", "full_precision_config"]
@@ -72,8 +71,16 @@ def _mac_unit(n: float) -> tuple[float, str]:
 class SummaryPanel(QWidget):
     """Parameters, memory, MACs and energy of a model and its full-precision twin."""
 
+    title = "Model summary"
+
+    def show_focus(self, focus) -> None:
+        """The selected run's model (the scene's before any run) and its twin."""
+        key = (focus.model_config, focus.fp_config)
+        if key != getattr(self, "_focus_key", None):
+            self._focus_key = key
+            self.set_model_config(*key)
+
     def __init__(self, parent: QWidget | None = None):
-        keep_true_alive()
         super().__init__(parent)
         self.profile: ModelProfile | None = None
         self.twin_profile: ModelProfile | None = None

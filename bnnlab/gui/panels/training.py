@@ -1,7 +1,7 @@
 """The training dashboard: the experiment form, the list of runs, and the live curves.
 
 All three take plain data (a Scene, RunView tuples) and report edits through signals; the
-main window wires them to the controller.
+main window wires them to the session.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from PySide6.QtWidgets import (
 from ...core.optimizers import optimizer_names
 from ...data import DatasetError, dataset_info, dataset_names
 from ...io.scenes import Scene, preset_names
-from ..controller import binarizer_choice, binarizer_spec, effective_binarizer, effective_clip
-from ..widgets import epoch_axis, make_pen, style_plot
+from ...app.runs import RunState
+from ...app.describe import binarizer_choice, binarizer_spec, effective_binarizer, effective_clip
+from ..views.style import epoch_axis, make_pen, style_plot
 
 __all__ = ["Dashboard", "ExperimentForm", "RunList"]
 
@@ -292,7 +293,7 @@ class RunList(QWidget):
         self._shown: tuple = ()
 
     def set_runs(self, views) -> None:
-        key = tuple((v.number, v.title, v.color, v.visible, v.selected, v.status) for v in views)
+        key = tuple((v.number, v.title, v.color, v.visible, v.selected, v.state) for v in views)
         if key == self._shown:
             return
         self._shown = key
@@ -308,7 +309,7 @@ class RunList(QWidget):
                     self.list.addItem(item)
             for i, v in enumerate(views):
                 item = self.list.item(i)
-                item.setText(f"{v.title}  · {v.status}")
+                item.setText(f"{v.title}  · {v.state}")
                 item.setToolTip(v.title)
                 item.setCheckState(Qt.CheckState.Checked if v.visible else Qt.CheckState.Unchecked)
                 if v.selected:
@@ -369,6 +370,11 @@ def _epoch_segments(steps, batches_per_epoch: int, y) -> np.ndarray:
 class Dashboard(QWidget):
     """Progress of the selected run and the loss/accuracy curves of every run."""
 
+    title = "Training"
+
+    def show_focus(self, focus) -> None:
+        self.set_runs(focus.runs)
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.epoch_bar = QProgressBar()
@@ -403,10 +409,11 @@ class Dashboard(QWidget):
         self.loss_plot = self.plots.addPlot(row=0, col=0)
         self.acc_plot = self.plots.addPlot(row=0, col=1)
         x_label = "epoch (train: running mean, restarting each epoch)"
-        self.loss_legend = style_plot(self.loss_plot, "Loss (solid: train · dashed ○: validation)",
-                                      x_label, "cross-entropy", legend=True)
-        self.acc_legend = style_plot(self.acc_plot, "Accuracy (solid: train · dashed ○: validation)",
-                                     x_label, "accuracy (%)", legend=True)
+        style_plot(self.loss_plot, "Loss (solid: train · dashed ○: validation)",
+                   x_label, "cross-entropy", legend=True)
+        style_plot(self.acc_plot, "Accuracy (solid: train · dashed ○: validation)",
+                   x_label, "accuracy (%)", legend=True)
+        self.loss_legend, self.acc_legend = self.loss_plot.legend, self.acc_plot.legend
         self.acc_plot.setYRange(0, 100, padding=0.02)
         self.acc_plot.enableAutoRange(axis="y", enable=False)
         for plot in (self.loss_plot, self.acc_plot):
@@ -482,13 +489,13 @@ class Dashboard(QWidget):
         if max_epoch:
             for plot in (self.loss_plot, self.acc_plot):
                 plot.setXRange(0, max_epoch, padding=0.02)
-        self.empty_note.setVisible(not any(v.snapshot is not None for v in views))
+        self.empty_note.setVisible(not views)
         self._show_selected(next((v for v in views if v.selected), None))
 
     def _show_selected(self, v) -> None:
         c = self.cards
         if v is None or v.snapshot is None:
-            c["run"].value.setText("–" if v is None else f"{v.title}\n{v.status}")
+            c["run"].value.setText("–" if v is None else f"{v.title}\n{v.state}")
             for key in ("loss", "accuracy", "val_accuracy", "ips"):
                 c[key].value.setText("–")
             self.epoch_bar.setRange(0, 1)
@@ -497,12 +504,13 @@ class Dashboard(QWidget):
             self.batch_bar.setValue(0)
             return
         s = v.snapshot
-        c["run"].value.setText(f"{v.title}\n{v.status}")
+        c["run"].value.setText(f"{v.title}\n{v.state}")
         c["run"].value.setStyleSheet(f"font-size: 11pt; font-weight: 600; color: {v.color};")
         c["loss"].value.setText(_num(s.loss))
         c["accuracy"].value.setText(_pct(s.accuracy))
         c["val_accuracy"].value.setText(_pct(s.val_accuracy))
-        c["ips"].value.setText(f"{s.images_per_second:,.0f}")
+        # Only while batches run back to back: a rate over single steps or a pause says nothing.
+        c["ips"].value.setText(f"{s.images_per_second:,.0f}" if v.state is RunState.TRAINING else "–")
         self.epoch_bar.setRange(0, s.epochs)
         done_epochs = s.epoch if s.batch >= s.batches_per_epoch else s.epoch - 1
         self.epoch_bar.setValue(done_epochs)

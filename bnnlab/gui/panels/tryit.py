@@ -31,7 +31,6 @@ from ..views.canvas import DrawingCanvas
 from ..views.decision_map import DecisionMap
 from ..views.digit_prep import to_mnist
 from ..views.picture import Picture
-from ..views.qtfix import keep_true_alive
 from ..views.style import BNN_COLOR, TWIN_COLOR
 from ..views.throttle import Throttle
 
@@ -101,6 +100,14 @@ def _tagged(generation: int, fn, args):
         return generation, None, f"{type(exc).__name__}: {exc}"
 
 
+def _network_name(run) -> str:
+    """How the prediction text names a run's network: which network speaks, and which run."""
+    kind = "Full-precision network" if run.full_precision else "Binary network"
+    if run.twin_of is not None:
+        kind = f"Full-precision twin of #{run.twin_of}"
+    return f"{kind} (#{run.number})"
+
+
 # ---------------------------------------------------------------- the panel
 class TryItPanel(QWidget):
     """Inference on the latest snapshot (and its full-precision twin, when given).
@@ -111,10 +118,11 @@ class TryItPanel(QWidget):
     """
 
     def __init__(self, parent: QWidget | None = None, seed: int = 0):
-        keep_true_alive()
         super().__init__(parent)
         self._rng = np.random.default_rng(seed)
         self._snapshot = self._twin_snapshot = None
+        self._names = ("Binary network", "Full-precision twin")
+        self._cleared = ""
         self._kind: str | None = None
         self._class_names: tuple[str, ...] = ()
         self._x_test = self._y_test = None
@@ -136,6 +144,34 @@ class TryItPanel(QWidget):
         self._refresh = Throttle(self._request, 0.25, self)
         self._follow_pen = Throttle(self._predict_drawing, 1 / 30, self)
         self._build()
+
+    title = "Try it"
+
+    def show_focus(self, focus) -> None:
+        """Try the selected run, compared with its own full-precision twin (if trained)."""
+        run, prepared = focus.run, focus.prepared
+        if run is None or run.snapshot is None or prepared is None:
+            self.clear("Train a run (Start), then try it here." if run is None else
+                       f"{run.title}: {run.state}. Try it once the run has a snapshot.")
+            return
+        ds = prepared.dataset
+        self._names = (_network_name(run), _network_name(focus.twin) if focus.twin else "")
+        self.set_snapshot(run.snapshot, ds.kind, ds.class_names, prepared.x_test, prepared.y_test)
+        self.set_twin_snapshot(focus.twin.snapshot if focus.twin is not None else None)
+
+    def clear(self, message: str) -> None:
+        """Nothing to try: drop the network, its twin and their answers."""
+        if self._snapshot is None and self._twin_snapshot is None and self._cleared == message:
+            return
+        self._cleared = message
+        self._snapshot = self._twin_snapshot = None
+        self._probs = self._twin_probs = self._field = self._twin_field = None
+        for kind in list(self._asked):
+            self._asked[kind] += 1  # answers still on their way are for the old network
+        self.prob_chart.set_values([None, None])
+        self.prediction.setText(message)
+        self.boundary_label.setText(message)
+        self.twin_boundary.setVisible(False)
 
     def heightForWidth(self, width: int) -> int:
         # Word-wrapped labels give the layout a height-for-width, which a scroll area
@@ -249,13 +285,17 @@ class TryItPanel(QWidget):
         names = tuple(str(n) for n in class_names)
         if (kind, names) != (self._kind, self._class_names) or x_test is not self._x_test_given:
             self._setup(kind, names, x_test, y_test, input_scale)
+        elif snapshot is self._snapshot:
+            return  # nothing new to compute
         self._snapshot = snapshot
+        self._cleared = ""
         self._refresh.request()
 
     def set_twin_snapshot(self, snapshot) -> None:
         """The full-precision twin to compare with (None: no twin)."""
-        self._twin_snapshot = snapshot
-        self._refresh.request()
+        if snapshot is not self._twin_snapshot:
+            self._twin_snapshot = snapshot
+            self._refresh.request()
 
     def _setup(self, kind, names, x_test, y_test, input_scale) -> None:
         self._kind, self._class_names = kind, names
@@ -378,10 +418,10 @@ class TryItPanel(QWidget):
     def _show_probabilities(self, probs: np.ndarray, twin_probs: np.ndarray | None) -> None:
         self._probs, self._twin_probs = probs, twin_probs
         self.prob_chart.set_values([probs, twin_probs])
-        text = f"<span style='color:{BNN_COLOR}'>Binary network</span> says " \
+        text = f"<span style='color:{BNN_COLOR}'>{self._names[0]}</span> says " \
                f"{self._verdict(probs)}"
         if twin_probs is not None:
-            text += f"<br><span style='color:{TWIN_COLOR}'>Full-precision twin</span> says " \
+            text += f"<br><span style='color:{TWIN_COLOR}'>{self._names[1]}</span> says " \
                     f"{self._verdict(twin_probs)}"
         if self._source == "drawing" and not self._input.any():
             text = "Draw a digit (or pick a test image) to see what the network makes of it."
@@ -408,18 +448,18 @@ class TryItPanel(QWidget):
     def _show_boundaries(self, field, acc, twin_result, step) -> None:
         self._field = field
         self.boundary.set_field(field, self._extent)
-        self.boundary.set_title("Binary network" if acc is None
-                                else f"Binary network (test accuracy {acc:.1%})")
-        parts = [f"<span style='color:{BNN_COLOR}'>binary network</span>"
+        self.boundary.set_title(self._names[0] if acc is None
+                                else f"{self._names[0]} (test accuracy {acc:.1%})")
+        parts = [f"<span style='color:{BNN_COLOR}'>{self._names[0]}</span>"
                  + ("" if acc is None else f": test accuracy <b>{acc:.1%}</b>")]
         self.twin_boundary.setVisible(twin_result is not None)
         self._twin_field = None
         if twin_result is not None:
             self._twin_field, tacc = twin_result
             self.twin_boundary.set_field(self._twin_field, self._extent)
-            self.twin_boundary.set_title("Full-precision twin" if tacc is None
-                                         else f"Full-precision twin (test accuracy {tacc:.1%})")
-            parts.append(f"<span style='color:{TWIN_COLOR}'>full-precision twin</span>"
+            self.twin_boundary.set_title(self._names[1] if tacc is None
+                                         else f"{self._names[1]} (test accuracy {tacc:.1%})")
+            parts.append(f"<span style='color:{TWIN_COLOR}'>{self._names[1]}</span>"
                          + ("" if tacc is None else f": <b>{tacc:.1%}</b>"))
         positive = self._class_names[1] if len(self._class_names) > 1 else "class 1"
         self.boundary_label.setText(

@@ -13,18 +13,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout
 
-from ..widgets import (
-    PerLayerPanel,
-    Staggered,
-    SteadyRange,
-    corner_note,
-    epoch_axis,
-    layer_color,
-    layer_specs_from_snapshot,
-    make_brush,
-    make_pen,
-    style_plot,
-)
+from ..views.style import corner_note, epoch_axis, make_brush, make_pen, palette_color, style_plot
+from ..views.throttle import Staggered, SteadyRange
+from .perlayer import PerLayerPanel, layer_specs_from_snapshot
 
 __all__ = ["WeightsPanel"]
 
@@ -82,6 +73,8 @@ class _LayerHistogram:
 class WeightsPanel(PerLayerPanel):
     """Per-layer latent-weight histograms and the sign-flip ratio over time."""
 
+    title = "Latent weights"
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.view = pg.GraphicsLayoutWidget()
@@ -116,7 +109,7 @@ class WeightsPanel(PerLayerPanel):
         self._flip_y = SteadyRange()
         for i, (name, type_name, _) in enumerate(specs):
             plot = self.view.addPlot(row=i // COLUMNS, col=i % COLUMNS)
-            self.histograms.append(_LayerHistogram(plot, layer_color(i), name, type_name))
+            self.histograms.append(_LayerHistogram(plot, palette_color(i), name, type_name))
         cell = len(specs)
         self.flip_plot = self.view.addPlot(row=cell // COLUMNS, col=cell % COLUMNS,
                                            colspan=COLUMNS - cell % COLUMNS)
@@ -125,7 +118,7 @@ class WeightsPanel(PerLayerPanel):
         self._flip_note = corner_note(self.flip_plot)
         self.flip_plot.enableAutoRange(enable=False)
         for i, (name, _, _) in enumerate(specs):
-            curve = pg.PlotDataItem(pen=make_pen(layer_color(i), 2.0), name=name)
+            curve = pg.PlotDataItem(pen=make_pen(palette_color(i), 2.0), name=name)
             self.flip_plot.addItem(curve)
             self.flip_curves.append(curve)
 

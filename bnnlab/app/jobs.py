@@ -1,0 +1,263 @@
+"""Background work, without Qt: kernel compilation, a model preview, one training run.
+
+Each job runs in a plain thread and reports by putting ``(tag, kind, payload)`` events on a
+queue that the owner drains on its own thread (:meth:`bnnlab.app.session.Session.poll`).
+Nothing here touches the owner's state: a late event from a run that was removed is
+recognised by its tag and dropped. A training job's controls (pause, resume, step, stop)
+are thread-safe calls, because the job is busy in the training loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+
+from ..core.trainer import TrainingDiverged
+from ..data import DatasetError
+from ..io.scenes import Scene, SceneError
+
+__all__ = ["GUI_SNAPSHOT_EVERY", "Cancelled", "PreviewJob", "TrainingJob", "WarmUpJob"]
+
+# Curves stay live even for scenes that snapshot rarely (larq-mnist: every 50 steps); a
+# snapshot costs a few histograms and a copy of the weights.
+GUI_SNAPSHOT_EVERY = 5
+
+_PROGRESS_PERIOD = 0.1  # s between progress events while downloading
+_SNAPSHOT_PERIOD = 1 / 30  # s between snapshot events: the window redraws at ~30 Hz anyway
+
+
+def twin_config(scene: Scene, config: dict, input_shape, num_classes) -> dict | None:
+    """The full-precision twin's model config, or None when the scene is its own twin."""
+    from ..experiment import build_model
+
+    twin = build_model(scene.full_precision_twin(), input_shape, num_classes).config()
+    return None if twin["layers"] == config["layers"] else twin
+
+
+class Cancelled(Exception):
+    """Raised inside a progress callback to abandon loading when the run is stopped."""
+
+
+class _Job:
+    def __init__(self, tag: int, events: queue.Queue, name: str):
+        self.tag = tag
+        self.events = events
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def post(self, kind: str, *payload) -> None:
+        self.events.put((self, kind, payload))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            self.run()
+        finally:
+            self.post("ended")
+
+    def run(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class WarmUpJob(_Job):
+    """Compiles (or loads from cache) the Numba kernels, then sets ``ready``.
+
+    Events: ``progress(done, total)``, ``failed(message)``, ``ended``. The thread is a
+    daemon: closing the app does not wait for a compilation to finish.
+    """
+
+    def __init__(self, events: queue.Queue, ready: threading.Event):
+        super().__init__(0, events, "bnnlab-warm-up")
+        self.ready = ready
+
+    def run(self) -> None:
+        try:
+            from ..core.kernels import warm_up
+
+            warm_up(lambda done, total: self.post("progress", done, total))
+        except Exception as exc:  # noqa: BLE001 - kernels then compile on first use instead
+            self.post("failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.ready.set()
+
+
+class PreviewJob(_Job):
+    """Builds a scene's model (and its twin) for the summary, without data: the input
+    shape comes from the dataset registry. Events: ``built(config, twin)``, ``failed``."""
+
+    def __init__(self, tag: int, events: queue.Queue, scene: Scene):
+        super().__init__(tag, events, "bnnlab-preview")
+        self.scene = scene.copy()
+
+    def run(self) -> None:
+        from ..data import dataset_info
+        from ..experiment import build_model
+
+        try:
+            info = dataset_info(self.scene.dataset)
+            shape, classes = info.input_shape, len(info.class_names)
+            config = build_model(self.scene, shape, classes).config()
+            self.post("built", config, twin_config(self.scene, config, shape, classes))
+        except (DatasetError, SceneError, ValueError) as exc:
+            self.post("failed", str(exc))
+
+
+class TrainingJob(_Job):
+    """Prepares data, builds the model and trains one run of ``scene``.
+
+    Events: ``stage(name)`` ("loading data", "building model", "compiling kernels",
+    "training"), ``progress(what, done, total)``, ``data(prepared)``,
+    ``model(config, twin config, parameters)``, ``snapshot(snapshot)``, ``failed(title, message)``
+    and always last ``ended``.
+    """
+
+    def __init__(self, tag: int, events: queue.Queue, scene: Scene, *, data_dir=None,
+                 download: bool = True, prepared=None,
+                 kernels_ready: threading.Event | None = None, start_paused: bool = False,
+                 initial_state: dict | None = None):
+        super().__init__(tag, events, f"bnnlab-run-{tag}")
+        self.scene = scene.copy()
+        self.data_dir = data_dir
+        self.download = download
+        self.prepared = prepared
+        self.kernels_ready = kernels_ready
+        self.initial_state = initial_state
+        self._lock = threading.Lock()
+        self._trainer = None
+        self._stop = threading.Event()
+        # Requests made before the trainer exists are replayed onto it.
+        self._paused = start_paused
+        self._pending_steps = 0
+
+    # -- controls, callable from any thread
+    @property
+    def paused(self) -> bool:
+        """Whether the run holds after its current batch (the one place this is kept)."""
+        with self._lock:
+            return self._paused
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            if self._trainer is not None:
+                self._trainer.pause()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._pending_steps = 0
+            if self._trainer is not None:
+                self._trainer.resume()
+
+    def step_once(self) -> None:
+        with self._lock:
+            self._paused = True
+            if self._trainer is not None:
+                self._trainer.step_once()
+            else:
+                self._pending_steps += 1
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+            if self._trainer is not None:
+                self._trainer.stop()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the run
+    def run(self) -> None:
+        try:
+            self._train()
+        except Cancelled:
+            pass
+        except DatasetError as exc:
+            self.post("failed", "The dataset is not available", str(exc))
+        except SceneError as exc:
+            self.post("failed", "The scene cannot be trained", str(exc))
+        except TrainingDiverged as exc:
+            self.post("failed", "Training diverged", str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown in the window, never a silent dead thread
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self.post("failed", "Unexpected error while training",
+                      f"{detail}\n\n{traceback.format_exc(limit=-3)}")
+        finally:
+            # Drop the data and the model now: the job object may outlive the run.
+            self.prepared = None
+            with self._lock:
+                self._trainer = None
+
+    def _train(self) -> None:
+        prepared = self.prepared
+        if prepared is None:
+            self.post("stage", "loading data")
+            prepared = self._load()
+            self.post("data", prepared)
+        if self._stop.is_set():
+            return
+        self.post("stage", "building model")
+        from ..experiment import build_model, make_trainer
+
+        ds = prepared.dataset
+        model = build_model(self.scene, ds.input_shape, ds.num_classes)
+        if self.initial_state is not None:
+            model.load_state_dict(self.initial_state)
+        config = model.config()
+        from ..core.summary import profile_model
+
+        self.post("model", config, twin_config(self.scene, config, ds.input_shape, ds.num_classes),
+                  profile_model(model).total_params)
+        if self.kernels_ready is not None and not self.kernels_ready.is_set():
+            self.post("stage", "compiling kernels")
+            while not self.kernels_ready.wait(0.05):
+                if self._stop.is_set():
+                    return
+        trainer = make_trainer(self.scene, model, prepared)
+        trainer.snapshot_every = min(trainer.snapshot_every, GUI_SNAPSHOT_EVERY)
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._trainer = trainer
+            if self._paused:
+                trainer.pause()
+            for _ in range(self._pending_steps):
+                trainer.step_once()
+            self._pending_steps = 0
+        self.post("stage", "training")
+        last = 0.0
+        for snapshot in trainer:
+            # Each snapshot is cumulative, so skipping some loses nothing. Epoch ends, the
+            # last snapshot and single steps always go through.
+            now = time.monotonic()
+            if (snapshot.event != "step" or trainer.paused or trainer.stopped
+                    or now - last >= _SNAPSHOT_PERIOD):
+                last = now
+                self.post("snapshot", snapshot)
+
+    def _load(self):
+        from ..experiment import prepare_data
+
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise Cancelled
+            now = time.monotonic()
+            if now - last[0] >= _PROGRESS_PERIOD or (total > 0 and done >= total):
+                last[0] = now
+                self.post("progress", "downloading", int(done), int(total))
+
+        return prepare_data(self.scene, self.data_dir, progress=progress, download=self.download)

@@ -1,0 +1,106 @@
+"""Runs: one training of a frozen scene (or one opened model), its state and its results.
+
+A run's state is a :class:`RunState`; the session moves it along as its job reports and
+as the person presses Start, Pause, Stop. A full-precision twin is a run of its own that
+names the run it is the twin of (:attr:`Run.twin_of`), so views compare a run with its own
+twin and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from ..io.scenes import Scene
+from .describe import describe_scene
+
+__all__ = ["RUN_COLORS", "Focus", "Run", "RunState", "RunView"]
+
+# Run colours: far apart in hue and lightness, none close to the red used for clip bounds.
+RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+              "#7f7f7f", "#bcbd22", "#393b79"]
+
+
+class RunState(enum.Enum):
+    """Where a run is. The value is what the window shows."""
+
+    LOADING_DATA = "loading data"
+    BUILDING_MODEL = "building model"
+    COMPILING = "compiling kernels"
+    TRAINING = "training"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+    ERROR = "error"
+
+    @property
+    def live(self) -> bool:
+        """True while a thread works on the run."""
+        return self not in (RunState.STOPPED, RunState.FINISHED, RunState.ERROR)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the views draw of a run: plain, immutable data."""
+
+    number: int
+    title: str
+    color: str
+    visible: bool
+    selected: bool
+    state: RunState
+    snapshot: Any  # trainer.Snapshot or None
+    full_precision: bool = False
+    twin_of: int | None = None
+
+
+@dataclass(eq=False)
+class Run:
+    """One training run: its frozen scene, its colour, and the latest snapshot."""
+
+    number: int
+    scene: Scene
+    color: str
+    label: str = ""
+    visible: bool = True
+    state: RunState = RunState.LOADING_DATA
+    snapshot: Any = None  # trainer.Snapshot
+    prepared: Any = None  # experiment.Prepared
+    model_config: dict | None = None
+    fp_config: dict | None = None
+    error: str = ""
+    twin_of: int | None = None  # number of the run this one is the full-precision twin of
+    parameters: int | None = None  # of the model, counted as the summary counts them
+    saved: bool = False  # written to a workspace file since it last changed
+
+    @property
+    def title(self) -> str:
+        return f"#{self.number} {self.label}"
+
+    @property
+    def full_precision(self) -> bool:
+        return describe_scene(self.scene)["precision"] == "full precision"
+
+    def view(self, selected: bool) -> RunView:
+        return RunView(self.number, self.title, self.color, self.visible, selected, self.state,
+                       self.snapshot, self.full_precision, self.twin_of)
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What the panels show at one moment: every run (for overlays), the selected run with
+    its data and model, and that run's own full-precision twin."""
+
+    runs: tuple[RunView, ...] = ()
+    run: RunView | None = None
+    twin: RunView | None = None
+    prepared: Any = None  # experiment.Prepared of the selected run (None before it loads)
+    model_config: dict | None = None  # the selected run's model, else the scene's
+    fp_config: dict | None = None
+    results: tuple[dict, ...] = ()  # results.result_rows of every run
+    version: int = 0

@@ -1,0 +1,96 @@
+"""The one protocol every panel follows, and the page that hosts a panel in a tab.
+
+A panel is a widget with a ``title`` and ``show_focus(focus)``: given a
+:class:`bnnlab.app.runs.Focus` (every run, the selected run with its data, model and
+twin) it shows what it can and keeps the rest for later. The window calls it with the
+newest focus when the panel's tab is visible, no more often than the panel can draw.
+
+A panel that raises shows the error on its page (the other panels keep working) and the
+exception goes to ``sys.excepthook``: printed in a terminal, and a failure under pytest-qt.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+
+from ..app.runs import Focus
+from .views.banner import ErrorBanner
+
+__all__ = ["Panel", "PanelPage"]
+
+
+@runtime_checkable
+class Panel(Protocol):
+    title: str
+
+    def show_focus(self, focus: Focus) -> None:
+        """Show the selected run (or model) and whatever else of ``focus`` the panel draws."""
+
+
+class PanelPage(QWidget):
+    """A tab's page: builds its panel the first time it is shown, feeds it, shows its errors.
+
+    The panel sits in a scroll area, so its minimum size never widens the window: on a
+    small screen the page scrolls instead.
+    """
+
+    def __init__(self, title: str, factory: Callable[[], QWidget], *, heavy: bool = False,
+                 parent=None):
+        super().__init__(parent)
+        self.title = title
+        self.heavy = heavy  # many plots: the window feeds it a few times a second at most
+        self._factory = factory
+        self.panel: QWidget | None = None
+        self.error = ErrorBanner()
+        self.scroll = QScrollArea()
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setWidgetResizable(True)
+        col = QVBoxLayout(self)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.setSpacing(2)
+        col.addWidget(self.error)
+        col.addWidget(self.scroll, 1)
+        self._last_error = ""
+
+    def ensure_panel(self) -> QWidget | None:
+        """Build the panel now if it is not built (None if building it failed)."""
+        if self.panel is None and self._factory is not None:
+            factory, self._factory = self._factory, None
+            try:
+                panel = factory()
+            except Exception:  # noqa: BLE001 - shown on the page and reported, see module doc
+                self._report("could not be built")
+                return None
+            if not isinstance(panel, Panel):
+                raise TypeError(f"{type(panel).__name__} does not follow the panel protocol")
+            self.panel = panel
+            self.scroll.setWidget(panel)
+        return self.panel
+
+    def show_focus(self, focus: Focus) -> None:
+        panel = self.ensure_panel()
+        if panel is None:
+            return
+        try:
+            panel.show_focus(focus)
+        except Exception:  # noqa: BLE001 - shown on the page and reported, see module doc
+            self._report("failed")
+        else:
+            if self._last_error:
+                self._last_error = ""
+                self.error.hide()
+
+    def _report(self, what: str) -> None:
+        kind, exc, tb = sys.exc_info()
+        text = "".join(traceback.format_exception_only(kind, exc)).strip()
+        self.error.show_error(f"The {self.title} panel {what}", text)
+        self.error.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        if text != self._last_error:  # once per distinct error, not once per frame
+            self._last_error = text
+            sys.excepthook(kind, exc, tb)

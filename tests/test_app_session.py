@@ -1,0 +1,166 @@
+"""The application layer without Qt: runs, their states, twins, result rows and CSV."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from bnnlab.app.describe import binarizer_choice, binarizer_spec, label_runs
+from bnnlab.app.results import RESULT_COLUMNS, metrics_rows, result_rows, write_csv
+from bnnlab.app.runs import RunState
+from bnnlab.app.session import Session
+from bnnlab.io.scenes import load_preset
+
+WAIT_S = 240
+
+
+@pytest.fixture
+def session():
+    s = Session(warm_up=False)
+    s.update_scene(limit_train=256, limit_test=128, epochs=1, batch_size=64)
+    errors = []
+    s.listen("error", lambda title, message: errors.append((title, message)))
+    s.errors = errors
+    yield s
+    s.shutdown()
+
+
+def test_app_layer_does_not_load_qt():
+    code = ("import sys; from bnnlab.app.session import Session; s = Session(warm_up=False); "
+            "s.update_scene(limit_train=128, limit_test=64, epochs=1); s.start(); "
+            "assert s.wait_idle(240), 'run did not end'; "
+            "assert s.runs[0].state.value == 'finished', s.runs[0].state; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')]; "
+            "sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("choice", [
+    ("deterministic", "ste_sign", True), ("deterministic", "ste_sign", False),
+    ("stochastic", "ste_sign", True), ("stochastic", "ste_sign", False),
+    ("deterministic", "approx_sign", True), ("deterministic", "swish_sign", False),
+])
+def test_binarizer_controls_round_trip(choice):
+    assert binarizer_choice(binarizer_spec(*choice)) == choice
+
+
+def test_run_labels_name_what_differs():
+    base = load_preset("quickstart")
+    stoch = base.copy()
+    stoch.activation_binarizer = "stochastic_sign"
+    noclip = base.copy()
+    noclip.weight_clip = False
+    labels = label_runs([base, stoch, noclip, base.full_precision_twin(), base.copy()])
+    assert labels == ["quickstart", "act=stochastic_sign", "clip off", "full precision",
+                      "same settings"]
+
+
+def test_model_report_of_an_exported_file(tmp_path):
+    from bnnlab.app.reports import model_report
+    from bnnlab.deploy import export_model
+    from bnnlab.experiment import build_model
+
+    model = build_model(load_preset("larq-mnist-bnn"), (28, 28, 1), 10)
+    path = tmp_path / "m.bnn"
+    size = export_model(model, path)
+    text = model_report(str(path))
+    assert f"{size:,} bytes" in text and "Ratio of MACs that are binarized" in text
+    assert "unique 3x3 patterns" in text
+
+
+def test_a_run_goes_through_its_states_to_finished(session):
+    seen = []
+    session.listen("state_changed", lambda: seen.append(session.state))
+    session.start()
+    run = session.runs[0]
+    assert run.state in (RunState.LOADING_DATA, RunState.BUILDING_MODEL)
+    assert session.wait_idle(WAIT_S)
+    assert run.state is RunState.FINISHED
+    assert RunState.TRAINING in seen
+    assert run.snapshot is not None and run.snapshot.event == "done"
+    assert run.parameters and run.parameters > 0
+    assert not session.busy and session.errors == []
+
+
+def test_pause_step_and_stop(session):
+    session.start(paused=True)
+    run = session.runs[0]
+    session.step()
+    while run.snapshot is None:
+        session.wait_idle(0.05)
+    assert run.snapshot.step == 1
+    assert run.state is RunState.PAUSED and session.paused
+    session.step()
+    while run.snapshot.step < 2:
+        session.wait_idle(0.05)
+    assert run.snapshot.step == 2
+    session.stop(wait=True)
+    assert run.state is RunState.STOPPED and not session.busy
+
+
+def test_twin_is_tied_to_the_selected_run_and_cleared_on_reset(session):
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    binary = session.runs[0]
+    assert session.twin_of(binary) is None
+    session.train_twin()
+    assert session.wait_idle(WAIT_S)
+    twin = session.runs[1]
+    assert twin.full_precision and twin.twin_of == binary.number
+    assert session.selected is binary  # stays selected, to be compared with its twin
+    assert session.twin_of(binary) is twin
+    # A second binary run has no twin of its own: the first run's twin is not its twin.
+    session.update_scene(seed=3)
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    assert session.twin_of(session.runs[2]) is None
+    session.reset()
+    assert session.runs == [] and session.twin_of(binary) is None and session.selected is None
+
+
+def test_selecting_a_run_shows_its_settings(session):
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    first = session.runs[0]
+    session.update_scene(learning_rate=0.05)
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    assert session.scene.learning_rate == 0.05
+    session.select_run(first)
+    assert session.scene.learning_rate == first.scene.learning_rate
+
+
+def test_result_rows_and_csv(session, tmp_path):
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    session.update_scene(seed=7)
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    rows = result_rows(session.runs)
+    assert [r["run"] for r in rows] == [1, 2]
+    assert rows[0]["differs"] == "" and rows[1]["differs"] == "seed=7"
+    assert rows[1]["seed"] == 7 and rows[1]["epochs"] == 1
+    h = session.runs[1].snapshot.history
+    assert rows[1]["val_accuracy"] == pytest.approx(float(h.val_accuracy[-1]))
+    assert rows[1]["state"] == "finished"
+    path = tmp_path / "results.csv"
+    keys = [k for k, _ in RESULT_COLUMNS]
+    write_csv(path, keys, [[r[k] for k in keys] for r in rows])
+    with open(path, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert read[1]["seed"] == "7" and float(read[1]["val_accuracy"]) == pytest.approx(rows[1]["val_accuracy"], rel=1e-5)
+    m = metrics_rows(session.runs)
+    assert {r[2] for r in m} == {"train", "epoch"}
+
+
+def test_bad_dataset_is_an_error_state(session, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    session.allow_download = False
+    session.set_data_dir(tmp_path)
+    session.update_scene(dataset="mnist", layers=load_preset("larq-mnist-bnn").layers)
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    assert session.runs[-1].state is RunState.ERROR
+    assert session.errors and "mnist" in session.errors[-1][1]
