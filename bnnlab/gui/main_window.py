@@ -7,6 +7,7 @@ hold each other up.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 
@@ -43,57 +44,24 @@ HEAVY_PANEL_PERIOD = 0.25
 DEFAULT_SIZE = (1280, 800)
 
 
-def _dashboard():
-    from .panels.training import Dashboard
-    return Dashboard()
-
-
-def _weights():
-    from .panels.weights import WeightsPanel
-    return WeightsPanel()
-
-
-def _gating():
-    from .panels.gating import GatingPanel
-    return GatingPanel()
-
-
-def _binarize():
-    from .panels.binarize import BinarizationPanel
-    return BinarizationPanel()
-
-
-def _filters():
-    from .panels.filters import FiltersPanel
-    return FiltersPanel()
-
-
-def _summary():
-    from .panels.summary import SummaryPanel
-    return SummaryPanel()
-
-
-def _tryit():
-    from .panels.tryit import TryItPanel
-    return TryItPanel()
-
-
-def _results():
-    from .panels.results import ResultsPanel
-    return ResultsPanel()
-
-
-# (tab title, factory, heavy): panels are built the first time their tab is shown.
+# (tab title, module in gui/panels, class, heavy): panels are imported and built the first
+# time their tab is shown, so the window opens without waiting for them.
 PAGES = [
-    ("Training", _dashboard, False),
-    ("Latent weights", _weights, True),
-    ("Gradient gating", _gating, True),
-    ("Binarizers", _binarize, True),
-    ("Filters", _filters, True),
-    ("Model summary", _summary, True),
-    ("Try it", _tryit, True),
-    ("Results", _results, True),
+    ("Training", "training", "Dashboard", False),
+    ("Latent weights", "weights", "WeightsPanel", True),
+    ("Gradient gating", "gating", "GatingPanel", True),
+    ("Binarizers", "binarize", "BinarizationPanel", True),
+    ("Filters", "filters", "FiltersPanel", True),
+    ("Model summary", "summary", "SummaryPanel", True),
+    ("Try it", "tryit", "TryItPanel", True),
+    ("Results", "results", "ResultsPanel", True),
 ]
+
+
+def _panel_factory(module: str, cls: str):
+    def build():
+        return getattr(importlib.import_module(f"{__package__}.panels.{module}"), cls)()
+    return build
 
 
 class MainWindow(QMainWindow):
@@ -108,9 +76,8 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.tabs.setUsesScrollButtons(True)
         self.pages: list[PanelPage] = []
-        for title, factory, heavy in PAGES:
-            if factory is _results:
-                factory = self._make_results
+        for title, module, cls, heavy in PAGES:
+            factory = self._make_results if cls == "ResultsPanel" else _panel_factory(module, cls)
             page = PanelPage(title, factory, heavy=heavy)
             self.pages.append(page)
             self.tabs.addTab(page, title)
@@ -165,7 +132,7 @@ class MainWindow(QMainWindow):
         self._on_state()
 
     def _make_results(self):
-        panel = _results()
+        panel = _panel_factory("results", "ResultsPanel")()
         panel.export_requested.connect(lambda: self.actions_.export_results())
         return panel
 
