@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .cli_base import CliError, progress_bar as _progress_bar
+from .cli_base import CliError, open_arg, progress_bar as _progress_bar
 
 __all__ = ["main"]
 
@@ -27,51 +27,24 @@ SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui", "export", "run", "
 
 
 def _load_scene_arg(arg: str):
-    from .io.scenes import SceneError, load_preset, load_scene, preset_names
-
-    p = Path(arg)
-    try:
-        if p.suffix == ".toml" or p.exists():
-            return load_scene(p)
-        return load_preset(arg)
-    except SceneError as exc:
-        msg = str(exc)
-        if not p.exists() and p.suffix != ".toml":
-            msg = f"{arg!r} is neither a scene file nor a preset; presets: {', '.join(preset_names())}"
-        raise CliError(msg) from None
+    return open_arg(arg, "scene")
 
 
 def _model_from_arg(arg: str):
-    """A model from a scene (freshly initialized) or a checkpoint, .bnn or .h5 (trained weights)."""
-    from .io.checkpoints import CheckpointError, load_checkpoint
+    """A model from a scene or preset (freshly initialized, "scene") or from a model file
+    (.bnn, .h5, .npz: trained weights, "checkpoint")."""
     from .data import DatasetError, dataset_info
     from .experiment import build_model
+    from .io.scenes import Scene, SceneError
 
-    if arg.lower().endswith((".bnn", ".h5")):
-        return _open_deployed(arg), "checkpoint"
-    if arg.endswith(".npz"):
-        try:
-            model, _ = load_checkpoint(arg)
-        except CheckpointError as exc:
-            raise CliError(str(exc)) from None
-        return model, "checkpoint"
-    scene = _load_scene_arg(arg)
+    opened = open_arg(arg)
+    if not isinstance(opened, Scene):
+        return opened.model, "checkpoint"
     try:
-        info = dataset_info(scene.dataset)
-    except DatasetError as exc:
+        info = dataset_info(opened.dataset)
+        return build_model(opened, info.input_shape, len(info.class_names)), "scene"
+    except (DatasetError, SceneError) as exc:
         raise CliError(str(exc)) from None
-    from .io.scenes import SceneError
-
-    try:
-        return build_model(scene, info.input_shape, len(info.class_names)), "scene"
-    except SceneError as exc:
-        raise CliError(str(exc)) from None
-
-
-def _open_deployed(path: str):
-    from .cli_deploy import open_deployed
-
-    return open_deployed(path)
 
 
 # --------------------------------------------------------------------------- commands
@@ -351,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_export)
 
-    r = sub.add_parser("run", help="run a .bnn model on a dataset's test set: accuracy and images/s")
+    r = sub.add_parser("run", help="run a model on the packed integer runtime on a dataset's test "
+                       "set: accuracy and images/s (.bnn; a .npz or .h5 is folded first)")
     r.add_argument("model")
     r.add_argument("--data", required=True, help="dataset name, e.g. mnist")
     r.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")

@@ -19,3 +19,26 @@ def progress_bar(done: int, total: int, text: str, width: int = 28) -> str:
     frac = done / total if total else 1.0
     n = int(round(frac * width))
     return f"\r[{'#' * n}{'.' * (width - n)}] {100 * frac:5.1f}% {text}"
+
+
+def open_arg(arg: str, want: str | None = None):
+    """A command-line argument opened: an existing file through
+    :func:`bnnlab.app.opening.open_any` (an ``OpenedModel`` or a ``Scene``), anything else as
+    a preset name (a ``Scene``). ``want`` is ``"model"``, ``"scene"`` or None (either)."""
+    from pathlib import Path
+
+    from .app.opening import SUFFIXES, OpenError, open_any
+    from .io.scenes import SceneError, load_preset, preset_names
+
+    p = Path(arg)
+    if p.exists() or want == "model" or p.suffix.lower() in SUFFIXES:
+        try:
+            return open_any(p, want)
+        except OpenError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        return load_preset(arg)
+    except SceneError:
+        what = "a scene file" if want == "scene" else "a model or scene file"
+        raise CliError(f"{arg!r} is neither {what} nor a preset; presets: "
+                       f"{', '.join(preset_names())}") from None

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from .cli_base import CliError
+from .cli_base import CliError, open_arg
 
 __all__ = [
     "check_exportable",
@@ -20,18 +20,8 @@ __all__ = [
     "cmd_import",
     "cmd_run",
     "export_args",
-    "open_deployed",
     "write_trained",
 ]
-
-
-def open_deployed(path: str):
-    from .deploy import LarqImportError, ModelFileError, open_model
-
-    try:
-        return open_model(path)
-    except (ModelFileError, LarqImportError) as exc:
-        raise CliError(str(exc)) from None
 
 
 def export_args(model, input_scale: str | None, dataset: str | None, meta: dict | None = None):
@@ -93,28 +83,19 @@ def write_trained(model, scene, dataset, results: list[dict], path: str) -> int:
 
 
 def cmd_export(args) -> int:
-    from .io.checkpoints import CheckpointError, load_checkpoint
-    from .deploy import ExportError, ModelFileError, export_c, read_file, to_model_file, write_file
+    from .deploy import ExportError, ModelFileError, export_c, to_model_file, write_file
 
     if not args.out and not args.c:
         raise CliError("export: nothing to do; give OUT.bnn and/or --c DIR")
     if args.out and not args.out.lower().endswith(".bnn"):
         raise CliError(f"export: {args.out!r} must end in .bnn")
     src = args.source
+    opened = open_arg(src, "model")
     try:
-        if src.lower().endswith(".bnn"):
-            mf = read_file(src)
+        if opened.kind == "bnn":
+            mf = opened.bnn
         else:
-            meta = {}
-            if src.endswith(".npz"):
-                try:
-                    model, meta = load_checkpoint(src)
-                except CheckpointError as exc:
-                    raise CliError(str(exc)) from None
-            elif src.lower().endswith(".h5"):
-                model = open_deployed(src)
-            else:
-                raise CliError(f"export: {src!r} is not a checkpoint (.npz), Larq model (.h5) or .bnn")
+            model, meta = opened.model, opened.metadata
             spec, names = export_args(model, args.input_scale, args.dataset, meta)
             info = {"name": meta.get("scene") or Path(src).stem, "source": Path(src).name}
             for key in ("seed", "limit_test"):
@@ -162,18 +143,20 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from .data import DatasetError, load_dataset
-    from .deploy import ModelFileError, load_runtime
+    from .deploy import ExportError, ModelFileError
     from .deploy.runtime import available_cpus, raw_from_unit
 
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1")
-    try:
-        rt = load_runtime(args.model)
-    except ModelFileError as exc:
-        raise CliError(str(exc)) from None
+    opened = open_arg(args.model, "model")
+    try:  # a .bnn file runs as it is; a checkpoint or .h5 model is folded first
+        rt = opened.runtime()
+    except (ExportError, ModelFileError) as exc:
+        raise CliError(f"{args.model}: {exc}") from None
+    meta = opened.metadata
     # Built-in data sets are drawn from a seed: by default, the test set the model was scored on.
-    seed = args.seed if args.seed is not None else _int(rt.metadata.get("seed"), 0)
-    limit = args.limit if args.limit is not None else _int(rt.metadata.get("limit_test"), None)
+    seed = args.seed if args.seed is not None else _int(meta.get("seed"), 0)
+    limit = args.limit if args.limit is not None else _int(meta.get("limit_test"), None)
     if limit is not None and limit < 1:
         raise CliError("--limit must be at least 1")
     try:
@@ -192,7 +175,7 @@ def cmd_run(args) -> int:
     row = {"model": args.model, "dataset": ds.name, "images": len(raw), "accuracy": acc,
            "images_per_second": round(len(raw) / seconds, 1) if seconds else None,
            "threads": args.threads or available_cpus(),
-           "recorded_accuracy": rt.metadata.get("test_accuracy")}
+           "recorded_accuracy": meta.get("test_accuracy")}
     if args.bench:
         from .deploy.bench import FloatTwin, time_float, time_runtime
         from .deploy.unfold import model_from_file
@@ -232,9 +215,15 @@ def cmd_import(args) -> int:
     from .core.summary import profile_model
     from .deploy import ExportError, export_model, model_file_bytes
 
-    if not args.model.lower().endswith((".h5", ".hdf5")):
-        raise CliError(f"import: {args.model!r} is not a Keras/Larq .h5 model")
-    model = open_deployed(args.model)
+    from .app.opening import KINDS, OpenError, sniff
+
+    try:
+        kind = sniff(args.model)
+    except OpenError as exc:
+        raise CliError(str(exc)) from None
+    if kind != "keras":
+        raise CliError(f"import: {args.model} is {KINDS[kind]}, not a Keras/Larq .h5 model")
+    model = open_arg(args.model, "model").model
     spec, names = export_args(model, args.input_scale, args.dataset)
     meta = {"name": model.name, "source": Path(args.model).name}
     if args.dataset:

@@ -16,9 +16,10 @@ from .io.scenes import Scene, SceneError
 __all__ = ["Prepared", "build_model", "prepare_data", "make_trainer", "scale_inputs"]
 
 
-def scale_inputs(x: np.ndarray, scene: Scene, kind: str) -> np.ndarray:
-    """Apply the scene's pixel scaling to images in [0, 1]; points pass unchanged."""
-    if kind == "image" and scene.input_scale == "symmetric":
+def scale_inputs(x: np.ndarray, input_scale: str, kind: str) -> np.ndarray:
+    """Scale images in [0, 1] as a scene's ``input_scale`` says ("unit" keeps them, "symmetric"
+    maps them to [-1, 1]); points pass unchanged."""
+    if kind == "image" and input_scale == "symmetric":
         return (x * 2.0 - 1.0).astype(np.float32)
     return np.asarray(x, dtype=np.float32)
 
@@ -54,8 +55,8 @@ def prepare_data(scene: Scene, data_dir=None, progress: Callable[[int, int], Non
     ds = load_dataset(scene.dataset, data_dir, download=download, progress=progress,
                       seed=scene.seed, limit_train=scene.limit_train or None,
                       limit_test=scene.limit_test or None)
-    return Prepared(ds, scale_inputs(ds.x_train, scene, ds.kind), ds.y_train,
-                    scale_inputs(ds.x_test, scene, ds.kind), ds.y_test)
+    return Prepared(ds, scale_inputs(ds.x_train, scene.input_scale, ds.kind), ds.y_train,
+                    scale_inputs(ds.x_test, scene.input_scale, ds.kind), ds.y_test)
 
 
 def make_trainer(scene: Scene, model: Sequential, data: Prepared, *, epochs: int | None = None,

@@ -10,7 +10,8 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from bnnlab.cli import main
-from bnnlab.deploy import describe_file, read_file
+from bnnlab.app.opening import open_any
+from bnnlab.deploy import read_file
 from bnnlab.deploy.check import compare_with_engine
 from bnnlab.deploy.fold import fold_model
 from bnnlab.deploy.larq_import import LarqImportError, import_larq
@@ -89,7 +90,7 @@ def test_bnn_of_the_larq_network_is_within_13_19_kib(tmp_path, capsys):
     assert row["bnn_bytes"] == size <= KIB_13_19
     mf = read_file(bnn)
     assert mf.class_names == tuple("0123456789") and mf.input.scale == np.float32(1 / 255)
-    info = describe_file(bnn)
+    info = open_any(bnn).describe()
     assert info["float32_bytes"] == 93556 * 4
 
 

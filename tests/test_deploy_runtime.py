@@ -10,12 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bnnlab.app.opening import open_any
 from bnnlab.cli import main
 from bnnlab.io.checkpoints import load_checkpoint
 from bnnlab.data import load_dataset
 from bnnlab.data.fakes import fake_spec, write_fake_files
 from bnnlab.data.registry import FILE_DATASETS
-from bnnlab.deploy import describe_file, load_runtime, open_model, read_file
+from bnnlab.deploy import load_runtime, read_file
 from bnnlab.deploy import format as F
 from bnnlab.deploy.check import compare_with_engine
 from bnnlab.deploy.reference import reference_logits
@@ -125,21 +126,21 @@ def test_threads_do_not_change_results(trained, digits_test):
 
 
 def test_opened_bnn_model_predicts_like_runtime(trained, digits_test):
-    model = open_model(trained[1])
+    model = open_any(trained[1]).model
     x = digits_test[0]
     rt = load_runtime(trained[1])
     np.testing.assert_array_equal(model.predict_logits(x).argmax(1), rt.predict(raw_from_unit(x, "uint8")))
 
 
 def test_describe_file_gives_plain_sizes(trained):
-    info = describe_file(trained[1])
-    assert info["format"] == "bnn" and info["bnn_bytes"] == info["file_bytes"]
+    info = open_any(trained[1]).describe()
+    assert info["kind"] == "bnn" and info["bnn_bytes"] == info["file_bytes"]
     assert info["float32_bytes"] > 20 * info["bnn_bytes"]
     assert info["class_names"] == list("0123456789")
     assert [b["kind"] for b in info["blocks"]] == ["conv2d", "conv2d", "dense"]
     json.dumps(info)  # plain data only
-    ck = describe_file(trained[0])
-    assert ck["format"] == "npz" and 0 < info["bnn_bytes"] - ck["bnn_bytes"] < 200  # no names, meta
+    ck = open_any(trained[0]).describe()
+    assert ck["kind"] == "checkpoint" and 0 < info["bnn_bytes"] - ck["bnn_bytes"] < 200  # no names, meta
 
 
 def test_train_out_bnn_and_run_json(capsys, tmp_path):
@@ -179,7 +180,7 @@ def test_run_bench_compares_with_float32(capsys, trained):
     (["run", "{bnn}", "--data", "nope"], "unknown dataset"),
     (["run", "{bnn}"], "--data"),
     (["export", "{bnn}"], "nothing to do"),
-    (["export", "{tmp}/x.txt", "{tmp}/y.bnn"], "not a checkpoint"),
+    (["export", "{tmp}/x.txt", "{tmp}/y.bnn"], "x.txt: text, not a model file"),
     (["export", "{ckpt}", "{tmp}/y.onnx"], "must end in .bnn"),
     (["summary", "{tmp}/junk.bnn"], "bad magic"),
     (["import", "{tmp}/junk.h5"], "not an HDF5 file"),

@@ -1,4 +1,4 @@
-"""Model summary counted the way ``larq.models.summary`` counts (rules in BNN-NOTES).
+"""Model summary counted the way ``larq.models.summary`` counts, by these rules:
 
 Profile objects compute the numbers; :func:`format_summary` is the only formatter.
 

@@ -88,7 +88,7 @@ def _mnist_files(md5s: tuple[str, str, str, str],
     return {role: FileSpec(n, m, r, s) for role, n, m, r, s in rows}
 
 
-# Published md5s of the .gz files: MNIST's match /work/shared/data/mnist/MD5SUMS and torchvision;
+# Published md5s of the .gz files: MNIST's are those torchvision checks;
 # Fashion-MNIST's are from its README; KMNIST's are torchvision's (its authors publish none).
 # The raw md5s were computed from verified copies (MNIST, and Debian's Fashion-MNIST, whose
 # content md5s match those published for the upstream files).

@@ -4,18 +4,18 @@ A GUI-free function API for the app and the CLI; everything returns plain data o
 engine models:
 
 * :func:`export_model` / :func:`model_file_bytes`: a trained model -> ``.bnn``;
-* :func:`open_model`: a ``.bnn``, a Larq ``.h5`` or a checkpoint ``.npz`` -> ``Sequential``;
-* :func:`describe_file` / :func:`describe_model`: sizes (file, float-32 equivalent),
-  summary figures, blocks, for display;
+* :func:`describe_model`: sizes (``.bnn``, float-32 equivalent), summary figures,
+  blocks, for display;
 * :func:`load_runtime`: a ``.bnn`` ready to run; :func:`export_c`: C99 sources.
 
-The file layout is specified in ``docs/bnn-format.md``.
+Opening a model file of any kind (``.bnn``, Keras/Larq ``.h5``, checkpoint ``.npz``) is
+:func:`bnnlab.app.opening.open_any`'s job. The file layout is specified in
+``docs/bnn-format.md``.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .format import InputSpec, ModelFile, ModelFileError, read_file, write_file
@@ -26,13 +26,11 @@ __all__ = [
     "LarqImportError",
     "ModelFile",
     "ModelFileError",
-    "describe_file",
     "describe_model",
     "export_c",
     "export_model",
     "load_runtime",
     "model_file_bytes",
-    "open_model",
     "read_file",
     "to_model_file",
     "write_file",
@@ -70,29 +68,6 @@ def export_model(model, path: str | os.PathLike, input_spec: InputSpec | None = 
                  class_names=(), metadata: dict[str, str] | None = None) -> int:
     """Write ``model`` as a ``.bnn`` file, atomically; returns its size in bytes."""
     return write_file(path, to_model_file(model, input_spec, class_names, metadata))
-
-
-def open_model(path: str | os.PathLike):
-    """An engine ``Sequential`` from a ``.bnn``, a Keras/Larq ``.h5`` or a checkpoint ``.npz``.
-
-    Raises ``ModelFileError``, ``LarqImportError`` or ``CheckpointError`` with a message
-    fit to show as is.
-    """
-    suffix = Path(path).suffix.lower()
-    if suffix == ".bnn":
-        from .unfold import model_from_file
-
-        return model_from_file(read_file(path))
-    if suffix in (".h5", ".hdf5", ".keras"):
-        from .larq_import import import_larq
-
-        return import_larq(path)
-    if suffix == ".npz":
-        from ..io.checkpoints import load_checkpoint
-
-        return load_checkpoint(path)[0]
-    raise ModelFileError(f"{path}: unknown model type {suffix or '(no suffix)'!r}; "
-                         "expected .bnn, .h5 or .npz")
 
 
 def load_runtime(path: str | os.PathLike):
@@ -142,10 +117,13 @@ def _profile(model) -> dict[str, Any]:
 
 
 def describe_model(model, input_spec: InputSpec | None = None, class_names=(),
-                   metadata: dict[str, str] | None = None) -> dict[str, Any]:
+                   metadata: dict[str, str] | None = None, *,
+                   model_file: ModelFile | None = None) -> dict[str, Any]:
     """Plain data about exporting ``model``: the ``.bnn`` size against the float-32 equivalent.
 
-    ``bnn_bytes`` is None (and ``export_error`` says why) when the model cannot be exported.
+    ``model_file`` is the model's ``.bnn`` record when it came from one (``model`` is then
+    that file unfolded); otherwise the model is folded here. ``bnn_bytes`` is None (and
+    ``export_error`` says why) when the model cannot be exported.
     """
     from .fold import ExportError
     from .format import encode
@@ -153,42 +131,14 @@ def describe_model(model, input_spec: InputSpec | None = None, class_names=(),
     summary = _profile(model)
     out: dict[str, Any] = {"summary": summary, "float32_bytes": summary["float32_bytes"],
                            "bnn_bytes": None, "export_error": None, "blocks": []}
-    try:
-        mf = to_model_file(model, input_spec, class_names, metadata)
-    except (ExportError, ModelFileError) as exc:
-        out["export_error"] = str(exc)
-        return out
+    mf = model_file
+    if mf is None:
+        try:
+            mf = to_model_file(model, input_spec, class_names, metadata)
+        except (ExportError, ModelFileError) as exc:
+            out["export_error"] = str(exc)
+            return out
     out["bnn_bytes"] = len(encode(mf))
     out["blocks"] = _blocks(mf)
     out["compression"] = out["bnn_bytes"] / max(out["float32_bytes"], 1)
     return out
-
-
-def describe_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Plain data about a model file (``.bnn``, ``.h5`` or ``.npz``), for display.
-
-    Keys: ``path``, ``format``, ``file_bytes``, ``bnn_bytes`` (the file itself, or what
-    exporting it would write), ``float32_bytes`` (every parameter as float32, as Larq's
-    summary counts), ``compression``, ``summary`` (Larq-style totals and layers),
-    ``blocks``, ``input``, ``class_names``, ``metadata``, ``export_error``.
-    """
-    path = os.fspath(path)
-    suffix = Path(path).suffix.lower()
-    model = open_model(path)
-    if suffix == ".bnn":
-        mf = read_file(path)
-        info = {"summary": _profile(model), "bnn_bytes": os.path.getsize(path),
-                "blocks": _blocks(mf), "export_error": None}
-        info["float32_bytes"] = info["summary"]["float32_bytes"]
-        info["compression"] = info["bnn_bytes"] / max(info["float32_bytes"], 1)
-        spec, names, meta = mf.input, list(mf.class_names), dict(mf.metadata)
-    else:
-        from .fold import default_input_spec
-
-        info = describe_model(model)
-        spec, names, meta = default_input_spec(model.input_shape), [], {}
-    info.update(path=path, format=suffix.lstrip("."), file_bytes=os.path.getsize(path),
-                input={"shape": list(spec.shape), "encoding": spec.encoding, "scale": spec.scale,
-                       "offset": spec.offset},
-                class_names=names, metadata=meta)
-    return info

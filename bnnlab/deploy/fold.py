@@ -3,7 +3,7 @@
 A block is one conv or dense layer with everything up to the next one folded into it:
 bias, batch norms, a max pool, flatten, and the sign that the next layer applies to its
 input. Sign of an affine function of an integer accumulator is a per-channel comparison
-with an integer threshold; BNN-NOTES gives the algebra.
+with an integer threshold; ``docs/thresholds.md`` gives the algebra.
 
 Rather than solve ``a * m + b >= 0`` with its own rounding, each threshold is found by
 binary search on the engine's exact float32 computation (the same numpy operations the

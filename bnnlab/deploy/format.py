@@ -359,16 +359,22 @@ def encode(mf: ModelFile) -> bytes:
 
 
 class _Cursor:
-    """Reads little-endian fields, refusing to go past the end of the body."""
+    """Reads little-endian fields, refusing to go past the end of the body.
 
-    def __init__(self, data: bytes, start: int, end: int):
+    With a ``layout`` list, every field read is appended to it as ``(offset, size, what)``.
+    """
+
+    def __init__(self, data: bytes, start: int, end: int, layout: list | None = None):
         self.data, self.pos, self.end = data, start, end
+        self.layout = layout
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or n > self.end - self.pos:
             raise ModelFileError(f"truncated: {what} needs {n} bytes at offset {self.pos}, "
                                  f"{self.end - self.pos} remain")
         b = self.data[self.pos:self.pos + n]
+        if self.layout is not None:
+            self.layout.append((self.pos, n, what))
         self.pos += n
         return b
 
@@ -392,8 +398,13 @@ def _enum(table: dict[int, object], code: int, what: str):
     return table[code]
 
 
-def decode(data: bytes) -> ModelFile:
-    """Parse and validate a whole file held in memory."""
+def decode(data: bytes, layout: list | None = None) -> ModelFile:
+    """Parse and validate a whole file held in memory.
+
+    When ``layout`` is a list, the decoder appends ``(offset, size, what)`` for every field
+    it reads, in file order, header and checksum included (``bnnlab.deploy.explain`` shows
+    it as the file's byte map).
+    """
     data = bytes(data)
     if data[:8] != MAGIC[:len(data)]:
         raise ModelFileError("not a .bnn model file (bad magic bytes)")
@@ -412,17 +423,19 @@ def decode(data: bytes) -> ModelFile:
         raise ModelFileError("checksum mismatch: the file is corrupt")
     if flags != 0:
         raise ModelFileError(f"unknown flags {flags:#06x}")
-    c = _Cursor(data, HEADER_BYTES, size - TRAILER_BYTES)
+    if layout is not None:
+        layout += [(0, 8, "magic"), (8, 2, "format version"), (10, 2, "flags"), (12, 4, "file size")]
+    c = _Cursor(data, HEADER_BYTES, size - TRAILER_BYTES, layout)
 
     (rank,) = c.unpack("<B", "input rank")
     if rank not in (1, 3):
         raise ModelFileError(f"input rank {rank} (must be 1 or 3)")
     shape = c.unpack(f"<{rank}H", "input shape")
-    enc, scale, offset = c.unpack("<Bff", "input encoding")
+    enc, scale, offset = c.unpack("<Bff", "input encoding, scale and offset")
     spec = InputSpec(tuple(shape), _enum(_ENCODINGS, enc, "input encoding"), scale, offset)
     prev, spatial = _check_input(spec)
 
-    n_out, n_names = c.unpack("<II", "output count")
+    n_out, n_names = c.unpack("<II", "output and class name counts")
     if n_names not in (0, n_out):
         raise ModelFileError(f"{n_names} class names for {n_out} outputs")
     if n_names > c.end - c.pos:  # each name takes at least its length byte
@@ -437,7 +450,7 @@ def decode(data: bytes) -> ModelFile:
     for j in range(n_meta):
         (kl,) = c.unpack("<B", f"metadata key {j}")
         key = c.text(kl, f"metadata key {j}")
-        (vl,) = c.unpack("<H", f"metadata value {j}")
+        (vl,) = c.unpack("<H", f"metadata value {key!r}")
         if not key or key in meta:
             raise ModelFileError(f"metadata key {key!r} is empty or repeated")
         meta[key] = c.text(vl, f"metadata value {key!r}")
@@ -484,6 +497,8 @@ def decode(data: bytes) -> ModelFile:
     mf = ModelFile(spec, tuple(blocks), tuple(names), meta)
     if n_out != mf.n_outputs:
         raise ModelFileError(f"the header says {n_out} outputs, the last block gives {mf.n_outputs}")
+    if layout is not None:
+        layout.append((size - TRAILER_BYTES, TRAILER_BYTES, "CRC-32 checksum"))
     return mf
 
 

@@ -251,15 +251,18 @@ class WindowActions:
 
     def open_model(self) -> None:
         """Inspect a .bnn, Larq .h5 or checkpoint: sizes, summary and duplicate filters."""
+        path, _ = QFileDialog.getOpenFileName(self.w, "Open model", "",
+                                              "Models (*.bnn *.h5 *.hdf5 *.npz)")
+        if path:
+            self.show_model(path)
+
+    def show_model(self, path: str) -> None:
+        """The report of a model file of any kind open_any reads, in a window."""
         from PySide6.QtGui import QFontDatabase
         from PySide6.QtWidgets import QDialog, QPlainTextEdit, QVBoxLayout
 
         from ..app.reports import model_report
 
-        path, _ = QFileDialog.getOpenFileName(self.w, "Open model", "",
-                                              "Models (*.bnn *.h5 *.hdf5 *.npz)")
-        if not path:
-            return
         try:
             text = model_report(path)
         except Exception as exc:  # noqa: BLE001 - shown in the window

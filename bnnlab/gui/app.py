@@ -48,7 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     window = MainWindow(session, measure_stall=args.measure_stall is not None)
     window.show()  # before loading anything: the window appears at once
     if args.scene:
-        if os.path.exists(args.scene) or args.scene.endswith(".toml"):
+        if os.path.exists(args.scene):
+            from ..app.opening import OpenError, sniff
+
+            try:
+                kind = sniff(args.scene)
+            except OpenError:
+                kind = "scene"  # opening it as a scene shows what is wrong
+            if kind == "scene":
+                session.open_scene(args.scene)
+            else:
+                window.actions_.show_model(args.scene)
+        elif args.scene.endswith(".toml"):
             session.open_scene(args.scene)
         else:
             session.open_preset(args.scene)
