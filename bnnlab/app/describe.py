@@ -4,6 +4,7 @@ short descriptions runs are compared by, and run labels naming what differs."""
 from __future__ import annotations
 
 from ..core.binarizers import get_binarizer
+from ..core.layer_types import QUANT_KEYS, float_twin, quantized_types
 from ..io.scenes import Scene
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
     "label_runs",
 ]
 
-_QUANT_TYPES = ("QuantConv2D", "QuantDense")
+_QUANT_TYPES = quantized_types()
 _STE_VARIANTS = ("ste_sign", "approx_sign", "swish_sign")
 
 
@@ -94,10 +95,8 @@ def describe_scene(scene: Scene) -> dict[str, str]:
     kernels = sorted({_short(lc["kernel_quantizer"]) for lc in resolved
                       if lc.get("type") in _QUANT_TYPES and lc.get("kernel_quantizer")})
     clip = effective_clip(scene)
-    shape = [{k: v for k, v in lc.items()
-              if k not in ("input_quantizer", "kernel_quantizer", "kernel_constraint")}
-             | {"type": {"QuantConv2D": "Conv2D", "QuantDense": "Dense"}.get(lc.get("type"), lc.get("type"))}
-             for lc in scene.layers]
+    shape = [{k: v for k, v in lc.items() if k not in QUANT_KEYS}
+             | {"type": float_twin(lc.get("type"))} for lc in scene.layers]
     data = scene.dataset + (f"[:{scene.limit_train}]" if scene.limit_train else "")
     return {
         "precision": "binary" if binary else "full precision",

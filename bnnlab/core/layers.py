@@ -16,6 +16,7 @@ import numpy as np
 
 from . import kernels as K
 from .binarizers import ApproxSign, Binarizer, Sign, SteSign, SwishSign, get_binarizer
+from .layer_types import canonical_type
 from .shapes import conv_output_size
 
 __all__ = [
@@ -686,7 +687,6 @@ _LAYERS = {
     cls.type_name: cls
     for cls in (QuantConv2D, Conv2D, QuantDense, Dense, BatchNorm, MaxPool2D, Flatten, Activation)
 }
-_ALIASES = {"BatchNormalization": "BatchNorm", "MaxPooling2D": "MaxPool2D"}
 
 
 def layer_types() -> list[str]:
@@ -699,7 +699,7 @@ def layer_from_config(cfg: dict[str, Any]) -> Layer:
     t = cfg.pop("type", None)
     if t is None:
         raise ValueError(f"layer {cfg!r} has no 'type'")
-    t = _ALIASES.get(t, t)
+    t = canonical_type(t) or t
     if t == "ReLU":
         t, cfg = "Activation", {"activation": "relu", **cfg}
     if t not in _LAYERS:

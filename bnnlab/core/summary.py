@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layers import BatchNorm, Flatten, MaxPool2D, QuantConv2D, _QuantBase
+from .layer_types import layer_type
 from .model import Sequential
 
 __all__ = ["LayerProfile", "ModelProfile", "profile_model", "format_summary", "ENERGY_PJ"]
@@ -126,9 +126,11 @@ def _layer_profile(layer) -> LayerProfile:
     out = tuple(layer.output_shape)
     p1 = p32 = trainable = 0
     macs1 = macs32 = 0
-    countable = isinstance(layer, (_QuantBase, BatchNorm, MaxPool2D, Flatten))
+    t = layer_type(layer.type_name)
+    rule = t.summary if t else "unknown"  # the rules are in bnnlab.core.layer_types
+    countable = rule != "unknown"
     in_prec = None
-    if isinstance(layer, _QuantBase):
+    if rule == "kernel":
         iq = layer.input_quantizer
         if iq is not None and iq.binary:
             in_prec = 1
@@ -141,12 +143,12 @@ def _layer_profile(layer) -> LayerProfile:
         if layer.bias is not None:
             p32 += layer.bias.value.size
             trainable += layer.bias.value.size
-        pixels = out[0] * out[1] if isinstance(layer, QuantConv2D) else 1
+        pixels = out[0] * out[1] if len(out) == 3 else 1
         if layer.binary:
             macs1 = k * pixels
         else:
             macs32 = k * pixels
-    elif isinstance(layer, BatchNorm):
+    elif rule == "batchnorm":
         p32 += 2 * layer.channels
     return LayerProfile(
         name=layer.name, type_name=layer.type_name, input_precision=in_prec, output_shape=out,

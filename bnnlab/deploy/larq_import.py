@@ -26,12 +26,12 @@ from ..core.layers import (
     QuantConv2D,
     QuantDense,
 )
+from ..core.layer_types import keras_names
 from ..core.model import Sequential
 
 __all__ = ["SUPPORTED_LAYERS", "LarqImportError", "import_larq"]
 
-SUPPORTED_LAYERS = ("QuantConv2D", "QuantDense", "Conv2D", "Dense", "BatchNormalization",
-                    "MaxPooling2D", "Flatten", "Activation", "InputLayer")
+SUPPORTED_LAYERS = (*keras_names(), "InputLayer")
 
 # Larq quantizer classes (and their registered string names) with a bnnlab twin.
 _QUANTIZERS = {"SteSign": "ste_sign", "ste_sign": "ste_sign", "ApproxSign": "approx_sign",

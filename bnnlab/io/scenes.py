@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.binarizers import get_binarizer
+from ..core.layer_types import is_quantized
 from ..core.layers import layer_from_config
 from ..core.optimizers import make_optimizer, optimizer_names, schedule_names
 from .atomic import write_atomic
@@ -72,7 +73,7 @@ class Scene:
         out = []
         for lc in self.layers:
             lc = dict(lc)
-            if lc.get("type") in ("QuantConv2D", "QuantDense"):
+            if is_quantized(lc.get("type")):
                 if self.activation_binarizer is not None and lc.get("input_quantizer"):
                     lc["input_quantizer"] = self.activation_binarizer
                 if self.kernel_binarizer is not None and lc.get("kernel_quantizer"):
@@ -91,7 +92,7 @@ class Scene:
         layers = []
         for lc in self.resolved_layers():
             lc = dict(lc)
-            if lc.get("type") in ("QuantConv2D", "QuantDense"):
+            if is_quantized(lc.get("type")):
                 if lc.get("input_quantizer"):
                     lc["input_quantizer"] = "hard_tanh"
                 lc.pop("kernel_quantizer", None)

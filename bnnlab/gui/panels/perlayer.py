@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QWidget
 
+from ...core.layer_types import is_quantized
+
 __all__ = ["PerLayerPanel", "layer_specs_from_config", "layer_specs_from_snapshot"]
-
-_QUANT_TYPES = ("QuantConv2D", "QuantDense")
-
 
 def layer_specs_from_config(config: dict) -> tuple[tuple[str, str, bool], ...]:
     """(name, type, binarizes its input) of each quantized layer of a model config: what
     the per-layer panels lay out before the first snapshot arrives."""
     return tuple((lc.get("name", ""), lc["type"], bool(lc.get("input_quantizer")))
-                 for lc in config.get("layers", []) if lc.get("type") in _QUANT_TYPES)
+                 for lc in config.get("layers", []) if is_quantized(lc.get("type")))
 
 
 def layer_specs_from_snapshot(snapshot) -> tuple[tuple[str, str, bool], ...]:

@@ -22,14 +22,13 @@ from PySide6.QtWidgets import (
 )
 
 from ...core.model import Sequential
+from ...core.layer_types import QUANT_KEYS, float_twin
 from ...core.summary import ModelProfile, format_summary, profile_model
 from ..views.bars import BarChart
 from ..views.style import BNN_COLOR, TWIN_COLOR
 
 __all__ = ["SummaryPanel", "full_precision_config"]
 
-_QUANT_TO_FLOAT = {"QuantConv2D": "Conv2D", "QuantDense": "Dense"}
-_QUANT_KEYS = ("input_quantizer", "kernel_quantizer", "kernel_constraint")
 
 _COLUMNS = ("Layer", "Input\nbits", "Output", "1-bit\nparams", "32-bit\nparams", "Memory\n(KiB)",
             "1-bit\nMACs", "32-bit\nMACs")
@@ -43,8 +42,8 @@ def full_precision_config(config: dict[str, Any]) -> dict[str, Any]:
     """
     layers = []
     for lc in config["layers"]:
-        lc = {k: v for k, v in lc.items() if k not in _QUANT_KEYS and k != "name"}
-        lc["type"] = _QUANT_TO_FLOAT.get(lc.get("type"), lc.get("type"))
+        lc = {k: v for k, v in lc.items() if k not in QUANT_KEYS and k != "name"}
+        lc["type"] = float_twin(lc.get("type"))
         layers.append(lc)
     name = config.get("name", "model")
     return {**config, "name": f"{name} (full precision)", "layers": layers}
