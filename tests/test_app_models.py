@@ -286,3 +286,24 @@ def test_larq_model_opened(tmp_path):
     assert int((opened.runtime().predict(opened.raw_inputs(x)) == z["argmax"]).sum()) == 500
     assert opened.profile().memory_kib == pytest.approx(13.19, abs=0.005)
     assert [ly.values.size for ly in opened.latent_weights()] == [288, 18432, 36864, 36864, 640]
+
+
+def test_run_folds_a_checkpoint_like_its_exported_file(files, capsys):
+    rows = []
+    for kind in ("bnn", "checkpoint"):
+        assert main(["run", str(files[kind]), "--data", "digits", "--limit", "120", "--json"]) == 0
+        rows.append(json.loads(capsys.readouterr().out))
+    assert rows[0]["accuracy"] == rows[1]["accuracy"] and rows[0]["images"] == 120
+
+
+def test_bits_view_of_an_opened_model(files, digits):
+    x = digits[0][7]
+    for kind in ("bnn", "checkpoint"):
+        opened = open_any(files[kind])
+        spans = opened.bnn_layout()
+        assert spans[-1].end == files["bnn"].stat().st_size or kind == "checkpoint"
+        maps = opened.activation_maps(x)
+        assert [m.values.shape for m in maps] == [(13, 13, 8), (6, 6, 16), (10,)]
+        e = opened.explain_unit(x, 1, (2, 3, 5))
+        assert e.agrees and e.kind == "xnor" and len(e.windows) == 4
+        assert e.output == maps[1].values[2, 3, 5]

@@ -17,7 +17,9 @@
   accuracy and confusion matrix;
 * :meth:`~OpenedModel.fine_tune`: a trainable copy with a scene's training settings;
 * :meth:`~OpenedModel.model_file`: the ``.bnn`` record (the file's own, or the model
-  folded), which :mod:`bnnlab.deploy.explain` draws as bits.
+  folded), and for the Bits view :meth:`~OpenedModel.bnn_layout`,
+  :meth:`~OpenedModel.activation_maps` and :meth:`~OpenedModel.explain_unit` (see
+  :mod:`bnnlab.deploy.explain` for bit planes and thresholds).
 
 A model whose input shape or class count differs from a dataset's or a scene's raises
 :class:`IncompatibleModel`, which names both shapes. Nothing here imports Qt; the
@@ -293,6 +295,28 @@ class OpenedModel:
 
             self._runtime = Runtime(self.model_file())
         return self._runtime
+
+    def bnn_layout(self):
+        """The byte map of the ``.bnn`` file (:func:`bnnlab.deploy.explain.file_layout`):
+        of the file itself, or of what exporting this model would write."""
+        from ..deploy.explain import file_layout
+        from ..deploy.format import encode
+
+        data = Path(self.path).read_bytes() if self.bnn is not None else encode(self.model_file())
+        return file_layout(data)
+
+    def activation_maps(self, x: np.ndarray):
+        """Every block's output on the runtime for one dataset input ``x`` (*input_shape)."""
+        from ..deploy.explain import activation_maps
+
+        return activation_maps(self.runtime(), self.raw_inputs(np.asarray(x)[None])[0])
+
+    def explain_unit(self, x: np.ndarray, block: int, unit: tuple[int, int, int]):
+        """Output ``unit`` of ``block`` for one dataset input, step by step
+        (:func:`bnnlab.deploy.explain.explain_unit`), checked against the runtime."""
+        from ..deploy.explain import explain_unit
+
+        return explain_unit(self.runtime(), self.raw_inputs(np.asarray(x)[None])[0], block, unit)
 
     # ------------------------------------------------------------------ inference
     def check_fits(self, input_shape, num_classes: int | None = None, what: str = "the data") -> None:
