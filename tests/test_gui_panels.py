@@ -411,3 +411,23 @@ def test_to_mnist_centres_and_scales():
     cx = np.average(np.arange(28), weights=image.sum(axis=0))
     assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
     assert not to_mnist(np.zeros((50, 50))).any()
+
+
+def test_draws_slider_reaches_every_small_count(binarize):
+    slider = binarize.n_slider.slider
+    seen = []
+    for k in range(slider.minimum(), slider.maximum() + 1):
+        slider.setValue(k)
+        seen.append(int(binarize.n_slider.value()))
+    assert seen[:10] == list(range(1, 11))  # 1, 2, 3, ... one slider step each
+    assert seen[-1] == 2000 and seen == sorted(set(seen))
+    assert slider.maximum() < 200  # log scale: not 2000 positions
+
+
+def test_long_run_titles_are_cut_in_legends():
+    from bnnlab.gui.panels.training import LEGEND_CHARS, legend_label
+
+    long = "#4 act=stochastic_sign, weights=ste_sign ungated, clip off, lr=0.01, seed=3"
+    short = legend_label(long)
+    assert len(short) <= LEGEND_CHARS and short.endswith("…") and long.startswith(short[:-1])
+    assert legend_label("#1 quickstart") == "#1 quickstart"

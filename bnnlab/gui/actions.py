@@ -35,7 +35,7 @@ SHORTCUTS = {
     "export_svg": ("Export current view as SVG…", "", ""),
     "export_model": ("Export model (.bnn)…", "Ctrl+B", "The selected run's weights, bit-packed"),
     "open_model": ("Open model (.bnn, .h5, .npz)…", "Ctrl+Shift+O", ""),
-    "sidebar": ("Show experiment sidebar", "F9", "Hide the sidebar to give the plots room"),
+    "sidebar": ("Experiment", "F9", "Show or hide the experiment sidebar (scene settings and runs)"),
     "shortcuts": ("Keyboard shortcuts", "F1", ""),
     "about": ("About bnnlab", "", "Version, Python, Qt, Numba, CPU features, data folders"),
     "quit": ("Quit", "Ctrl+Q", ""),
@@ -128,6 +128,8 @@ class WindowActions:
         tb.setObjectName("trainingToolbar")
         tb.setMovable(False)
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        tb.addAction(a["sidebar"])
+        tb.addSeparator()
         for n in ("start", "step", "stop", "reset"):
             tb.addAction(a[n])
         tb.addSeparator()

@@ -42,6 +42,7 @@ FRAME_MS = 33
 # leaves the event loop free most of the time while training.
 HEAVY_PANEL_PERIOD = 0.25
 DEFAULT_SIZE = (1280, 800)
+NARROW_SCREEN = 1200  # px: below this the sidebar starts hidden
 
 
 # (tab title, module in gui/panels, class, heavy): panels are imported and built the first
@@ -144,6 +145,10 @@ class MainWindow(QMainWindow):
             avail = screen.availableGeometry()
             # Window decorations are not known before the window is shown: keep a margin.
             w, h = min(w, avail.width() - 16), min(h, avail.height() - 48)
+            if avail.width() < NARROW_SCREEN:
+                # The plots need the width more than the settings do: the sidebar starts
+                # hidden, one click (or F9) away on the toolbar.
+                self.dock.hide()
         self.resize(max(w, self.minimumWidth()), max(h, self.minimumHeight()))
 
     # ------------------------------------------------------------------ construction

@@ -103,8 +103,8 @@ class BinarizationPanel(QWidget):
                                     tooltip="The pre-activation fed to the binarizer; drag the "
                                             "dashed line in a plot to move it too")
         controls.addWidget(self.x_slider, 3)
-        self.n_slider = ValueSlider("Draws N", 1, MAX_DRAWS, 1, 200, fmt="{:.0f}",
-                                    tooltip="How many stochastic draws to average")
+        self.n_slider = ValueSlider("Draws N", 1, MAX_DRAWS, 1, 200, fmt="{:.0f}", log=True,
+                                    tooltip="How many stochastic draws to average (log scale)")
         controls.addWidget(self.n_slider, 2)
         self.redraw_button = QPushButton("New draws")
         self.redraw_button.setToolTip("Draw N fresh random numbers")
@@ -139,8 +139,8 @@ class BinarizationPanel(QWidget):
 
         box = QGroupBox("On a real image: every pixel binarized at once")
         grid = QGridLayout(box)
-        self.k_slider = ValueSlider("Samples K", 1, MAX_SAMPLES, 1, 16, fmt="{:.0f}",
-                                    tooltip="How many stochastic binarizations to average")
+        self.k_slider = ValueSlider("Samples K", 1, MAX_SAMPLES, 1, 16, fmt="{:.0f}", log=True,
+                                    tooltip="How many stochastic binarizations to average (log scale)")
         self.scale_slider = ValueSlider("Scale", 0.0, 4.0, 0.05, 1.0,
                                         tooltip="Multiplies the centred pixel before binarizing")
         self.offset_slider = ValueSlider("Offset", -2.0, 2.0, 0.05, 0.0, fmt="{:+.2f}",

@@ -255,6 +255,15 @@ class ExperimentForm(QWidget):
         _set_combo(self.dataset, scene.dataset)
 
 
+LEGEND_CHARS = 30  # a legend wider than this covers the curves it explains
+
+
+def legend_label(title: str, limit: int = LEGEND_CHARS) -> str:
+    """A run's title cut to ``limit`` characters with an ellipsis (the run list shows it
+    whole)."""
+    return title if len(title) <= limit else title[:limit - 1].rstrip(" ,") + "…"
+
+
 def _swatch(color: str) -> QIcon:
     pm = QPixmap(14, 14)
     pm.fill(QColor(color))
@@ -469,7 +478,7 @@ class Dashboard(QWidget):
                 for legend, key in ((self.loss_legend, "loss"), (self.acc_legend, "accuracy")):
                     legend.removeItem(items[key])
                     if v.visible:
-                        legend.addItem(items[key], v.title)
+                        legend.addItem(items[key], legend_label(v.title))
                 for item in items.values():
                     item.setVisible(v.visible)
             s = v.snapshot

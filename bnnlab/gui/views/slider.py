@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QWidget
 
-__all__ = ["ValueSlider"]
+__all__ = ["ValueSlider", "log_steps"]
+
+
+def log_steps(minimum: float, maximum: float, count: int = 160) -> np.ndarray:
+    """Whole numbers from ``minimum`` to ``maximum``, spaced evenly on a log scale: every
+    small number is there (1, 2, 3, …), larger ones thin out."""
+    values = np.unique(np.round(np.geomspace(minimum, maximum, count)))
+    return values.astype(np.float64)
 
 
 class ValueSlider(QWidget):
-    """``value = minimum + step * k`` for integer slider positions ``k``.
+    """``value = minimum + step * k`` for integer slider positions ``k``; with ``log=True``
+    the positions run over :func:`log_steps` instead (counts from 1 to thousands).
 
     ``value_changed(float)`` fires on every move (including keyboard and programmatic
     changes), so views redraw while the handle is dragged, not on release.
@@ -18,11 +27,13 @@ class ValueSlider(QWidget):
     value_changed = Signal(float)
 
     def __init__(self, name: str, minimum: float, maximum: float, step: float, value: float, *,
-                 fmt: str = "{:.2f}", tooltip: str = "", parent=None):
+                 fmt: str = "{:.2f}", tooltip: str = "", log: bool = False, parent=None):
         super().__init__(parent)
         self._min, self._step, self._fmt = float(minimum), float(step), fmt
+        self._table = log_steps(minimum, maximum) if log else None
         self.slider = QSlider(Qt.Horizontal)
-        self.slider.setRange(0, round((maximum - minimum) / step))
+        top = len(self._table) - 1 if log else round((maximum - minimum) / step)
+        self.slider.setRange(0, top)
         self.slider.setValue(self._to_int(value))
         self.slider.setMinimumWidth(70)
         self._name = QLabel(name)
@@ -41,9 +52,13 @@ class ValueSlider(QWidget):
         self._show_value()
 
     def _to_int(self, v: float) -> int:
+        if self._table is not None:
+            return int(np.argmin(np.abs(np.log(self._table) - np.log(max(float(v), 1e-12)))))
         return round((float(v) - self._min) / self._step)
 
     def value(self) -> float:
+        if self._table is not None:
+            return float(self._table[self.slider.value()])
         return self._min + self._step * self.slider.value()
 
     def set_value(self, v: float) -> None:
