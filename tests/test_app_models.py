@@ -307,3 +307,20 @@ def test_bits_view_of_an_opened_model(files, digits):
         e = opened.explain_unit(x, 1, (2, 3, 5))
         assert e.agrees and e.kind == "xnor" and len(e.windows) == 4
         assert e.output == maps[1].values[2, 3, 5]
+
+
+def test_a_model_in_memory_has_the_same_interface(files, digits):
+    from bnnlab.io.checkpoints import load_checkpoint
+
+    model, _ = load_checkpoint(files["checkpoint"])
+    run = OpenedModel.from_model(model, "run 2", class_names=tuple("0123456789"),
+                                 dataset="digits", seed=3)
+    assert run.kind == "run" and run.label() == "run 2" and run.has_latent_weights
+    x, _ = digits
+    np.testing.assert_array_equal(run.predict(x), open_any(files["checkpoint"]).predict(x))
+    info = run.describe()
+    assert info["file_bytes"] is None and info["bnn_bytes"] > 0
+    assert run.explain_unit(x[0], 2, (0, 0, 4)).agrees
+    assert run.incompatibility(load_preset("quickstart")) is None
+    assert "dataset 'xor'" in run.incompatibility(load_preset("toy-xor"))
+    assert run.evaluate(limit=50).n == 50

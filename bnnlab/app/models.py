@@ -113,10 +113,11 @@ class FineTune:
 @dataclass(eq=False)
 class OpenedModel:
     """A model opened from a file; see the module docstring. Build it with
-    :func:`bnnlab.app.opening.open_any` (or :meth:`load` when the kind is known)."""
+    :func:`bnnlab.app.opening.open_any` (or :meth:`load` when the kind is known), or wrap
+    a model trained in the app with :meth:`from_model` (kind ``"run"``, no file)."""
 
-    path: str
-    kind: str  # "bnn" | "keras" | "checkpoint"
+    path: str  # the file; for kind "run", the run's label
+    kind: str  # "bnn" | "keras" | "checkpoint" | "run"
     model: Any  # bnnlab.core.model.Sequential (for a .bnn: the file unfolded)
     input_spec: Any  # bnnlab.deploy.format.InputSpec: how raw inputs map to model inputs
     input_scale: str  # "unit" or "symmetric": how images in [0, 1] were scaled in training
@@ -172,11 +173,27 @@ class OpenedModel:
                     pass
         return cls(path, kind, model, spec, scale, names, meta, mf)
 
+    @classmethod
+    def from_model(cls, model, label: str, *, input_scale: str = "unit", class_names=(),
+                   dataset: str | None = None, seed: int = 0) -> "OpenedModel":
+        """A model that lives in memory (a run's weights), with the same interface.
+
+        ``label`` names it in messages; ``input_scale``, ``class_names``, ``dataset`` and
+        ``seed`` are what its scene used. The model is used as it is, not copied.
+        """
+        from ..deploy.fold import input_spec_for
+
+        meta = {"name": model.name, "seed": seed, "input_scale": input_scale}
+        if dataset:
+            meta["dataset"] = dataset
+        spec = input_spec_for(model.input_shape, input_scale)
+        return cls(str(label), "run", model, spec, input_scale, tuple(class_names), meta)
+
     # ------------------------------------------------------------------ what it is
     @property
     def source(self) -> str:
-        """The file's name, for labels ("opened: model.bnn")."""
-        return Path(self.path).name
+        """The file's name, for labels ("opened: model.bnn"); a run's label."""
+        return self.path if self.kind == "run" else Path(self.path).name
 
     @property
     def name(self) -> str:
@@ -219,7 +236,7 @@ class OpenedModel:
         return any(q.kernel_binary for q in self.model.quant_layers)
 
     def label(self) -> str:
-        return f"opened: {self.source}"
+        return self.source if self.kind == "run" else f"opened: {self.source}"
 
     # ------------------------------------------------------------------ reports
     def profile(self):
@@ -240,7 +257,7 @@ class OpenedModel:
         return analyze_filters(self.model, top=top)
 
     def describe(self) -> dict[str, Any]:
-        """Plain data for display: ``path``, ``kind``, ``file_bytes``, ``bnn_bytes`` (the file
+        """Plain data for display: ``path``, ``kind``, ``file_bytes`` (None for a run), ``bnn_bytes`` (the file
         itself, or what exporting it would write; None with ``export_error`` when it cannot
         be exported), ``float32_bytes``, ``compression``, ``summary``, ``blocks``, ``input``,
         ``class_names``, ``metadata``."""
@@ -253,7 +270,8 @@ class OpenedModel:
         else:
             info = describe_model(self.model, self.input_spec, self.class_names)
         spec = self.input_spec
-        info.update(path=self.path, kind=self.kind, file_bytes=os.path.getsize(self.path),
+        size = None if self.kind == "run" else os.path.getsize(self.path)
+        info.update(path=self.path, kind=self.kind, file_bytes=size,
                     input={"shape": list(spec.shape), "encoding": spec.encoding,
                            "scale": spec.scale, "offset": spec.offset},
                     class_names=list(self.class_names), metadata=dict(self.metadata))
@@ -330,6 +348,21 @@ class OpenedModel:
             raise IncompatibleModel(f"{self.source} has {self.num_classes} outputs, {what} has "
                                     f"{num_classes} classes")
 
+    def incompatibility(self, scene) -> str | None:
+        """Why the model cannot be trained or evaluated on ``scene``'s dataset, or None.
+
+        For the app to say so next to the model instead of failing later.
+        """
+        from ..data import DatasetError, dataset_info
+
+        try:
+            info = dataset_info(scene.dataset)
+            self.check_fits(info.input_shape, len(info.class_names),
+                            f"scene {scene.name!r} (dataset {info.name!r})")
+        except (DatasetError, IncompatibleModel) as exc:
+            return str(exc)
+        return None
+
     @property
     def computes_on(self) -> str:
         """"runtime" for a ``.bnn`` file (packed integers), "engine" otherwise."""
@@ -383,10 +416,12 @@ class OpenedModel:
                  seed: int | None = None, download: bool = True,
                  progress: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 batch_size: int = 1024) -> Evaluation:
+                 batch_size: int = 1024,
+                 download_progress: Callable[[int, int], None] | None = None) -> Evaluation:
         """Score the model on a dataset's test set (default: the one the file names).
 
-        ``progress(done, total)`` is called after each batch of images; when
+        ``progress(done, total)`` is called after each batch of images (and
+        ``download_progress(bytes, total)`` while a missing dataset downloads); when
         ``should_stop()`` turns true the evaluation ends early (``complete=False``).
         Built-in datasets are drawn from ``seed`` (default: the model's recorded seed).
         Raises ``DatasetError`` for data that cannot be loaded and
@@ -400,8 +435,9 @@ class OpenedModel:
                                "choose one")
         info = dataset_info(name)
         self.check_fits(info.input_shape, len(info.class_names), f"dataset {info.name!r}")
-        ds = load_dataset(name, data_dir, download=download, limit_test=limit,
-                          seed=self.seed if seed is None else seed)
+        ds = load_dataset(name, data_dir, download=download, progress=download_progress,
+                          limit_test=limit, seed=self.seed if seed is None else seed,
+                          splits=("test",))
         x, y = ds.x_test, ds.y_test
         total = len(x)
         preds = np.empty(total, np.int64)
