@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from .cli_base import CliError, open_arg, progress_bar as _progress_bar
+from .core.settings import popcount_setting
 
 __all__ = ["main"]
 
@@ -51,10 +52,10 @@ def _model_from_arg(arg: str):
 
 
 def cmd_train(args) -> int:
-    from .io.checkpoints import save_checkpoint
     from .core.trainer import TrainingDiverged
     from .data import DatasetError
     from .experiment import build_model, make_trainer, prepare_data
+    from .io.outputs import output_problem
     from .io.scenes import SceneError
 
     scene = _load_scene_arg(args.scene)
@@ -66,10 +67,12 @@ def cmd_train(args) -> int:
         scene.epochs = args.epochs
     if args.limit_train is not None:
         scene.limit_train = args.limit_train
-    if args.out:
-        folder = Path(args.out).resolve().parent
-        if not folder.is_dir():
-            raise CliError(f"--out: folder {folder} does not exist")
+    if args.seed is not None and args.seed < 0:
+        raise CliError(f"--seed must be a non-negative integer, not {args.seed}")
+    if args.limit_train is not None and args.limit_train < 1:
+        raise CliError(f"--limit-train must be at least 1, not {args.limit_train}")
+    if args.out and (problem := output_problem(args.out)):
+        raise CliError(f"--out: {problem}")
     to_bnn = bool(args.out) and args.out.lower().endswith(".bnn")
     tty = sys.stderr.isatty() and not args.json
 
@@ -86,6 +89,10 @@ def cmd_train(args) -> int:
         from .cli_deploy import check_exportable
 
         check_exportable(model, scene, data.dataset)
+    if args.out:  # the arrays, uncompressed: an upper bound on either file
+        need = sum(a.nbytes for a in model.state_dict().values()) + (1 << 16)
+        if problem := output_problem(args.out, need):
+            raise CliError(f"--out: {problem}")
     trainer = make_trainer(scene, model, data, telemetry=False)
     if not args.json:
         print(f"training {scene.name} on {data.dataset.name} ({len(data.x_train)} train, "
@@ -131,18 +138,42 @@ def cmd_train(args) -> int:
         trainer.stop()
         print("\nbnnlab train: interrupted", file=sys.stderr)
         return 130
-    if to_bnn:
+    if args.out:
+        return _save_trained(args.out, model, scene, data.dataset, results, quiet=args.json)
+    return 0
+
+
+def _save_trained(out: str, model, scene, dataset, results: list[dict], quiet: bool) -> int:
+    """Write the trained model to ``out``; if that fails, to a fallback file (exit status 1)."""
+    from .io.checkpoints import save_checkpoint
+    from .io.outputs import fallback_dirs, save_with_fallback
+
+    sizes = []
+    if out.lower().endswith(".bnn"):
         from .cli_deploy import write_trained
 
-        size = write_trained(model, scene, data.dataset, results, args.out)
-        if not args.json:
-            print(f"saved {args.out} ({size:,} bytes)")
-    elif args.out:
-        save_checkpoint(args.out, model, meta={"scene": scene.name, "dataset": data.dataset.name,
-                                               "epochs": results, "input_scale": scene.input_scale,
-                                               "seed": scene.seed, "limit_test": scene.limit_test})
-        if not args.json:
-            print(f"saved {args.out}")
+        def save(path):
+            sizes.append(write_trained(model, scene, dataset, results, path))
+    else:
+        meta = {"scene": scene.name, "dataset": dataset.name, "epochs": results,
+                "input_scale": scene.input_scale, "seed": scene.seed,
+                "limit_test": scene.limit_test}
+
+        def save(path):
+            save_checkpoint(path, model, meta=meta)
+    try:
+        where, error = save_with_fallback(out, save)
+    except OSError as exc:
+        print(f"bnnlab train: cannot write {out} ({exc.strerror or exc}), nor a copy in "
+              f"{' or '.join(map(str, fallback_dirs()))}; the trained model is lost",
+              file=sys.stderr)
+        return 1
+    if error is not None:
+        print(f"bnnlab train: cannot write {out} ({error.strerror or error}); the trained model "
+              f"was saved to {where} instead", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"saved {out}" + (f" ({sizes[-1]:,} bytes)" if sizes else ""))
     return 0
 
 
@@ -377,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"bnnlab {version()}")
             return 0
+        try:
+            popcount_setting()
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
         if args.command is None:
             build_parser().print_help()
             return 0

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from .core.model import Sequential
+from .core.model import ModelTooLarge, Sequential
 from .core.optimizers import make_optimizer, make_schedule
 from .core.trainer import Trainer
 from .data import Dataset, load_dataset
@@ -31,6 +31,8 @@ def build_model(scene: Scene, input_shape: tuple[int, ...], num_classes: int) ->
             {"name": scene.name, "input_shape": list(input_shape), "layers": scene.resolved_layers()},
             seed=scene.seed,
         )
+    except ModelTooLarge as exc:
+        raise SceneError(f"scene {scene.name!r}: on data of shape {input_shape}, {exc}") from None
     except ValueError as exc:
         raise SceneError(f"scene {scene.name!r}: the model does not fit the data {input_shape}: {exc}") from None
     if model.output_shape != (num_classes,):

@@ -27,6 +27,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from .settings import popcount_setting
+
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
 _JIT_FLOAT = dict(_JIT, fastmath=True)
 _JIT_PAR = dict(_JIT_FLOAT, parallel=True)
@@ -548,11 +550,9 @@ _HOST_AVX2 = bool(_HOST_FEATURES.get("avx2", False))
 
 
 def _popcount_mode() -> str:
-    forced = os.environ.get("BNNLAB_POPCOUNT", "auto").strip().lower()
-    if forced in ("bytes", "lanes"):
+    forced = popcount_setting()
+    if forced != "auto":
         return forced
-    if forced not in ("", "auto"):
-        raise ValueError(f"BNNLAB_POPCOUNT must be auto, bytes or lanes, not {forced!r}")
     has = all(_HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
     return "lanes" if has else "bytes"
 

@@ -53,6 +53,16 @@ class Param:
             np.clip(self.value, -self.clip, self.clip, out=self.value)
 
 
+def _count(name: str, value: Any) -> int:
+    """A positive whole number from a config; 16.5, True or "16" are refused, never rounded."""
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not whole and isinstance(value, (float, np.floating)) and float(value).is_integer():
+        whole = True
+    if not whole or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
@@ -78,6 +88,10 @@ class Layer:
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def weight_count(self, input_shape: tuple[int, ...]) -> int:
+        """How many numbers ``state()`` will hold once built on ``input_shape`` (no allocation)."""
+        return 0
 
     def params(self) -> list[Param]:
         return []
@@ -275,20 +289,16 @@ class QuantConv2D(_QuantBase):
                  kernel_constraint=None, use_bias=True, activation=None, name=None):
         super().__init__(input_quantizer, kernel_quantizer, kernel_constraint, use_bias,
                          activation, name)
-        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if len(ks) != 2 or min(ks) < 1:
+        ks = kernel_size if isinstance(kernel_size, (list, tuple)) else (kernel_size, kernel_size)
+        if len(ks) != 2:
             raise ValueError(f"kernel_size must be a positive int or pair, got {kernel_size!r}")
-        if int(filters) < 1:
-            raise ValueError(f"filters must be positive, got {filters!r}")
-        if int(strides) < 1:
-            raise ValueError(f"strides must be a positive int, got {strides!r}")
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
-        if float(pad_values) not in (0.0, 1.0, -1.0):
+        if isinstance(pad_values, (bool, str)) or float(pad_values) not in (0.0, 1.0, -1.0):
             raise ValueError(f"pad_values must be 0, 1 or -1, got {pad_values!r}")
-        self.filters = int(filters)
-        self.kernel_size = (int(ks[0]), int(ks[1]))
-        self.strides = int(strides)
+        self.filters = _count("filters", filters)
+        self.kernel_size = (_count("kernel_size", ks[0]), _count("kernel_size", ks[1]))
+        self.strides = _count("strides", strides)
         self.padding = padding
         self.pad_values = float(pad_values)
 
@@ -300,6 +310,10 @@ class QuantConv2D(_QuantBase):
         if ho < 1 or wo < 1:
             raise ValueError(f"{self.type_name}: input {s} is smaller than kernel {self.kernel_size}")
         return (ho, wo, self.filters)
+
+    def weight_count(self, input_shape):
+        kh, kw = self.kernel_size
+        return kh * kw * int(input_shape[-1]) * self.filters + (self.filters if self.use_bias else 0)
 
     def build(self, input_shape, rng):
         out = super().build(input_shape, rng)
@@ -428,14 +442,15 @@ class QuantDense(_QuantBase):
                  kernel_constraint=None, use_bias=True, activation=None, name=None):
         super().__init__(input_quantizer, kernel_quantizer, kernel_constraint, use_bias,
                          activation, name)
-        if int(units) < 1:
-            raise ValueError(f"units must be positive, got {units!r}")
-        self.units = int(units)
+        self.units = _count("units", units)
 
     def compute_output_shape(self, s):
         if len(s) != 1:
             raise ValueError(f"{self.type_name} needs a flat input, got {s}; add a Flatten layer")
         return (self.units,)
+
+    def weight_count(self, input_shape):
+        return int(input_shape[0]) * self.units + (self.units if self.use_bias else 0)
 
     def build(self, input_shape, rng):
         out = super().build(input_shape, rng)
@@ -519,6 +534,9 @@ class BatchNorm(Layer):
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
+
+    def weight_count(self, input_shape):
+        return int(input_shape[-1]) * (2 + self.center + self.scale)
 
     def build(self, input_shape, rng):
         out = super().build(input_shape, rng)
@@ -605,10 +623,8 @@ class MaxPool2D(Layer):
 
     def __init__(self, pool_size=2, strides=None, name=None):
         super().__init__(name)
-        if int(pool_size) < 1:
-            raise ValueError(f"pool_size must be positive, got {pool_size!r}")
-        self.pool_size = int(pool_size)
-        self.strides = int(strides) if strides is not None else self.pool_size
+        self.pool_size = _count("pool_size", pool_size)
+        self.strides = _count("strides", strides) if strides is not None else self.pool_size
 
     def compute_output_shape(self, s):
         if len(s) != 3:

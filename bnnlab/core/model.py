@@ -8,7 +8,7 @@ import numpy as np
 
 from .layers import Layer, Param, _QuantBase, layer_from_config
 
-__all__ = ["Sequential", "softmax", "softmax_cross_entropy", "model_from_state"]
+__all__ = ["MAX_WEIGHT_BYTES", "ModelTooLarge", "Sequential", "softmax", "softmax_cross_entropy", "model_from_state"]
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -29,18 +29,36 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     return loss, (grad / n).astype(np.float32)
 
 
+#: Largest model built, in bytes of float32 weights (250 million numbers). Training holds
+#: about four times this (weights, gradients and two optimizer slots).
+MAX_WEIGHT_BYTES = 1 << 30
+
+
+class ModelTooLarge(ValueError):
+    """A model whose weights would exceed :data:`MAX_WEIGHT_BYTES`; found before allocating."""
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 class Sequential:
     """A stack of layers. ``forward`` returns logits; a final softmax lives in the loss."""
 
     def __init__(self, layers: Iterable[Layer], input_shape: tuple[int, ...], name="sequential",
-                 seed: int = 0):
+                 seed: int = 0, max_weight_bytes: int = MAX_WEIGHT_BYTES):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("a model needs at least one layer")
         self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape or min(self.input_shape) < 1:
+            raise ValueError(f"the input shape must be positive sizes, got {self.input_shape}")
         self.name = name
         self._check_softmax()
         self._name_layers()
+        self._check_size(max_weight_bytes)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"the seed must be a non-negative integer, got {seed!r}")
         rng = np.random.default_rng(seed)
         shape = self.input_shape
         for layer in self.layers:
@@ -51,6 +69,22 @@ class Sequential:
         self.output_shape = shape
         # The first layer's input is data: computing its gradient would be wasted work.
         self.layers[0].need_input_grad = False
+
+    def _check_size(self, max_weight_bytes: int) -> None:
+        """Refuse a model too large for memory from its shapes alone, before any allocation."""
+        shape, count = self.input_shape, 0
+        for layer in self.layers:
+            try:
+                count += layer.weight_count(shape)
+                shape = layer.compute_output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {layer.name}: {exc}") from None
+        nbytes = 4 * count
+        if nbytes > max_weight_bytes:
+            raise ModelTooLarge(
+                f"the model has {count:,} weights, {_gb(nbytes)} as float32 (training needs "
+                f"about {_gb(4 * nbytes)}); the limit is {_gb(max_weight_bytes)} of weights: "
+                f"make its layers smaller")
 
     def _check_softmax(self):
         for i, layer in enumerate(self.layers):

@@ -60,6 +60,20 @@ def _fused(p: Param, *slots: np.ndarray) -> bool:
             and (p.clip is None or p.clip > 0))
 
 
+def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+            high_open: bool = False) -> float:
+    """A real number within bounds from a config; strings and booleans are refused."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (math.isfinite(v) and (v > low if low_open else v >= low)
+              and (v < high if high_open else v <= high))
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {span}, got {value!r}")
+    return float(value)
+
+
 class Optimizer:
     """Updates a list of :class:`Param` in place from their ``grad``."""
 
@@ -105,7 +119,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1 = _number("beta_1", beta_1, 0.0, 1.0, high_open=True)
+        self.beta_2 = _number("beta_2", beta_2, 0.0, 1.0, high_open=True)
+        self.epsilon = _number("epsilon", epsilon, 0.0, math.inf, low_open=True, high_open=True)
 
     def step(self, params):
         self._t = self.iterations + 1
@@ -149,9 +165,10 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.9, nesterov=False):
         super().__init__(learning_rate)
-        if not 0 <= float(momentum) < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.momentum = _number("momentum", momentum, 0.0, 1.0, high_open=True)
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"nesterov must be true or false, got {nesterov!r}")
+        self.nesterov = nesterov
 
     def update(self, p, lr):
         (vel,) = self._slots(p, "velocity")
@@ -180,9 +197,8 @@ class Bop(Optimizer):
     def __init__(self, threshold=1e-8, gamma=1e-4, fp_optimizer: Optimizer | None = None,
                  learning_rate=1e-3):
         super().__init__(learning_rate)
-        if not (threshold >= 0 and 0 < gamma <= 1):
-            raise ValueError(f"bop needs threshold >= 0 and 0 < gamma <= 1, got {threshold}, {gamma}")
-        self.threshold, self.gamma = float(threshold), float(gamma)
+        self.threshold = _number("threshold", threshold, 0.0, math.inf, high_open=True)
+        self.gamma = _number("gamma", gamma, 0.0, 1.0, low_open=True)
         self.fp = fp_optimizer or Adam(learning_rate)
 
     def step(self, params):

@@ -22,15 +22,66 @@ from .layers import _QuantBase
 from .model import Sequential, softmax_cross_entropy
 from .optimizers import Optimizer, make_optimizer
 
-__all__ = ["Trainer", "Snapshot", "LayerTelemetry", "History", "TrainingDiverged"]
+__all__ = ["DivergenceWatch", "Trainer", "Snapshot", "LayerTelemetry", "History",
+           "TrainingDiverged"]
 
 WEIGHT_BINS = 60
 PREACT_RANGE = 3.0
 PREACT_BINS = 60
 
 
+#: A run has diverged when its batch loss stays above this many times its reference loss (the
+#: larger of the first batch's loss and chance level, ln(classes)) ...
+DIVERGENCE_FACTOR = 10.0
+#: ... for this many batches in a row (or a whole epoch, when epochs are shorter), or when a
+#: whole epoch's mean loss is above it.
+DIVERGENCE_BATCHES = 50
+
+
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or stayed far above where it started (see
+    :class:`DivergenceWatch`)."""
+
+
+class DivergenceWatch:
+    """Decides when a run has diverged, beyond NaN and infinity.
+
+    Cross-entropy starts near chance level, ln(classes), and a healthy run brings it down;
+    a learning rate far too large throws the weights about and the loss climbs orders of
+    magnitude above that and stays there (at learning rate 1e9: about 1e9, at chance
+    accuracy). The reference is the larger of the first batch's loss and chance level; the run
+    has diverged when the batch loss exceeds ``DIVERGENCE_FACTOR`` times the reference for
+    ``DIVERGENCE_BATCHES`` consecutive batches (fewer if an epoch is shorter), or when a whole
+    epoch's mean loss exceeds it. A single spike never counts.
+    """
+
+    def __init__(self, num_classes: int, batches_per_epoch: int):
+        self.chance = math.log(max(int(num_classes), 2))
+        self.patience = max(1, min(DIVERGENCE_BATCHES, int(batches_per_epoch)))
+        self.reference: float | None = None
+        self.streak = 0
+
+    @property
+    def limit(self) -> float:
+        return DIVERGENCE_FACTOR * (self.reference if self.reference is not None else self.chance)
+
+    def batch(self, loss: float) -> str | None:
+        """Record one batch's loss; the reason the run diverged, or None."""
+        if self.reference is None:
+            self.reference = max(float(loss), self.chance)
+        self.streak = self.streak + 1 if loss > self.limit else 0
+        if self.streak >= self.patience:
+            return (f"the loss stayed above {self.limit:.4g} ({DIVERGENCE_FACTOR:g} times its "
+                    f"starting value {self.reference:.4g}) for {self.streak} batches in a row, "
+                    f"reaching {loss:.4g}")
+        return None
+
+    def epoch(self, mean_loss: float) -> str | None:
+        """Record an epoch's mean loss; the reason the run diverged, or None."""
+        if self.reference is not None and mean_loss > self.limit:
+            return (f"the mean loss of the epoch, {mean_loss:.4g}, is above {self.limit:.4g} "
+                    f"({DIVERGENCE_FACTOR:g} times its starting value {self.reference:.4g})")
+        return None
 
 
 def _frozen(a) -> np.ndarray:
@@ -241,6 +292,7 @@ class Trainer:
         val_loss = val_acc = None
         window_t, window_images = time.perf_counter(), 0
         ips = 0.0
+        watch = DivergenceWatch(model.output_shape[0], self.batches_per_epoch)
         for epoch in range(1, self.epochs + 1):
             order = self._rng.permutation(n) if self.shuffle else np.arange(n)
             loss_sum = correct = seen = 0.0
@@ -253,11 +305,12 @@ class Trainer:
                 xb, yb = self.x_train[idx], self.y_train[idx]
                 logits = model.forward(xb, training=True, rng=self._rng)
                 loss, dlogits = softmax_cross_entropy(logits, yb)
-                if not math.isfinite(loss):
+                why = (f"the loss became {loss}" if not math.isfinite(loss)
+                       else watch.batch(loss))
+                if why:
                     raise TrainingDiverged(
-                        f"the loss became {loss} at step {step + 1} (epoch {epoch}); "
-                        f"lower the learning rate (now {opt.current_lr:g}) or turn weight "
-                        f"clipping on")
+                        f"{why} at step {step + 1} (epoch {epoch}); lower the learning rate "
+                        f"(now {opt.current_lr:g}) or turn weight clipping on")
                 model.backward(dlogits)
                 opt.step(self._params)
                 step += 1
@@ -266,6 +319,11 @@ class Trainer:
                 seen += len(idx)
                 window_images += len(idx)
                 last = b == self.batches_per_epoch - 1
+                why = watch.epoch(loss_sum / seen) if last else None
+                if why:
+                    raise TrainingDiverged(
+                        f"{why} at epoch {epoch}; lower the learning rate (now "
+                        f"{opt.current_lr:g}) or turn weight clipping on")
                 paused_after = self.paused
                 if step % self.snapshot_every == 0 or last or paused_after or self._stop.is_set():
                     now = time.perf_counter()

@@ -39,6 +39,8 @@ _QUANTIZERS = {"SteSign": "ste_sign", "ste_sign": "ste_sign", "ApproxSign": "app
 _ACTIVATIONS = ("linear", "relu", "softmax")
 # Larq models may cap the weights at another bound; inference does not depend on it.
 _MAX_WEIGHT_BYTES = 1 << 30
+# A Keras configuration is a few kilobytes per layer.
+_MAX_CONFIG_CHARS = 16 << 20
 
 
 class LarqImportError(ValueError):
@@ -70,14 +72,22 @@ def _quantizer(spec, where: str, path) -> Any:
     return {"name": ours}
 
 
+def _sizes(v, where: str, path) -> tuple:
+    """A kernel size as Keras stores it, [kh, kw] (or one number), left for the layer to check."""
+    if isinstance(v, list) and len(v) == 2:
+        return tuple(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    _fail(path, f"{where}: kernel_size must be a pair of sizes, got {v!r}")
+
+
 def _pair(v, what: str, where: str, path) -> int:
     """Keras stores sizes as [a, a]; bnnlab layers take one square size."""
-    if isinstance(v, int):
+    if isinstance(v, int) and not isinstance(v, bool):
         return v
-    v = list(v)
-    if len(v) != 2 or v[0] != v[1]:
-        _fail(path, f"{where}: only square {what} are supported, got {v}")
-    return int(v[0])
+    if not isinstance(v, list) or len(v) != 2 or v[0] != v[1]:
+        _fail(path, f"{where}: only square {what} are supported, got {v!r}")
+    return v[0]
 
 
 def _constraint(spec) -> str | None:
@@ -91,6 +101,8 @@ def _constraint(spec) -> str | None:
 def _layer(cls: str, cfg: dict, last: bool, path) -> Layer | None:
     name = cfg.get("name")
     where = f"layer {name!r} ({cls})"
+    if name is not None and not isinstance(name, str):
+        _fail(path, f"{where}: the layer name must be a string")
     if cfg.get("data_format", "channels_last") != "channels_last":
         _fail(path, f"{where}: only channels_last data is supported")
     act = cfg.get("activation", "linear")
@@ -101,7 +113,7 @@ def _layer(cls: str, cfg: dict, last: bool, path) -> Layer | None:
     if cls in ("QuantConv2D", "Conv2D"):
         if _pair(cfg.get("dilation_rate", 1), "dilations", where, path) != 1 or cfg.get("groups", 1) != 1:
             _fail(path, f"{where}: dilated or grouped convolutions are not supported")
-        args = dict(filters=int(cfg["filters"]), kernel_size=tuple(cfg["kernel_size"]),
+        args = dict(filters=cfg["filters"], kernel_size=_sizes(cfg["kernel_size"], where, path),
                     strides=_pair(cfg.get("strides", 1), "strides", where, path),
                     padding=cfg.get("padding", "valid"), use_bias=bool(cfg.get("use_bias", True)),
                     activation=act, name=name)
@@ -114,7 +126,7 @@ def _layer(cls: str, cfg: dict, last: bool, path) -> Layer | None:
                            kernel_quantizer=_quantizer(cfg.get("kernel_quantizer"), where, path),
                            kernel_constraint=_constraint(cfg.get("kernel_constraint")))
     if cls in ("QuantDense", "Dense"):
-        args = dict(units=int(cfg["units"]), use_bias=bool(cfg.get("use_bias", True)),
+        args = dict(units=cfg["units"], use_bias=bool(cfg.get("use_bias", True)),
                     activation=act, name=name)
         if cls == "Dense":
             return Dense(**args)
@@ -122,11 +134,7 @@ def _layer(cls: str, cfg: dict, last: bool, path) -> Layer | None:
                           input_quantizer=_quantizer(cfg.get("input_quantizer"), where, path),
                           kernel_quantizer=_quantizer(cfg.get("kernel_quantizer"), where, path),
                           kernel_constraint=_constraint(cfg.get("kernel_constraint")))
-    if cls == "BatchNormalization":
-        axis = cfg.get("axis", -1)
-        axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-        if axis not in (-1, 1, 3):  # the last axis of a flat (1) or NHWC (3) tensor
-            _fail(path, f"{where}: only normalization over the channel axis is supported")
+    if cls == "BatchNormalization":  # its axis is checked once the input's rank is known
         return BatchNorm(momentum=float(cfg.get("momentum", 0.99)), epsilon=float(cfg.get("epsilon", 1e-3)),
                          center=bool(cfg.get("center", True)), scale=bool(cfg.get("scale", True)),
                          name=name)
@@ -146,12 +154,19 @@ def _layer(cls: str, cfg: dict, last: bool, path) -> Layer | None:
                 f"{', '.join(SUPPORTED_LAYERS)}")
 
 
-def _input_shape(layers_cfg: list[dict], path) -> tuple[int, ...]:
+def _input_shape(layers_cfg: list, path) -> tuple[int, ...]:
     for lc in layers_cfg:
-        cfg = lc.get("config", {})
+        cfg = lc.get("config") if isinstance(lc, dict) else None
+        if not isinstance(cfg, dict):
+            continue
         shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
         if shape:
-            return tuple(int(s) for s in shape[1:])
+            dims = shape[1:] if isinstance(shape, list) else None
+            if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                   for d in dims):
+                _fail(path, f"the input shape {shape!r} must list positive sizes after the batch "
+                            "size (only the batch size may be null)")
+            return tuple(dims)
     _fail(path, "the model configuration has no input shape (build the model before saving)")
 
 
@@ -161,9 +176,12 @@ def _read_weights(f, layer: Layer, path) -> dict[str, np.ndarray]:
     own = layer.state()
     if not own:
         return {}
-    if group is None:
-        _fail(path, f"layer {layer.name!r}: no weights in model_weights/")
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+    if group is None or not hasattr(group, "keys"):
+        _fail(path, f"layer {layer.name!r}: no weights group in model_weights/")
+    raw_names = group.attrs.get("weight_names", [])
+    if isinstance(raw_names, (str, bytes)) or not hasattr(raw_names, "__iter__"):
+        _fail(path, f"layer {layer.name!r}: weight_names must be a list of names, got {raw_names!r}")
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw_names]
     found = {}
     for full in names:
         key = full.rsplit("/", 1)[-1].split(":")[0]
@@ -177,6 +195,9 @@ def _read_weights(f, layer: Layer, path) -> dict[str, np.ndarray]:
         if key not in own or tuple(ds.shape) != own[key].shape:
             _fail(path, f"layer {layer.name!r}: weight {full!r} has shape {tuple(ds.shape)}, "
                         f"expected {own[key].shape if key in own else 'none'}")
+        if ds.dtype.kind not in "fiu":
+            _fail(path, f"layer {layer.name!r}: weight {full!r} holds {ds.dtype} values, not real "
+                        "numbers")
         arr = np.asarray(ds[()], dtype=np.float32)
         if not np.isfinite(arr).all():
             _fail(path, f"layer {layer.name!r}: weight {full!r} holds NaN or infinity")
@@ -200,45 +221,80 @@ def import_larq(path: str | os.PathLike) -> Sequential:
         f = h5py.File(path, "r")
     except OSError as exc:
         _fail(path, f"not an HDF5 file ({exc})")
-    with f:
-        raw = f.attrs.get("model_config")
-        if raw is None:
-            _fail(path, "no model_config attribute: this is a weights-only file; save the whole "
-                        "model with model.save('model.h5')")
+    try:
+        with f:
+            return _import(f, path)
+    except OSError as exc:  # HDF5 reports damage inside the file when a part is read
+        _fail(path, f"damaged HDF5 file ({exc})")
+    except (RecursionError, MemoryError):
+        _fail(path, "model_config is nested too deeply or too large to read")
+
+
+def _import(f, path: str) -> Sequential:
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        _fail(path, "no model_config attribute: this is a weights-only file; save the whole "
+                    "model with model.save('model.h5')")
+    if isinstance(raw, np.ndarray) and raw.shape == ():
+        raw = raw[()]
+    if not isinstance(raw, (str, bytes)):
+        _fail(path, f"model_config must be a JSON string, not {type(raw).__name__}")
+    if len(raw) > _MAX_CONFIG_CHARS:
+        _fail(path, f"model_config holds {len(raw):,} characters; the limit is {_MAX_CONFIG_CHARS:,}")
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        _fail(path, f"model_config is not valid JSON ({exc})")
+    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
+        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+        _fail(path, f"only Sequential models are supported, this is {kind!r}")
+    body = config.get("config", {})
+    if not isinstance(body, dict):
+        _fail(path, f"model_config: the Sequential's config must be an object, not "
+                    f"{type(body).__name__}")
+    layers_cfg = body.get("layers", [])
+    if not isinstance(layers_cfg, list) or not layers_cfg:
+        _fail(path, "the model has no layers")
+    for i, lc in enumerate(layers_cfg):
+        if not isinstance(lc, dict) or not isinstance(lc.get("class_name"), str) \
+                or not isinstance(lc.get("config", {}), dict):
+            _fail(path, f"layer {i}: malformed configuration (expected an object with a "
+                        "class_name and a config object)")
+    shape = _input_shape(layers_cfg, path)
+    real = [lc for lc in layers_cfg if lc["class_name"] != "InputLayer"]
+    layers, bn_axes = [], {}
+    for i, lc in enumerate(real):
+        cfg = dict(lc.get("config") or {})
         try:
-            config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            _fail(path, f"model_config is not valid JSON ({exc})")
-        if not isinstance(config, dict) or config.get("class_name") != "Sequential":
-            kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-            _fail(path, f"only Sequential models are supported, this is {kind!r}")
-        layers_cfg = config.get("config", {}).get("layers", [])
-        if not isinstance(layers_cfg, list) or not layers_cfg:
-            _fail(path, "the model has no layers")
-        shape = _input_shape(layers_cfg, path)
-        real = [lc for lc in layers_cfg if lc.get("class_name") != "InputLayer"]
-        layers = []
-        for i, lc in enumerate(real):
-            if not isinstance(lc, dict) or "class_name" not in lc:
-                _fail(path, f"layer {i}: malformed configuration")
-            try:
-                layer = _layer(lc["class_name"], dict(lc.get("config") or {}), i == len(real) - 1, path)
-            except (KeyError, TypeError, ValueError) as exc:
-                if isinstance(exc, LarqImportError):
-                    raise
-                _fail(path, f"layer {lc.get('config', {}).get('name')!r} ({lc['class_name']}): {exc}")
-            if layer is not None:
-                layers.append(layer)
-        name = config.get("config", {}).get("name") or "sequential"
-        try:
-            model = Sequential(layers, shape, name=name)
-        except ValueError as exc:
-            _fail(path, str(exc))
-        total = sum(a.nbytes for layer in model.layers for a in layer.state().values())
-        if total > _MAX_WEIGHT_BYTES:
-            _fail(path, f"the model holds {total} bytes of weights; the limit is {_MAX_WEIGHT_BYTES}")
-        for layer in model.layers:
-            arrays = _read_weights(f, layer, path)
-            if arrays:
-                layer.load_state(arrays)
+            layer = _layer(lc["class_name"], cfg, i == len(real) - 1, path)
+        except LarqImportError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            _fail(path, f"layer {cfg.get('name')!r} ({lc['class_name']}): {exc}")
+        if layer is not None:
+            layers.append(layer)
+            if isinstance(layer, BatchNorm):
+                bn_axes[id(layer)] = cfg.get("axis", -1)
+    name = body.get("name") or "sequential"
+    try:
+        # The size limit is checked from the shapes, before any weight is allocated.
+        model = Sequential(layers, shape, name=str(name), max_weight_bytes=_MAX_WEIGHT_BYTES)
+    except ValueError as exc:
+        _fail(path, str(exc))
+    for layer in model.layers:
+        if id(layer) in bn_axes:
+            _check_bn_axis(layer, bn_axes[id(layer)], path)
+    for layer in model.layers:
+        arrays = _read_weights(f, layer, path)
+        if arrays:
+            layer.load_state(arrays)
     return model
+
+
+def _check_bn_axis(layer: BatchNorm, axis, path) -> None:
+    """bnnlab normalizes over the last (channel) axis; Keras counts the batch axis as 0."""
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    last = len(layer.input_shape)  # the channel axis, counting the batch axis
+    if axis not in (-1, last):
+        _fail(path, f"layer {layer.name!r} (BatchNormalization): axis {axis!r} of a "
+                    f"{last + 1}-D tensor; only the channel axis ({last} or -1) is supported")

@@ -1,4 +1,5 @@
-"""Scenes: saved experiments as TOML (read with ``tomllib``, written by this module).
+"""Scenes: saved experiments as TOML (read with ``tomllib``, or ``tomli`` on Python 3.10;
+written by this module).
 
 A scene names a dataset, a model (layer by layer), training settings, binarizer
 overrides and a seed. Unknown keys warn, missing keys take defaults, invalid values fail
@@ -11,11 +12,15 @@ import copy
 import importlib.resources
 import math
 import os
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 from ..core.binarizers import get_binarizer
 from ..core.layer_types import is_quantized
@@ -110,8 +115,13 @@ class Scene:
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
                 fail(key, f"must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
 
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            fail("seed", f"must be an integer, got {self.seed!r}")
+        for key in ("name", "description"):
+            if not isinstance(getattr(self, key), str):
+                fail(key, f"must be a string, got {getattr(self, key)!r}")
+        if not self.name.strip():
+            fail("name", "must not be empty")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            fail("seed", f"must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             fail("data.dataset", f"must be a dataset name, got {self.dataset!r}")
         positive_int("data.limit_train", self.limit_train, allow_zero=True)
