@@ -21,6 +21,7 @@ PKG = Path(__file__).resolve().parents[1] / "bnnlab"
 LAYERS = {
     "bnnlab": 0,
     "bnnlab.core.kernels": 1,
+    "bnnlab.core.settings": 1,  # environment settings the kernels read; imports nothing of ours
     "bnnlab.core": 2,
     "bnnlab.io": 3,
     "bnnlab.data": 3,
