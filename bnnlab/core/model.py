@@ -128,7 +128,7 @@ class Sequential:
         for i, lc in enumerate(cfg["layers"]):
             try:
                 layers.append(layer_from_config(lc))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 raise ValueError(f"model layer {i}: {exc}") from None
         return cls(layers, tuple(cfg["input_shape"]), name=cfg.get("name", "sequential"), seed=seed)
 
