@@ -324,3 +324,15 @@ def test_a_model_in_memory_has_the_same_interface(files, digits):
     assert run.incompatibility(load_preset("quickstart")) is None
     assert "dataset 'xor'" in run.incompatibility(load_preset("toy-xor"))
     assert run.evaluate(limit=50).n == 50
+
+
+def test_session_names_a_model_opened_as_a_scene(files):
+    from bnnlab.app.session import Session
+
+    session = Session(warm_up=False)
+    errors = []
+    session.listen("error", lambda title, message: errors.append(message))
+    assert session.open_scene(files["bnn"]) is False
+    assert errors == [f"{files['bnn']}: a .bnn model, not a scene (.toml)"]
+    assert session.open_scene(files["scene"]) is True
+    session.shutdown()

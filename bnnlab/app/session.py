@@ -17,10 +17,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ..io.scenes import Scene, SceneError, SceneWarning, load_preset, load_scene, save_scene
+from ..io.scenes import Scene, SceneError, SceneWarning, load_preset, save_scene
 from .describe import describe_scene, label_runs
 from .results import result_rows
 from .jobs import PreviewJob, TrainingJob, WarmUpJob
+from .opening import OpenError, open_any
 from .runs import RUN_COLORS, Focus, Run, RunState, RunView
 
 __all__ = ["DEFAULT_PRESET", "EVENTS", "Session"]
@@ -295,8 +296,8 @@ class Session:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SceneWarning)
-                scene = load_scene(path)
-        except SceneError as exc:
+                scene = open_any(path, want="scene")  # a model file is named as such
+        except (SceneError, OpenError) as exc:
             self._emit("error", "Cannot open the scene", str(exc))
             return False
         self.set_scene(scene, path)
