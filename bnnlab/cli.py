@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_install_desktop)
 
     g = sub.add_parser("gui", help="open the desktop app")
-    g.add_argument("scene", nargs="?", help="a scene file (.toml) or a preset name")
+    g.add_argument("scene", nargs="?", help="a scene file (.toml), a preset name, or a model "
+                   "file (.bnn, .h5, .npz) to inspect")
     g.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
     g.add_argument("--measure-stall", type=float, metavar="SECONDS",
                    help="train for SECONDS, print the longest event-loop stall, and quit")

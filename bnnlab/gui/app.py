@@ -1,4 +1,4 @@
-"""Entry point of the desktop app: ``bnnlab [SCENE.toml]``.
+"""Entry point of the desktop app: ``bnnlab [SCENE.toml | MODEL]``.
 
 ``--measure-stall SECONDS`` (or ``BNNLAB_MEASURE_STALL=SECONDS``) starts training at once,
 measures the longest event-loop stall over that many seconds of training, prints it and
@@ -16,7 +16,8 @@ __all__ = ["main"]
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bnnlab gui", description="The bnnlab desktop app.")
-    p.add_argument("scene", nargs="?", help="a scene file (.toml) or a preset name")
+    p.add_argument("scene", nargs="?", help="a scene file (.toml), a preset name, or a model "
+                   "file (.bnn, .h5, .npz) to inspect")
     p.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
     p.add_argument("--measure-stall", type=float, metavar="SECONDS",
                    help="train for SECONDS, print the longest event-loop stall, and quit")
