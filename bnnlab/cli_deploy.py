@@ -153,6 +153,16 @@ def cmd_run(args) -> int:
         rt = opened.runtime()
     except (ExportError, ModelFileError) as exc:
         raise CliError(f"{args.model}: {exc}") from None
+    twin = None
+    if args.bench:  # the float network it is compared with, found before any data is read
+        from .deploy.bench import FloatTwin
+        from .deploy.unfold import model_from_file
+
+        try:
+            twin = FloatTwin(model_from_file(rt.model_file))
+        except (ExportError, ModelFileError, ValueError) as exc:
+            raise CliError(f"{args.model}: --bench compares with the float network, which "
+                           f"cannot be built from this file: {exc}") from None
     meta = opened.metadata
     # Built-in data sets are drawn from a seed: by default, the test set the model was scored on.
     seed = args.seed if args.seed is not None else _int(meta.get("seed"), 0)
@@ -176,11 +186,9 @@ def cmd_run(args) -> int:
            "images_per_second": round(len(raw) / seconds, 1) if seconds else None,
            "threads": args.threads or available_cpus(),
            "recorded_accuracy": meta.get("test_accuracy")}
-    if args.bench:
-        from .deploy.bench import FloatTwin, time_float, time_runtime
-        from .deploy.unfold import model_from_file
+    if twin is not None:
+        from .deploy.bench import time_float, time_runtime
 
-        twin = FloatTwin(model_from_file(rt.model_file))
         x = raw.astype(np.float32) * np.float32(rt.input.scale) + np.float32(rt.input.offset)
         rows = []
         for threads in (1, 2):

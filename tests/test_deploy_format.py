@@ -128,14 +128,25 @@ def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
         F.read_file(big)
 
 
-def test_declared_sizes_are_checked_before_allocating(data):
-    # A block claiming 65535 x 65535 filters of a 65535-wide dense input: billions of bytes.
+@pytest.mark.parametrize("in_shape,out", [((5, 5, 8), 65535), ((65535, 1, 8), 65535),
+                                           ((65535, 65535, 255), 65535)])
+def test_declared_sizes_are_checked_before_allocating(data, in_shape, out):
+    # A dense block declaring up to 65535 outputs of a 65535 x 65535 x 255 input: up to
+    # terabytes of weights in a file of a few kilobytes. Refused, having allocated about what
+    # the file holds.
     d = bytearray(data)
     mf = F.decode(data)
     pos = d.index(struct.pack("<BBBBBHHHH", 2, 1, 1, 0, 1, *mf.blocks[2].in_shape, 5))
-    d[pos:pos + 13] = struct.pack("<BBBBBHHHH", 2, 1, 1, 0, 1, 5, 5, 8, 65535)
-    with pytest.raises(F.ModelFileError):
-        F.decode(recrc(d))
+    d[pos:pos + 13] = struct.pack("<BBBBBHHHH", 2, 1, 1, 0, 1, *in_shape, out)
+    d = recrc(d)
+    tracemalloc.start()
+    try:
+        with pytest.raises(F.ModelFileError):
+            F.decode(d)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(d) + (1 << 20), f"{peak} bytes allocated for a {len(d)}-byte file"
 
 
 def test_structure_is_validated(model_file):

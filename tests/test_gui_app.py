@@ -227,10 +227,21 @@ def test_default_size_fits_the_screen(window):
 
 
 def test_stall_monitor_measures_the_event_loop(window, qtbot):
+    # Block the GUI thread for a known time: the monitor must see a gap at least that long
+    # (a lower bound only: a busy machine can only make the gap longer).
+    import time
+
+    from PySide6.QtCore import QTimer
+
     mon = window.stall_monitor
     mon.start()
     qtbot.waitUntil(lambda: mon.ticks >= 5, timeout=WAIT_MS)
-    assert mon.longest_gap_ms > 0
+    blocked = []
+    QTimer.singleShot(0, lambda: (time.sleep(0.4), blocked.append(mon.ticks)))
+    qtbot.waitUntil(lambda: bool(blocked) and mon.ticks >= blocked[0] + 2, timeout=WAIT_MS)
+    assert mon.longest_gap_ms >= 400
+    mon.reset()
+    assert mon.longest_gap_ms == 0 and mon.ticks == 0
     mon.stop()
 
 

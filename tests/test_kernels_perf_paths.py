@@ -6,6 +6,7 @@ multiples of 8, K not a multiple of 64, 'same' padding with pad values 0 and ±1
 stride 2. Integers must match exactly, floats to 1e-5 relative (of the largest value).
 """
 
+import io
 import os
 
 import numba as nb
@@ -414,9 +415,49 @@ def test_contention_makes_kernels_serial(monkeypatch):
     assert K._chunks(64, 10) == 1  # too little work to split
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux's /proc/stat")
 def test_contention_sampler_reads_the_machine():
+    # The machine's busy time includes this process's own: spinning here must raise it by at
+    # least what we spun, and it cannot grow faster than every CPU at once (so the idle
+    # columns are not counted as busy).
     probe = K._Contention()
-    assert probe.check() in (False, True)
-    if probe._hz is not None:
-        t, busy, ours = probe._sample()
-        assert busy >= 0 and ours >= 0
+    t0, busy0, ours0 = probe._sample()
+    while os.times().user + os.times().system - ours0 < 0.3:
+        pass
+    t1, busy1, ours1 = probe._sample()
+    tick = 2.0 / probe._hz
+    assert ours1 - ours0 >= 0.3
+    assert busy1 - busy0 >= (ours1 - ours0) - tick
+    assert busy1 - busy0 <= (t1 - t0) * os.cpu_count() + tick
+
+
+def test_contention_is_others_cpu_time_over_the_threshold(monkeypatch):
+    # /proc/stat columns: user nice system idle iowait irq softirq steal; hz = 100.
+    clock = {"t": 100.0, "busy": [1000, 0, 0, 0, 0, 0, 0, 0], "idle": 5000, "ours": 1.0}
+
+    def fake_open(path, mode="r"):
+        assert path == "/proc/stat"
+        b = clock["busy"]
+        line = f"cpu  {b[0]} {b[1]} {b[2]} {clock['idle']} 0 {b[5]} {b[6]} {b[7]} 0 0\n"
+        return io.BytesIO(line.encode())
+
+    monkeypatch.setattr(K, "open", fake_open, raising=False)
+    monkeypatch.setattr(K.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(K.os, "times", lambda: os.times_result((clock["ours"], 0, 0, 0, 0)))
+    probe = K._Contention()
+    probe._hz = 100
+    assert probe.check() is False  # first sample: nothing to compare yet
+
+    def advance(seconds, busy_ticks, ours, idle_ticks=1000, column=0):
+        clock["t"] += seconds
+        clock["busy"][column] += busy_ticks
+        clock["idle"] += idle_ticks  # idle time never counts, however large
+        clock["ours"] += ours
+        return probe.check()
+
+    assert advance(0.1, 500, 0.0) is False  # within the 0.25 s period: no new sample
+    clock["busy"][0] -= 500
+    assert advance(0.9, 150, 0.9) is True  # others: 1.5 - 0.9 = 0.6 cores > 0.5
+    assert advance(1.0, 130, 0.9) is False  # others: 0.4 cores
+    assert advance(1.0, 160, 0.0, column=7) is True  # hypervisor steal counts as others
+    assert advance(1.0, 100, 0.95, idle_ticks=10**6) is False

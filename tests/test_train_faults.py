@@ -332,3 +332,12 @@ def test_scenes_read_without_tomllib():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "quickstart"
+
+
+def test_sources_parse_as_python_3_10():
+    # requires-python admits 3.10: no syntax newer than it (except*, PEP 695 generics, ...).
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "bnnlab"
+    for path in sorted(root.rglob("*.py")):
+        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 10))

@@ -83,7 +83,7 @@ class InputSpec:
 
     shape: tuple[int, ...]
     encoding: str = "uint8"
-    scale: float = 1.0 / 255.0
+    scale: float = float(np.float32(1.0 / 255.0))  # stored as float32
     offset: float = 0.0
 
 
