@@ -164,3 +164,13 @@ def test_bad_dataset_is_an_error_state(session, tmp_path, monkeypatch):
     assert session.wait_idle(WAIT_S)
     assert session.runs[-1].state is RunState.ERROR
     assert session.errors and "mnist" in session.errors[-1][1]
+
+
+def test_a_diverged_run_is_an_error_state_that_says_so(session):
+    # No NaN here: the loss sits far above where it started, at chance accuracy.
+    session.update_scene(learning_rate=1e9, epochs=2)
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    assert session.runs[-1].state is RunState.ERROR
+    title, message = session.errors[-1]
+    assert title == "Training diverged" and "starting value" in message
