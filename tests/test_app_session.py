@@ -174,3 +174,77 @@ def test_a_diverged_run_is_an_error_state_that_says_so(session):
     assert session.runs[-1].state is RunState.ERROR
     title, message = session.errors[-1]
     assert title == "Training diverged" and "starting value" in message
+
+
+def _until(session, cond, timeout=WAIT_S):
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        session.wait_idle(0.05)
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.fixture
+def exported_bnn(session, tmp_path):
+    """A short quickstart run, exported from the session as a .bnn file and saved as a
+    checkpoint."""
+    from bnnlab.core.model import model_from_state
+    from bnnlab.io.checkpoints import save_checkpoint
+
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    run = session.runs[0]
+    bnn = tmp_path / "m.bnn"
+    size, fp = session.export_run(run, bnn)
+    assert 0 < size < fp
+    model = model_from_state(run.snapshot.model_config, run.snapshot.model_state)
+    npz = tmp_path / "m.npz"
+    save_checkpoint(npz, model, {"dataset": "digits", "seed": run.scene.seed,
+                                 "input_scale": run.scene.input_scale})
+    session.reset()
+    return npz, bnn, model, run
+
+
+def test_an_opened_model_is_a_run_with_test_data_evaluation_and_fine_tuning(session, exported_bnn):
+    npz, bnn, model, trained = exported_bnn
+    session.open_model(bnn)
+    assert _until(session, lambda: session.runs and session.runs[0].prepared is not None)
+    run = session.runs[0]
+    assert run.state is RunState.OPENED and run.opened.computes_on == "runtime"
+    assert run.title == f"#{run.number} opened: m.bnn" and session.selected is run
+    assert run.snapshot.layers == ()  # a .bnn file has no latent weights to show
+    assert run.prepared.dataset.name == "digits"
+    session.evaluate(run, "digits")
+    assert _until(session, lambda: run.evaluation is not None)
+    e = run.evaluation
+    assert e.computed_on == "runtime" and e.confusion.sum() == e.n
+    # fine-tuning needs latent weights: the checkpoint has them
+    # the packed runtime agrees with the engine on the run's own weights
+    import numpy as np
+
+    x = run.prepared.x_test[:32]
+    engine = model.predict_proba(x if trained.scene.input_scale == "unit" else 2 * x - 1)
+    assert np.mean(run.opened.predict(x) == engine.argmax(1)) >= 0.9
+    session.open_model(npz)
+    assert _until(session, lambda: len(session.runs) == 2)
+    opened = session.runs[1]
+    assert len(opened.snapshot.layers) == len(model.quant_layers)
+    session.fine_tune(opened)
+    assert session.wait_idle(WAIT_S)
+    tuned = session.runs[2]
+    assert tuned.state is RunState.FINISHED and tuned.snapshot.event == "done"
+    assert tuned.model_config["layers"] == opened.model_config["layers"]
+    session.fine_tune(run)  # the .bnn: refused with the reason
+    assert session.wait_idle(WAIT_S)
+    assert session.runs[-1].state is RunState.ERROR
+    assert "latent weights" in session.errors[-1][1]
+
+
+def test_opening_a_bad_file_is_an_error(session, tmp_path):
+    bad = tmp_path / "x.bnn"
+    bad.write_bytes(b"not a model at all")
+    session.open_model(bad)
+    assert _until(session, lambda: bool(session.errors))
+    assert str(bad) in session.errors[-1][1] and session.runs == []

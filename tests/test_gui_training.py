@@ -163,3 +163,34 @@ def test_tryit_uses_the_selected_runs_own_twin(window, qtbot):
     window._push_current_tab()
     assert tryit.probabilities() is None and tryit.twin_probabilities() is None
     assert "Train a run" in tryit.prediction.text()
+
+
+def test_an_opened_model_file_shows_in_every_panel(window, qtbot, tmp_path):
+    s = window.session
+    s.update_scene(limit_train=512, limit_test=64, epochs=1)
+    s.start()
+    _idle(window, qtbot)
+    path = tmp_path / "exported.bnn"
+    s.export_run(s.runs[0], path)
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: (window._refresh(), len(s.runs) == 2
+                             and s.runs[1].prepared is not None)[1], timeout=WAIT_MS)
+    opened = s.runs[1]
+    assert s.selected is opened and opened.opened.computes_on == "runtime"
+    assert window.run_list.list.item(1).text().startswith("#2 opened: exported.bnn")
+    for page in window.pages:
+        _show(window, page.title)  # asserts no panel error
+    tryit = _show(window, "Try it")
+    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
+                             and tryit.probabilities() is not None)[1], timeout=WAIT_MS)
+    assert "exported.bnn, packed runtime" in tryit.prediction.text()
+    x = s.runs[1].prepared.x_test[:1]
+    assert np.allclose(tryit.probabilities(), opened.opened.predict_proba(x)[0], atol=1e-6)
+    evaluate = _show(window, "Evaluate")
+    assert evaluate.dataset.currentData() == "digits"
+    evaluate.run_button.click()
+    qtbot.waitUntil(lambda: (window._refresh(), opened.evaluation is not None
+                             and not s.evaluating)[1], timeout=WAIT_MS)
+    window._push_current_tab()
+    assert evaluate.matrix.rowCount() == 10 and "accuracy on" in evaluate.result.text()
+    assert "runtime" in evaluate.result.text()

@@ -125,20 +125,21 @@ class TrainingJob(_Job):
     def __init__(self, tag: int, events: queue.Queue, scene: Scene, *, data_dir=None,
                  download: bool = True, prepared=None,
                  kernels_ready: threading.Event | None = None, start_paused: bool = False,
-                 initial_state: dict | None = None):
+                 tune=None):
         super().__init__(tag, events, f"bnnlab-run-{tag}")
         self.scene = scene.copy()
         self.data_dir = data_dir
         self.download = download
         self.prepared = prepared
         self.kernels_ready = kernels_ready
-        self.initial_state = initial_state
+        self.tune = tune  # an OpenedModel to fine-tune (its layers and weights, the scene's training)
         self._lock = threading.Lock()
         self._trainer = None
         self._stop = threading.Event()
         # Requests made before the trainer exists are replayed onto it.
         self._paused = start_paused
         self._pending_steps = 0
+        self._last_progress = 0.0
 
     # -- controls, callable from any thread
     @property
@@ -201,31 +202,47 @@ class TrainingJob(_Job):
                 self._trainer = None
 
     def _train(self) -> None:
-        prepared = self.prepared
-        if prepared is None:
-            self.post("stage", "loading data")
-            prepared = self._load()
-            self.post("data", prepared)
-        if self._stop.is_set():
-            return
-        self.post("stage", "building model")
+        from ..core.summary import profile_model
         from ..experiment import build_model, make_trainer
 
-        ds = prepared.dataset
-        model = build_model(self.scene, ds.input_shape, ds.num_classes)
-        if self.initial_state is not None:
-            model.load_state_dict(self.initial_state)
-        config = model.config()
-        from ..core.summary import profile_model
+        if self.tune is not None:
+            self.post("stage", "loading data")
+            from .models import IncompatibleModel, NoLatentWeights
 
-        self.post("model", config, twin_config(self.scene, config, ds.input_shape, ds.num_classes),
-                  profile_model(model).total_params)
+            try:
+                ft = self.tune.fine_tune(self.scene, data_dir=self.data_dir,
+                                         download=self.download, progress=self._progress)
+            except (IncompatibleModel, NoLatentWeights) as exc:
+                self.post("failed", "Cannot fine-tune this model", str(exc))
+                return
+            prepared, model, trainer = ft.data, ft.model, ft.trainer
+            self.post("data", prepared)
+        else:
+            prepared = self.prepared
+            if prepared is None:
+                self.post("stage", "loading data")
+                prepared = self._load()
+                self.post("data", prepared)
+            if self._stop.is_set():
+                return
+            self.post("stage", "building model")
+            ds = prepared.dataset
+            model = build_model(self.scene, ds.input_shape, ds.num_classes)
+            trainer = None
+        if self._stop.is_set():
+            return
+        config = model.config()
+        ds = prepared.dataset
+        twin = None if self.tune is not None else \
+            twin_config(self.scene, config, ds.input_shape, ds.num_classes)
+        self.post("model", config, twin, profile_model(model).total_params)
         if self.kernels_ready is not None and not self.kernels_ready.is_set():
             self.post("stage", "compiling kernels")
             while not self.kernels_ready.wait(0.05):
                 if self._stop.is_set():
                     return
-        trainer = make_trainer(self.scene, model, prepared)
+        if trainer is None:
+            trainer = make_trainer(self.scene, model, prepared)
         trainer.snapshot_every = min(trainer.snapshot_every, GUI_SNAPSHOT_EVERY)
         with self._lock:
             if self._stop.is_set():
@@ -247,17 +264,16 @@ class TrainingJob(_Job):
                 last = now
                 self.post("snapshot", snapshot)
 
+    def _progress(self, done: int, total: int) -> None:
+        if self._stop.is_set():
+            raise Cancelled
+        now = time.monotonic()
+        if now - self._last_progress >= _PROGRESS_PERIOD or (total > 0 and done >= total):
+            self._last_progress = now
+            self.post("progress", "downloading", int(done), int(total))
+
     def _load(self):
         from ..experiment import prepare_data
 
-        last = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            if self._stop.is_set():
-                raise Cancelled
-            now = time.monotonic()
-            if now - last[0] >= _PROGRESS_PERIOD or (total > 0 and done >= total):
-                last[0] = now
-                self.post("progress", "downloading", int(done), int(total))
-
-        return prepare_data(self.scene, self.data_dir, progress=progress, download=self.download)
+        return prepare_data(self.scene, self.data_dir, progress=self._progress,
+                            download=self.download)

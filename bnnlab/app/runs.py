@@ -34,11 +34,12 @@ class RunState(enum.Enum):
     STOPPED = "stopped"
     FINISHED = "finished"
     ERROR = "error"
+    OPENED = "opened"  # a model opened from a file: nothing trains it
 
     @property
     def live(self) -> bool:
         """True while a thread works on the run."""
-        return self not in (RunState.STOPPED, RunState.FINISHED, RunState.ERROR)
+        return self not in (RunState.STOPPED, RunState.FINISHED, RunState.ERROR, RunState.OPENED)
 
     def __str__(self) -> str:
         return self.value
@@ -57,6 +58,8 @@ class RunView:
     snapshot: Any  # trainer.Snapshot or None
     full_precision: bool = False
     twin_of: int | None = None
+    opened: Any = None  # models.OpenedModel of a run opened from a file
+    evaluation: Any = None  # models.Evaluation, the latest one
 
 
 @dataclass(eq=False)
@@ -76,6 +79,8 @@ class Run:
     error: str = ""
     twin_of: int | None = None  # number of the run this one is the full-precision twin of
     parameters: int | None = None  # of the model, counted as the summary counts them
+    opened: Any = None  # models.OpenedModel: the run is a model opened from a file
+    evaluation: Any = None  # models.Evaluation of the run's model, the latest one
     saved: bool = False  # written to a workspace file since it last changed
 
     @property
@@ -84,11 +89,14 @@ class Run:
 
     @property
     def full_precision(self) -> bool:
+        if self.opened is not None:
+            return not self.opened.is_binary
         return describe_scene(self.scene)["precision"] == "full precision"
 
     def view(self, selected: bool) -> RunView:
         return RunView(self.number, self.title, self.color, self.visible, selected, self.state,
-                       self.snapshot, self.full_precision, self.twin_of)
+                       self.snapshot, self.full_precision, self.twin_of, self.opened,
+                       self.evaluation)
 
 
 @dataclass(frozen=True)
@@ -103,4 +111,5 @@ class Focus:
     model_config: dict | None = None  # the selected run's model, else the scene's
     fp_config: dict | None = None
     results: tuple[dict, ...] = ()  # results.result_rows of every run
+    evaluating: bool = False  # an evaluation is running
     version: int = 0

@@ -13,15 +13,15 @@ import gc
 import os
 import queue
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ..io.scenes import Scene, SceneError, SceneWarning, load_preset, save_scene
+from ..io.scenes import Scene, load_preset
 from .describe import describe_scene, label_runs
+from .editing import SceneEditing
+from .opened import OpenedModels
 from .results import result_rows
-from .jobs import PreviewJob, TrainingJob, WarmUpJob
-from .opening import OpenError, open_any
+from .jobs import TrainingJob, WarmUpJob
 from .runs import RUN_COLORS, Focus, Run, RunState, RunView
 
 __all__ = ["DEFAULT_PRESET", "EVENTS", "Session"]
@@ -45,7 +45,7 @@ def _data_key(scene: Scene, data_dir) -> tuple:
             os.fspath(data_dir) if data_dir else None)
 
 
-class Session:
+class Session(SceneEditing, OpenedModels):
     """Scene, runs and jobs. Never raises for a person's mistake: it reports ``error``."""
 
     def __init__(self, *, data_dir=None, warm_up: bool = True, scene: Scene | None = None):
@@ -215,8 +215,9 @@ class Session:
 
     def _on_TrainingJob_data(self, job, prepared) -> None:
         run = self._job_runs.get(job)
-        self._data_cache.clear()  # one data set in memory at a time: MNIST is ~200 MB as float32
-        self._data_cache[_data_key(job.scene, job.data_dir)] = prepared
+        if job.tune is None:  # a fine-tune's data is scaled for its model, not the scene
+            self._data_cache.clear()  # one data set in memory at a time: MNIST is ~200 MB as float32
+            self._data_cache[_data_key(job.scene, job.data_dir)] = prepared
         self._emit("progress", "downloading", 0, 0)
         self.version += 1
         if run is not None:
@@ -280,94 +281,6 @@ class Session:
         self._warm = WarmUpJob(self._events, self.kernels_ready)
         self._warm.start()
         self._changed(state=True)
-
-    # ------------------------------------------------------------------ scenes
-    def set_scene(self, scene: Scene, path: str | None = None) -> None:
-        """Make ``scene`` current (stopping any run: its settings no longer apply)."""
-        self.stop(wait=True)
-        self.scene = scene.copy()
-        self.scene_path = path
-        self.version += 1
-        self._emit("scene_changed", self.scene)
-        self.preview_model()
-
-    def open_scene(self, path: str | os.PathLike) -> bool:
-        path = os.fspath(path)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", SceneWarning)
-                scene = open_any(path, want="scene")  # a model file is named as such
-        except (SceneError, OpenError) as exc:
-            self._emit("error", "Cannot open the scene", str(exc))
-            return False
-        self.set_scene(scene, path)
-        notes = [str(w.message) for w in caught if issubclass(w.category, SceneWarning)]
-        if notes:
-            self._emit("error", "Scene opened with warnings", "\n".join(notes))
-        return True
-
-    def open_preset(self, name: str) -> bool:
-        try:
-            scene = load_preset(name)
-        except SceneError as exc:
-            self._emit("error", "Cannot open the preset", str(exc))
-            return False
-        self.set_scene(scene, None)
-        return True
-
-    def save_scene(self, path: str | os.PathLike) -> bool:
-        path = os.fspath(path)
-        try:
-            save_scene(self.scene, path)
-        except (SceneError, OSError) as exc:
-            self._emit("error", "Cannot save the scene", str(exc))
-            return False
-        self.scene_path = path
-        self._emit("scene_changed", self.scene)
-        return True
-
-    def update_scene(self, **changes) -> bool:
-        """Edit fields of the current scene; invalid values are refused with a message."""
-        new = self.scene.copy()
-        for key, value in changes.items():
-            if not hasattr(new, key):
-                raise AttributeError(f"Scene has no field {key!r}")
-            setattr(new, key, value)
-        if "optimizer" in changes and "optimizer_options" not in changes:
-            new.optimizer_options = self._options_for(new)
-        try:
-            new.validate()
-        except SceneError as exc:
-            self._emit("error", "Invalid setting", str(exc))
-            self._emit("scene_changed", self.scene)  # puts the controls back
-            return False
-        self.scene = new
-        self.version += 1
-        self._emit("scene_changed", self.scene)
-        self.preview_model()
-        return True
-
-    @staticmethod
-    def _options_for(scene: Scene) -> dict:
-        # Options belong to one optimizer (Adam's epsilon means nothing to SGD): keep them
-        # only if the new optimizer accepts them.
-        from ..core.optimizers import make_optimizer
-
-        try:
-            make_optimizer(scene.optimizer, learning_rate=float(scene.learning_rate),
-                           **scene.optimizer_options)
-            return dict(scene.optimizer_options)
-        except ValueError:
-            return {}
-
-    def set_data_dir(self, path) -> None:
-        self.data_dir = os.fspath(path) if path else None
-        self._data_cache.clear()
-
-    def preview_model(self) -> None:
-        """Build the current scene's model in the background, for the summary view."""
-        self._preview_tag += 1
-        PreviewJob(self._preview_tag, self._events, self.scene).start()
 
     # ------------------------------------------------------------------ training controls
     def start(self, paused: bool = False) -> None:
@@ -518,6 +431,7 @@ class Session:
                      twin=twin.view(False) if twin is not None else None,
                      prepared=run.prepared if run is not None else None,
                      model_config=config, fp_config=fp, results=tuple(result_rows(self.runs)),
+                     evaluating=self.evaluating,
                      version=self.version)
 
     def run_by_number(self, number: int) -> Run | None:
@@ -535,8 +449,12 @@ class Session:
         return [r for r in self.runs if r.snapshot is not None and not r.saved]
 
     def _relabel(self) -> None:
-        for run, label in zip(self.runs, label_runs([r.scene for r in self.runs])):
+        trained = [r for r in self.runs if r.opened is None]
+        for run, label in zip(trained, label_runs([r.scene for r in trained])):
             run.label = label
+        for run in self.runs:
+            if run.opened is not None:
+                run.label = run.opened.label()
 
     def _next_color(self) -> str:
         used = {r.color for r in self.runs}
@@ -552,7 +470,7 @@ class Session:
         return run
 
     def _launch(self, scene: Scene, paused: bool, twin_of: Run | None = None,
-                initial_state: dict | None = None) -> Run:
+                tune: Any = None) -> Run:
         self._numbers += 1
         run = Run(number=self._numbers, scene=scene.copy(), color=self._next_color(),
                   twin_of=twin_of.number if twin_of is not None else None)
@@ -562,13 +480,12 @@ class Session:
             self.selected = run  # a twin leaves its binary run selected, to compare with it
         self._active = run
         key = _data_key(scene, self.data_dir)
-        prepared = self._data_cache.get(key)
+        prepared = self._data_cache.get(key) if tune is None else None
         run.prepared = prepared
         run.state = RunState.BUILDING_MODEL if prepared is not None else RunState.LOADING_DATA
         job = TrainingJob(run.number, self._events, scene, data_dir=self.data_dir,
                           download=self.allow_download, prepared=prepared,
-                          kernels_ready=self.kernels_ready, start_paused=paused,
-                          initial_state=initial_state)
+                          kernels_ready=self.kernels_ready, start_paused=paused, tune=tune)
         self._job = job
         self._job_runs[job] = run
         self._changed(runs=True, state=True)

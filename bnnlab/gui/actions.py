@@ -34,7 +34,8 @@ SHORTCUTS = {
     "export_png": ("Export current view as PNG…", "Ctrl+Shift+P", ""),
     "export_svg": ("Export current view as SVG…", "", ""),
     "export_model": ("Export model (.bnn)…", "Ctrl+B", "The selected run's weights, bit-packed"),
-    "open_model": ("Open model (.bnn, .h5, .npz)…", "Ctrl+Shift+O", ""),
+    "open_model": ("Open model (.bnn, .h5, .npz)…", "Ctrl+Shift+O",
+                   "Open a model file as a run: summary, filters, try it, evaluate, fine-tune"),
     "sidebar": ("Experiment", "F9", "Show or hide the experiment sidebar (scene settings and runs)"),
     "shortcuts": ("Keyboard shortcuts", "F1", ""),
     "about": ("About bnnlab", "", "Version, Python, Qt, Numba, CPU features, data folders"),
@@ -236,13 +237,7 @@ class WindowActions:
         if not path:
             return
         try:
-            from ..core.model import model_from_state
-            from ..core.summary import profile_model
-            from ..deploy import export_model
-
-            model = model_from_state(snap.model_config, snap.model_state)
-            size = export_model(model, path)
-            fp = profile_model(model).float32_kib * 1024
+            size, fp = self.w.session.export_run(self.w.session.selected, path)
         except Exception as exc:  # noqa: BLE001 - shown in the window, never a traceback
             self.w.banner.show_error("Cannot export the model", str(exc))
             return
@@ -252,33 +247,11 @@ class WindowActions:
                                 f"({fp / size:.1f}x smaller).")
 
     def open_model(self) -> None:
-        """Inspect a .bnn, Larq .h5 or checkpoint: sizes, summary and duplicate filters."""
+        """Open a .bnn, Keras/Larq .h5 or checkpoint as a run every panel shows."""
         path, _ = QFileDialog.getOpenFileName(self.w, "Open model", "",
-                                              "Models (*.bnn *.h5 *.hdf5 *.npz)")
+                                              "Models (*.bnn *.h5 *.hdf5 *.keras *.npz);;All files (*)")
         if path:
-            self.show_model(path)
-
-    def show_model(self, path: str) -> None:
-        """The report of a model file of any kind open_any reads, in a window."""
-        from PySide6.QtGui import QFontDatabase
-        from PySide6.QtWidgets import QDialog, QPlainTextEdit, QVBoxLayout
-
-        from ..app.reports import model_report
-
-        try:
-            text = model_report(path)
-        except Exception as exc:  # noqa: BLE001 - shown in the window
-            self.w.banner.show_error("Cannot open the model", str(exc))
-            return
-        dialog = QDialog(self.w)
-        dialog.setWindowTitle(f"Model: {os.path.basename(path)}")
-        view = QPlainTextEdit(text)
-        view.setReadOnly(True)
-        view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-        QVBoxLayout(dialog).addWidget(view)
-        dialog.resize(900, 560)
-        dialog.show()
+            self.w.open_path(path)
 
     def show_about(self) -> None:
         from .about import AboutDialog

@@ -1,4 +1,4 @@
-"""Entry point of the desktop app: ``bnnlab [SCENE.toml | MODEL]``.
+"""Entry point of the desktop app: ``bnnlab [SCENE.toml]``.
 
 ``--measure-stall SECONDS`` (or ``BNNLAB_MEASURE_STALL=SECONDS``) starts training at once,
 measures the longest event-loop stall over that many seconds of training, prints it and
@@ -16,8 +16,8 @@ __all__ = ["main"]
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bnnlab gui", description="The bnnlab desktop app.")
-    p.add_argument("scene", nargs="?", help="a scene file (.toml), a preset name, or a model "
-                   "file (.bnn, .h5, .npz) to inspect")
+    p.add_argument("scene", nargs="?",
+                   help="a scene (.toml), a preset name, or a model file (.bnn, .h5, .npz)")
     p.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
     p.add_argument("--measure-stall", type=float, metavar="SECONDS",
                    help="train for SECONDS, print the longest event-loop stall, and quit")
@@ -50,16 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     window.show()  # before loading anything: the window appears at once
     if args.scene:
         if os.path.exists(args.scene):
-            from ..app.opening import OpenError, sniff
-
-            try:
-                kind = sniff(args.scene)
-            except OpenError:
-                kind = "scene"  # opening it as a scene shows what is wrong
-            if kind == "scene":
-                session.open_scene(args.scene)
-            else:
-                window.actions_.show_model(args.scene)
+            window.open_path(args.scene)  # a scene or a model file, told apart by content
         elif args.scene.endswith(".toml"):
             session.open_scene(args.scene)
         else:

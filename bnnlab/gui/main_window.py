@@ -55,6 +55,7 @@ PAGES = [
     ("Filters", "filters", "FiltersPanel", True),
     ("Model summary", "summary", "SummaryPanel", True),
     ("Try it", "tryit", "TryItPanel", True),
+    ("Evaluate", "evaluate", "EvaluatePanel", True),
     ("Results", "results", "ResultsPanel", True),
 ]
 
@@ -72,13 +73,15 @@ class MainWindow(QMainWindow):
         self.session = session if session is not None else Session()
         self.setWindowTitle("bnnlab")
         self.setMinimumSize(640, 400)
+        self.setAcceptDrops(True)
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.setUsesScrollButtons(True)
         self.pages: list[PanelPage] = []
         for title, module, cls, heavy in PAGES:
-            factory = self._make_results if cls == "ResultsPanel" else _panel_factory(module, cls)
+            factory = {"ResultsPanel": self._make_results, "EvaluatePanel": self._make_evaluate}.get(
+                cls, _panel_factory(module, cls))
             page = PanelPage(title, factory, heavy=heavy)
             self.pages.append(page)
             self.tabs.addTab(page, title)
@@ -136,6 +139,38 @@ class MainWindow(QMainWindow):
         panel = _panel_factory("results", "ResultsPanel")()
         panel.export_requested.connect(lambda: self.actions_.export_results())
         return panel
+
+    def _make_evaluate(self):
+        s = self.session
+        panel = _panel_factory("evaluate", "EvaluatePanel")()
+        panel.evaluate_requested.connect(lambda name: s.selected and s.evaluate(s.selected, name))
+        panel.cancel_requested.connect(s.cancel_evaluation)
+        panel.fine_tune_requested.connect(lambda: s.selected and s.fine_tune(s.selected))
+        return panel
+
+    # ------------------------------------------------------------------ files dropped on the window
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls() and all(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for url in event.mimeData().urls():
+            self.open_path(url.toLocalFile())
+        event.acceptProposedAction()
+
+    def open_path(self, path: str) -> None:
+        """Open a scene (.toml) or a model file (.bnn, .h5, .npz), told apart by content."""
+        from ..app.opening import OpenError, sniff
+
+        try:
+            kind = sniff(path)
+        except OpenError as exc:
+            self.banner.show_error("Cannot open the file", str(exc))
+            return
+        if kind == "scene":
+            self.session.open_scene(path)
+        else:
+            self.session.open_model(path)
 
     def _fit_to_screen(self) -> None:
         """The default size, shrunk to the screen the window opens on (frame included)."""

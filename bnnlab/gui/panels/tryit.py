@@ -62,9 +62,23 @@ class _Models:
         if snapshot is None:
             return None
         if snapshot is not self._snapshot:
-            self._model = model_from_state(snapshot.model_config, snapshot.model_state)
+            if hasattr(snapshot, "model_state"):
+                self._model = model_from_state(snapshot.model_config, snapshot.model_state)
+            else:  # an opened model file: it computes on its own (the runtime for a .bnn)
+                self._model = _OpenedPredictor(snapshot)
             self._snapshot = snapshot
         return self._model
+
+
+class _OpenedPredictor:
+    """An opened model behind the engine model's ``predict_proba``: it takes the dataset's
+    inputs as they are (images in [0, 1]) and runs a .bnn file on the packed runtime."""
+
+    def __init__(self, opened):
+        self.opened = opened
+
+    def predict_proba(self, x, batch_size=None):
+        return self.opened.predict_proba(x)
 
 
 def _classify(models: _Models, twin_models: _Models, snapshot, twin, x: np.ndarray):
@@ -101,10 +115,14 @@ def _tagged(generation: int, fn, args):
 
 
 def _network_name(run) -> str:
-    """How the prediction text names a run's network: which network speaks, and which run."""
+    """How the prediction text names a run's network: which network speaks, and which run
+    (for an opened file: which file, and whether the packed runtime computes)."""
     kind = "Full-precision network" if run.full_precision else "Binary network"
     if run.twin_of is not None:
         kind = f"Full-precision twin of #{run.twin_of}"
+    if run.opened is not None:
+        where = "packed runtime" if run.opened.computes_on == "runtime" else "engine"
+        return f"{kind} (#{run.number}, {run.opened.source}, {where})"
     return f"{kind} (#{run.number})"
 
 
@@ -150,13 +168,18 @@ class TryItPanel(QWidget):
     def show_focus(self, focus) -> None:
         """Try the selected run, compared with its own full-precision twin (if trained)."""
         run, prepared = focus.run, focus.prepared
-        if run is None or run.snapshot is None or prepared is None:
+        if run is None or (run.snapshot is None and run.opened is None) or prepared is None:
             self.clear("Train a run (Start), then try it here." if run is None else
                        f"{run.title}: {run.state}. Try it once the run has a snapshot.")
             return
         ds = prepared.dataset
         self._names = (_network_name(run), _network_name(focus.twin) if focus.twin else "")
-        self.set_snapshot(run.snapshot, ds.kind, ds.class_names, prepared.x_test, prepared.y_test)
+        if run.opened is not None:  # the file's model reads the dataset's own inputs
+            self.set_snapshot(run.opened, ds.kind, ds.class_names, ds.x_test, ds.y_test,
+                              input_scale="unit")
+        else:
+            self.set_snapshot(run.snapshot, ds.kind, ds.class_names, prepared.x_test,
+                              prepared.y_test)
         self.set_twin_snapshot(focus.twin.snapshot if focus.twin is not None else None)
 
     def clear(self, message: str) -> None:
