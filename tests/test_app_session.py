@@ -248,3 +248,15 @@ def test_opening_a_bad_file_is_an_error(session, tmp_path):
     session.open_model(bad)
     assert _until(session, lambda: bool(session.errors))
     assert str(bad) in session.errors[-1][1] and session.runs == []
+
+
+def test_a_trained_run_is_evaluated_like_an_opened_model(session):
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    run = session.runs[0]
+    session.evaluate(run, "digits", limit=128)
+    assert _until(session, lambda: run.evaluation is not None and not session.evaluating)
+    e = run.evaluation
+    assert e.n == 128 and e.computed_on == "engine"  # the scene's limit_test
+    # the same images the run validated on, the same weights: the same accuracy
+    assert e.accuracy == pytest.approx(float(run.snapshot.history.val_accuracy[-1]), abs=1e-9)

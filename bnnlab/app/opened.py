@@ -82,9 +82,11 @@ class EvaluateJob(_Job):
     """Scores a model on a dataset. Events: ``progress(done, total)``,
     ``evaluated(evaluation)``, ``failed(message)``."""
 
-    def __init__(self, tag: int, events, model, dataset: str, data_dir, download: bool):
+    def __init__(self, tag: int, events, model, dataset: str, data_dir, download: bool,
+                 limit: int | None = None):
         super().__init__(tag, events, "bnnlab-evaluate")
         self.model, self.dataset, self.data_dir, self.download = model, dataset, data_dir, download
+        self.limit = limit
         self.cancel = threading.Event()
 
     def run(self) -> None:
@@ -93,7 +95,7 @@ class EvaluateJob(_Job):
 
         try:
             result = self.model.evaluate(self.dataset, data_dir=self.data_dir,
-                                         download=self.download,
+                                         download=self.download, limit=self.limit,
                                          progress=lambda d, t: self.post("progress", d, t),
                                          should_stop=self.cancel.is_set)
         except (DatasetError, IncompatibleModel) as exc:
@@ -162,20 +164,20 @@ class OpenedModels:
         pass
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, run: Run, dataset: str) -> None:
-        """Score ``run``'s model (opened or trained) on ``dataset``'s test set."""
+    def evaluate(self, run: Run, dataset: str, limit: int | None = None) -> None:
+        """Score ``run``'s model (opened or trained) on ``dataset``'s test set (its first
+        ``limit`` images)."""
         model = run.opened if run.opened is not None else self._as_opened(run)
         if model is None:
             return
         job = EvaluateJob(run.number, self._events, model, dataset, self.data_dir,
-                          self.allow_download)
+                          self.allow_download, limit)
         self._evaluating = job
         job.start()
 
     def _as_opened(self, run: Run):
         """A trained run's latest weights as an opened model (to evaluate it like one)."""
         from ..core.model import model_from_state
-        from ..deploy.fold import input_spec_for
         from ..data import dataset_info
         from .models import OpenedModel
 
@@ -183,13 +185,11 @@ class OpenedModels:
         if s is None:
             self._emit("error", "Nothing to evaluate", "Train the run first, then evaluate it.")
             return None
-        model = model_from_state(s.model_config, s.model_state)
-        scale = run.scene.input_scale
-        names = tuple(dataset_info(run.scene.dataset).class_names)
-        return OpenedModel(path=f"run #{run.number}", kind="checkpoint", model=model,
-                           input_spec=input_spec_for(model.input_shape, scale), input_scale=scale,
-                           class_names=names,
-                           metadata={"dataset": run.scene.dataset, "seed": run.scene.seed})
+        return OpenedModel.from_model(
+            model_from_state(s.model_config, s.model_state), run.title,
+            input_scale=run.scene.input_scale,
+            class_names=dataset_info(run.scene.dataset).class_names,
+            dataset=run.scene.dataset, seed=run.scene.seed)
 
     @property
     def evaluating(self) -> bool:
