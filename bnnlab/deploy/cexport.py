@@ -15,16 +15,16 @@ the two agree bit for bit.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile
+from ..io.atomic import atomic_folder
+from .format import (ACC_LIMIT, MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError,
+                     accumulator_bound, validate)
 
 __all__ = ["CExport", "build_c", "export_c", "generate_c", "measure_c"]
 
@@ -58,8 +58,7 @@ typedef struct {
 """
 
 _EMIT = r"""
-/* +1 (bit 0) when sgn * m >= thr: sgn = 1 for "m >= t", -1 for "m <= t" (thr = -t),
- * 0 for a constant channel (thr = 0 gives +1, thr = 1 gives -1). */
+/* Set output channel f of pixel q to +1 (bit 0) or -1 (bit 1). */
 static void bnn_emit_bit(uint32_t *out, int q, int cw, int f, int plus)
 {
     uint32_t *word = &out[q * cw + f / 32];
@@ -73,7 +72,11 @@ static void bnn_emit_bit(uint32_t *out, int q, int cw, int f, int plus)
 
 """
 
-_BITS = r"""
+# One accumulator per kind of block. Each has a dot product over a filter's taps, a max
+# over the pool window, and two loops over the output: thresholds to bits, or logits.
+# Only the functions a model calls are emitted: -Wall -Werror rejects unused statics.
+_DOT = {
+    "bits": r"""
 /* Binary convolution on packed pixels: dot = taps - 2 popcount(x ^ w). */
 static int32_t bnn_dot_bits(const bnn_geometry *g, const uint32_t *x, const uint32_t *wf,
                             int oy, int ox)
@@ -105,45 +108,11 @@ static int32_t bnn_dot_bits(const bnn_geometry *g, const uint32_t *x, const uint
     }
     return k - 2 * pop;
 }
-
-static void bnn_block_bits(const bnn_geometry *g, const uint32_t *x, const uint32_t *w,
-                           const int8_t *sgn, const BNN_THR_T *thr, const float *scale,
-                           const float *offset, uint32_t *out_bits, float *out_logits)
-{
-    int cw_in = (g->c + 31) / 32, cw_out = (g->f + 31) / 32;
-    int filter_words = g->kh * g->kw * cw_in;
-    int py, px, f, wy, wx;
-    for (py = 0; py < g->hp; py++) {
-        for (px = 0; px < g->wp; px++) {
-            int q = py * g->wp + px;
-            for (f = 0; f < g->f; f++) {
-                int32_t m = 0;
-                int first = 1;
-                for (wy = 0; wy < g->pool; wy++) {
-                    for (wx = 0; wx < g->pool; wx++) {
-                        int32_t d = bnn_dot_bits(g, x, &w[f * filter_words],
-                                                 py * g->pool_stride + wy, px * g->pool_stride + wx);
-                        if (first || d > m) {
-                            m = d;
-                        }
-                        first = 0;
-                    }
-                }
-                if (out_logits) {
-                    out_logits[q * g->f + f] = (float)m * scale[f] + offset[f];
-                } else {
-                    bnn_emit_bit(out_bits, q, cw_out, f, (int32_t)sgn[f] * m >= (int32_t)thr[f]);
-                }
-            }
-        }
-    }
-}
-"""
-
-_RAW_INT = r"""
+""",
+    "raw_int": r"""
 /* First layer, integer: raw uint8 input, binary kernel, sum of +-pixel over the taps
- * inside the image (a raw zero outside). */
-static int32_t bnn_dot_raw_int(const bnn_geometry *g, const uint8_t *x, const uint32_t *wf,
+ * inside the image (a raw zero outside). The file format bounds 255 * taps below 2^31. */
+static int32_t bnn_dot_raw_int(const bnn_geometry *g, const bnn_input_t *x, const uint32_t *wf,
                                int oy, int ox)
 {
     int32_t acc = 0;
@@ -164,42 +133,8 @@ static int32_t bnn_dot_raw_int(const bnn_geometry *g, const uint8_t *x, const ui
     }
     return acc;
 }
-
-static void bnn_block_raw_int(const bnn_geometry *g, const uint8_t *x, const uint32_t *w,
-                              const int8_t *sgn, const BNN_THR0_T *thr, const float *scale,
-                              const float *offset, uint32_t *out_bits, float *out_logits)
-{
-    int filter_words = (g->kh * g->kw * g->c + 31) / 32;
-    int cw_out = (g->f + 31) / 32;
-    int py, px, f, wy, wx;
-    for (py = 0; py < g->hp; py++) {
-        for (px = 0; px < g->wp; px++) {
-            int q = py * g->wp + px;
-            for (f = 0; f < g->f; f++) {
-                int32_t m = 0;
-                int first = 1;
-                for (wy = 0; wy < g->pool; wy++) {
-                    for (wx = 0; wx < g->pool; wx++) {
-                        int32_t d = bnn_dot_raw_int(g, x, &w[f * filter_words],
-                                                    py * g->pool_stride + wy, px * g->pool_stride + wx);
-                        if (first || d > m) {
-                            m = d;
-                        }
-                        first = 0;
-                    }
-                }
-                if (out_logits) {
-                    out_logits[q * g->f + f] = (float)m * scale[f] + offset[f];
-                } else {
-                    bnn_emit_bit(out_bits, q, cw_out, f, (int32_t)sgn[f] * m >= (int32_t)thr[f]);
-                }
-            }
-        }
-    }
-}
-"""
-
-_RAW_FLOAT = r"""
+""",
+    "raw_float": r"""
 /* First layer, float: x = raw * scale + offset, summed tap by tap in (dy, dx, c) order. */
 static float bnn_dot_raw_float(const bnn_geometry *g, const bnn_input_t *x, const float *wf,
                                int oy, int ox)
@@ -225,40 +160,90 @@ static float bnn_dot_raw_float(const bnn_geometry *g, const bnn_input_t *x, cons
     }
     return acc;
 }
-
-static void bnn_block_raw_float(const bnn_geometry *g, const bnn_input_t *x, const float *w,
-                                const int8_t *sgn, const float *thr, const float *scale,
-                                const float *offset, uint32_t *out_bits, float *out_logits)
-{
-    int k = g->kh * g->kw * g->c;
-    int cw_out = (g->f + 31) / 32;
-    int py, px, f, wy, wx;
-    for (py = 0; py < g->hp; py++) {
-        for (px = 0; px < g->wp; px++) {
-            int q = py * g->wp + px;
-            for (f = 0; f < g->f; f++) {
-                float m = 0.0f;
-                int first = 1;
-                for (wy = 0; wy < g->pool; wy++) {
-                    for (wx = 0; wx < g->pool; wx++) {
-                        float d = bnn_dot_raw_float(g, x, &w[f * k],
-                                                    py * g->pool_stride + wy, px * g->pool_stride + wx);
-                        if (first || d > m) {
-                            m = d;
-                        }
-                        first = 0;
-                    }
-                }
-                if (out_logits) {
-                    out_logits[q * g->f + f] = m * scale[f] + offset[f];
-                } else {
-                    bnn_emit_bit(out_bits, q, cw_out, f, (float)sgn[f] * m >= thr[f]);
-                }
-            }
-        }
-    }
+""",
 }
+
+# kind: (input type, weight type, accumulator type, threshold type, words per filter)
+_KIND_TYPES = {
+    "bits": ("uint32_t", "uint32_t", "int32_t", "BNN_THR_T", "g->kh * g->kw * ((g->c + 31) / 32)"),
+    "raw_int": ("bnn_input_t", "uint32_t", "int32_t", "BNN_THR0_T", "(g->kh * g->kw * g->c + 31) / 32"),
+    "raw_float": ("bnn_input_t", "float", "float", "float", "g->kh * g->kw * g->c"),
+}
+
+_POOL = r"""
+/* The largest accumulator of filter wf over pool window (py, px). */
+static {acc} bnn_pool_{kind}(const bnn_geometry *g, const {inp} *x, const {w} *wf, int py, int px)
+{{
+    {acc} m = 0;
+    int wy, wx, first = 1;
+    for (wy = 0; wy < g->pool; wy++) {{
+        for (wx = 0; wx < g->pool; wx++) {{
+            {acc} d = bnn_dot_{kind}(g, x, wf, py * g->pool_stride + wy, px * g->pool_stride + wx);
+            if (first || d > m) {{
+                m = d;
+            }}
+            first = 0;
+        }}
+    }}
+    return m;
+}}
 """
+
+_TO_BITS = r"""
+/* Bits out: +1 when sgn * m >= thr; sgn = 1 for "m >= t", -1 for "m <= t" (thr = -t),
+ * 0 for a constant channel (thr = 0 gives +1, thr = 1 gives -1). */
+static void bnn_block_{kind}_bits(const bnn_geometry *g, const {inp} *x, const {w} *w,
+                                  const int8_t *sgn, const {thr} *thr, uint32_t *out)
+{{
+    int filter = {words};
+    int cw_out = (g->f + 31) / 32;
+    int py, px, f;
+    for (py = 0; py < g->hp; py++) {{
+        for (px = 0; px < g->wp; px++) {{
+            for (f = 0; f < g->f; f++) {{
+                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
+                bnn_emit_bit(out, py * g->wp + px, cw_out, f, {compare});
+            }}
+        }}
+    }}
+}}
+"""
+
+_TO_LOGITS = r"""
+/* Logits out: float(m) * scale + offset, multiply then add. */
+static void bnn_block_{kind}_logits(const bnn_geometry *g, const {inp} *x, const {w} *w,
+                                    const float *scale, const float *offset, float *out)
+{{
+    int filter = {words};
+    int py, px, f;
+    for (py = 0; py < g->hp; py++) {{
+        for (px = 0; px < g->wp; px++) {{
+            for (f = 0; f < g->f; f++) {{
+                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
+                out[(py * g->wp + px) * g->f + f] = (float)m * scale[f] + offset[f];
+            }}
+        }}
+    }}
+}}
+"""
+
+
+def _kernel_source(used: set[tuple[str, str]]) -> str:
+    """The C functions for the (kind, output) pairs a model uses."""
+    parts = [_EMIT] if any(out == "bits" for _, out in used) else []
+    for kind in ("raw_int", "raw_float", "bits"):
+        outs = [out for k, out in sorted(used) if k == kind]
+        if not outs:
+            continue
+        inp, w, acc, thr, words = _KIND_TYPES[kind]
+        compare = ("(int32_t)sgn[f] * m >= (int32_t)thr[f]" if acc == "int32_t"
+                   else "(float)sgn[f] * m >= thr[f]")
+        fmt = dict(kind=kind, inp=inp, w=w, acc=acc, thr=thr, words=words, compare=compare)
+        parts.append(_DOT[kind] + _POOL.format(**fmt))
+        for out in outs:
+            parts.append((_TO_BITS if out == "bits" else _TO_LOGITS).format(**fmt))
+    return "".join(parts)
+
 
 _MAIN = r"""/* Example: classify inputs stored back to back in a binary file (or stdin).
  *   ./bnn_demo images.bin      prints one class index per input
@@ -361,20 +346,17 @@ def _int_type(values: np.ndarray) -> str:
     return "int16_t" if -32768 <= lo and hi <= 32767 else "int32_t"
 
 
-def _ident(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", text)
-
-
 def generate_c(mf: ModelFile) -> tuple[dict[str, str], CExport]:
     """The generated files' texts by name, and the export's memory figures."""
+    _check_for_c(mf)
     spec = mf.input
     n_in = int(np.prod(spec.shape))
     in_type = "uint8_t" if spec.encoding == "uint8" else "float"
     decls, calls, tables = [], [], {}
+    used: set[tuple[str, str]] = set()
     buf_words = [0, 0]
     thr_type = "int16_t"
     thr0_type = "int32_t"
-    b0 = mf.blocks[0]
     for i, b in enumerate(mf.blocks):
         p = f"b{i}"
         ho, wo, _ = b.conv_shape
@@ -413,28 +395,21 @@ def generate_c(mf: ModelFile) -> tuple[dict[str, str], CExport]:
             else:
                 decls.append(_c_array("float", f"{p}_thr", thr, 6, _float))
                 tables[f"{p}_thr"] = 4 * thr.size
-            scale = offset = "0"
         else:
             decls.append(_c_array("float", f"{p}_scale", b.scale, 6, _float))
             decls.append(_c_array("float", f"{p}_offset", b.offset, 6, _float))
             tables[f"{p}_scale"] = tables[f"{p}_offset"] = 4 * b.out_channels
             scale, offset = f"{p}_scale", f"{p}_offset"
         src = "input" if i == 0 else f"bnn_buf{(i - 1) % 2}"
+        kind = "bits" if b.input == "bits" else ("raw_int" if b.acc == "int32" else "raw_float")
+        used.add((kind, b.output))
         if b.output == "bits":
-            dst_bits, dst_logits = f"bnn_buf{i % 2}", "0"
             buf_words[i % 2] = max(buf_words[i % 2], hp * wp * -(-b.out_channels // 32))
-            sgn_, thr_ = f"{p}_sgn", f"{p}_thr"
+            calls.append(f"    bnn_block_{kind}_bits(&{p}_geo, {src}, {p}_w, {p}_sgn, {p}_thr, "
+                         f"bnn_buf{i % 2});")
         else:
-            dst_bits, dst_logits = "0", "logits"
-            sgn_ = thr_ = "0"
-        if b.input == "bits":
-            fn = "bnn_block_bits"
-        elif b.acc == "int32":
-            fn = "bnn_block_raw_int"
-        else:
-            fn = "bnn_block_raw_float"
-        calls.append(f"    {fn}(&{p}_geo, {src}, {p}_w, {sgn_}, {thr_}, {scale}, {offset}, "
-                     f"{dst_bits}, {dst_logits});")
+            calls.append(f"    bnn_block_{kind}_logits(&{p}_geo, {src}, {p}_w, {scale}, {offset}, "
+                         "logits);")
     # Threshold arrays take the widest type their kernel function needs.
     rendered = []
     for d in decls:
@@ -446,7 +421,7 @@ def generate_c(mf: ModelFile) -> tuple[dict[str, str], CExport]:
             rendered.append(d)
     ram = 4 * (buf_words[0] + buf_words[1])
     names = list(mf.class_names)
-    header = f"""/* Generated by bnnlab from a .bnn model ({mf.metadata.get('name', 'model')}).
+    header = f"""/* Generated by bnnlab from a .bnn model ({_c_comment(mf.metadata.get('name', 'model'))}).
  * Input: {tuple(spec.shape)} {in_type}, model input = raw * {spec.scale!r} + {spec.offset!r}.
  * Flash tables: {sum(tables.values())} bytes; static RAM: {ram} bytes. */
 #ifndef BNN_MODEL_H
@@ -468,14 +443,7 @@ extern const char *const *const bnn_class_names;
 #endif
 """
     thr_defs = f"#define BNN_THR_T {thr_type}\n#define BNN_THR0_T {thr0_type}\n"
-    # Only the kernels this model calls: -Wall -Werror rejects unused static functions.
-    kernels = _COMMON + _EMIT
-    if len(mf.blocks) > 1:
-        kernels += _BITS
-    if b0.input == "raw" and b0.acc == "int32":
-        kernels += _RAW_INT
-    elif b0.input == "raw":
-        kernels += _RAW_FLOAT
+    kernels = _COMMON + _kernel_source(used)
     name_table = (_c_array("char *", "bnn_names", [f'"{_c_string(s)}"' for s in names], 5)
                   .replace("static const char *", "static const char *const") if names else "")
     body = f"""/* Generated by bnnlab. C99, no dynamic memory, no libc. */
@@ -510,29 +478,48 @@ int bnn_infer(const bnn_input_t *input, float logits[BNN_NUM_OUTPUTS])
     return files, CExport(sorted(files), sum(tables.values()), ram, tables)
 
 
+# Characters copied into generated C as they are; everything else is escaped. Neither
+# "*" nor "/" (comment delimiters), "\\" (escapes, line splices), "?" (trigraphs such as
+# "??/"), quotes, nor any control or non-ASCII character is in the set.
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.,:;+=()[]#@%&!~^<>{}|$'`")
+
+
+def _c_comment(text: str, limit: int = 80) -> str:
+    """``text`` for a ``/* ... */`` comment: safe characters as they are, others as ``\\uXXXX``."""
+    out = "".join(ch if ch in _SAFE else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+                  for ch in str(text)[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
 def _c_string(s: str) -> str:
-    out = []
-    for byte in s.encode():
-        ch = chr(byte)
-        out.append(ch if 32 <= byte < 127 and ch not in '"\\?' else f"\\{byte:03o}")
-    return "".join(out)
+    """The body of a C string literal holding the UTF-8 bytes of ``s`` (which has no NUL)."""
+    # Octal escapes take at most three digits, so one never swallows the next character.
+    return "".join(chr(byte) if chr(byte) in _SAFE else f"\\{byte:03o}" for byte in s.encode())
+
+
+def _check_for_c(mf: ModelFile) -> None:
+    """Refuse what C cannot hold: the record must be valid, class names free of NUL bytes."""
+    validate(mf)
+    for i, name in enumerate(mf.class_names):
+        if "\0" in name:
+            raise ModelFileError(f"class name {i} holds a NUL byte, which a C string cannot hold")
+    for i, b in enumerate(mf.blocks):
+        if b.acc == "int32" and accumulator_bound(b) > ACC_LIMIT:  # validate() refuses it too
+            raise ModelFileError(f"block {i}: the accumulator can reach {accumulator_bound(b)}, "
+                                 "beyond int32")
 
 
 def export_c(mf: ModelFile, outdir: str | os.PathLike) -> CExport:
-    """Write the C files into ``outdir`` (created if needed), each atomically."""
+    """Write the C files into ``outdir`` in one step: into a temporary folder, swapped in.
+
+    Other files already in ``outdir`` are kept; a stale ``bnn_demo`` is removed.
+    """
     files, info = generate_c(mf)
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
-        try:
-            with os.fdopen(fd, "w") as f:
+    with atomic_folder(out, replaces=(*files, "bnn_demo", "bnn_model.o", "bnn_model.su")) as tmp:
+        for name, text in files.items():
+            with open(tmp / name, "w", encoding="ascii", newline="\n") as f:
                 f.write(text)
-            os.replace(tmp, out / name)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
     info.files = [str(out / n) for n in sorted(files)]
     return info
 

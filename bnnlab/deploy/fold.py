@@ -28,6 +28,7 @@ import numpy as np
 from ..core.layers import Activation, BatchNorm, Flatten, MaxPool2D, QuantConv2D, _QuantBase
 from ..core.model import Sequential
 from .format import (
+    ACC_LIMIT,
     MAX_ELEMENTS,
     MODE_GE,
     MODE_LE,
@@ -271,7 +272,7 @@ def _fold_segment(seg: _Segment, i: int, n: int, in_shape: tuple[int, int, int],
     padded = any(geo.get("pads", (0,)))
     first = i == 0
     if first:
-        int_acc = (bits and spec.encoding == "uint8" and 255 * k < 2**31
+        int_acc = (bits and spec.encoding == "uint8" and 255 * k <= ACC_LIMIT
                    and (not padded or pad_value == spec.offset))
     else:
         int_acc = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 from ..io.atomic import write_atomic
 
 __all__ = [
+    "ACC_LIMIT",
     "MAGIC",
     "MAX_ELEMENTS",
     "MAX_FILE_BYTES",
@@ -29,6 +31,7 @@ __all__ = [
     "VERSION",
     "Block",
     "InputSpec",
+    "accumulator_bound",
     "ModelFile",
     "ModelFileError",
     "decode",
@@ -49,6 +52,9 @@ TRAILER_BYTES = 4
 MAX_FILE_BYTES = 1 << 28
 MAX_ELEMENTS = 1 << 24  # per tensor per example: activations, kernel fan-in
 MAX_BLOCKS = 255
+# Integer accumulators are int32 everywhere (reader, runtime, generated C): a block whose
+# worst case |accumulator| exceeds this is refused. See accumulator_bound().
+ACC_LIMIT = (1 << 31) - 1
 
 # Threshold modes: the output is +1 when the (pooled) accumulator m satisfies the mode.
 MODE_GE, MODE_LE, MODE_PLUS, MODE_MINUS = 0, 1, 2, 3
@@ -168,6 +174,18 @@ class ModelFile:
         return h * w * c
 
 
+def accumulator_bound(b: Block) -> int | None:
+    """The largest |accumulator| an integer block can produce; None for a float accumulator.
+
+    ±1 inputs give at most K (the fan-in); uint8 pixels with ±1 weights at most 255 * K.
+    The one rule for the reader, the runtime and the C export: it must not exceed
+    :data:`ACC_LIMIT`.
+    """
+    if b.acc != "int32":
+        return None
+    return b.fan_in * (255 if b.input == "raw" else 1)
+
+
 def pack_signs(signs: np.ndarray) -> np.ndarray:
     """±1 (or any sign-carrying) array -> packed bytes, bit 1 = -1, LSB first, row-major."""
     bits = np.asarray(signs).reshape(-1) < 0
@@ -211,6 +229,10 @@ def _check_block(b: Block, i: int, n_blocks: int, prev: tuple[int, int, int], sp
     k = b.fan_in
     if not 1 <= k <= MAX_ELEMENTS:
         fail(f"fan-in {k} is outside 1..{MAX_ELEMENTS}")
+    bound = accumulator_bound(b)
+    if bound is not None and bound > ACC_LIMIT:
+        fail(f"the int32 accumulator can reach {bound} ({k} taps of uint8 pixels), beyond "
+             f"{ACC_LIMIT}; such a layer needs a float32 accumulator")
     if b.kind == "conv2d":
         if not spatial:
             fail("a convolution needs an image input, not a flat vector")
@@ -517,10 +539,24 @@ def read_file(path: str | os.PathLike) -> ModelFile:
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise ModelFileError(f"{path}: {size} bytes exceeds the limit of {MAX_FILE_BYTES}")
-            data = f.read(MAX_FILE_BYTES + 1)
+            st = os.fstat(f.fileno())
+            if st.st_size > MAX_FILE_BYTES:
+                raise ModelFileError(f"{path}: {st.st_size} bytes exceeds the limit of {MAX_FILE_BYTES}")
+            # Read what the file holds (one byte more shows a file that grew meanwhile);
+            # a pipe or device has no size, so it is read in pieces up to the limit.
+            if stat.S_ISREG(st.st_mode):
+                data = f.read(st.st_size + 1)
+            else:
+                parts, total = [], 0
+                while total <= MAX_FILE_BYTES:
+                    part = f.read(min(1 << 20, MAX_FILE_BYTES + 1 - total))
+                    if not part:
+                        break
+                    parts.append(part)
+                    total += len(part)
+                data = b"".join(parts)
+            if len(data) > MAX_FILE_BYTES:
+                raise ModelFileError(f"{path}: more than {MAX_FILE_BYTES} bytes")
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
     except IsADirectoryError:
