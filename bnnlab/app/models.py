@@ -134,7 +134,7 @@ class OpenedModel:
         ``LarqImportError``, ``CheckpointError``, ``ExportError``), which names the file;
         :func:`~bnnlab.app.opening.open_any` turns them into one ``OpenError``."""
         from ..deploy.fold import input_spec_for
-        from ..deploy.format import read_file
+        from ..deploy.format import ModelFileError, read_file
         from ..deploy.larq_import import import_larq
         from ..deploy.unfold import model_from_file
         from ..io.checkpoints import load_checkpoint
@@ -146,7 +146,10 @@ class OpenedModel:
         mf = None
         if kind == "bnn":
             mf = read_file(path)
-            model = model_from_file(mf, name=mf.metadata.get("name") or Path(path).stem)
+            try:
+                model = model_from_file(mf, name=mf.metadata.get("name") or Path(path).stem)
+            except ModelFileError as exc:  # beyond the runtime limits: name the file
+                raise ModelFileError(f"{path}: {exc}") from None
             meta = dict(mf.metadata)
         elif kind == "keras":
             model = import_larq(path)

@@ -72,9 +72,9 @@ def export_model(model, path: str | os.PathLike, input_spec: InputSpec | None = 
 
 def load_runtime(path: str | os.PathLike):
     """A :class:`~bnnlab.deploy.runtime.Runtime` for a ``.bnn`` file."""
-    from .runtime import Runtime
+    from .runtime import load_runtime as _load
 
-    return Runtime(read_file(path))
+    return _load(path)
 
 
 def export_c(source: ModelFile | str | os.PathLike, outdir: str | os.PathLike):

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..core.kernels import (_gemm_offsets, _offset_tables, _padded_extent, pack_patches,
                             pad_input, xnor_gemm_serial)
-from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, read_file
+from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError, read_file
+from .limits import check_runtime_cost
 
 __all__ = ["Runtime", "available_cpus", "load_runtime", "pack_activations", "raw_from_unit",
            "unpack_activations"]
@@ -382,6 +383,26 @@ def unpack_activations(words: np.ndarray, c: int) -> np.ndarray:
     return (1 - 2 * b.astype(np.int8))
 
 
+# Filters unpacked to one byte per weight at a time: about this many weights, so that
+# preparing a block costs a bounded amount of memory beyond its packed kernel.
+_GROUP_WEIGHTS = 1 << 22
+
+
+def _filter_groups(b: Block):
+    """(f0, f1, int8 ±1 signs (f1 - f0, K)) for consecutive groups of a bit kernel's filters."""
+    k = b.fan_in
+    step = max(1, _GROUP_WEIGHTS // k)
+    for f0 in range(0, b.out_channels, step):
+        f1 = min(b.out_channels, f0 + step)
+        start, stop = f0 * k, f1 * k
+        bits = np.unpackbits(b.kernel_data[start // 8:-(-stop // 8)], bitorder="little")
+        bits = bits[start % 8:start % 8 + stop - start].reshape(f1 - f0, k)
+        signs = bits.view(np.int8)
+        signs *= -2
+        signs += 1
+        yield f0, f1, signs
+
+
 def _tap_words(signs: np.ndarray, taps: int, c: int) -> np.ndarray:
     """(F, taps*c) signs -> (taps*CW, F) uint64 in the activation word layout."""
     f = signs.shape[0]
@@ -411,16 +432,27 @@ class _Prepared:
         if b.input == "raw" and b.acc == "int32" and 255 * self.k <= 0x7FFF:
             dtype = np.int16  # twice the SIMD lanes; pixel sums this small cannot overflow
         if b.input == "bits" and b.kind == "conv2d":
-            signs = b.signs()
-            self.wt = np.ascontiguousarray(pack_activations(signs[:, None, :]).reshape(self.f, -1).T)
+            # One word row per filter of K bits; the padding table needs per-tap sums.
+            self.wt = np.empty((-(-self.k // 64), self.f), np.uint64)
+            per_tap = np.empty((self.f, taps), np.int64)
+            for f0, f1, signs in _filter_groups(b):
+                self.wt[:, f0:f1] = pack_activations(signs[:, None, :]).reshape(f1 - f0, -1).T
+                per_tap[f0:f1] = signs.reshape(f1 - f0, taps, -1).sum(axis=2, dtype=np.int64)
             self.pad_bit = 1 if b.pad_value == -1 else 0
-            self.corr = self._zero_pad_correction(b, signs) if b.pad_value == 0 else \
+            self.corr = self._zero_pad_correction(b, per_tap) if b.pad_value == 0 else \
                 np.zeros((0, self.f), np.int32)
             self.chunk = max(1, _CHUNK_BYTES // (4 * self.ho * self.wo * self.f))
         elif b.input == "bits":
-            self.wt = _tap_words(b.signs(), taps, b.in_shape[2])
-        else:  # (K, F): filters innermost, for the vectorized loops
-            self.wt = np.ascontiguousarray(b.weights().reshape(self.f, -1).T.astype(dtype))
+            c = b.in_shape[2]
+            self.wt = np.empty((taps * -(-c // 64), self.f), np.uint64)
+            for f0, f1, signs in _filter_groups(b):
+                self.wt[:, f0:f1] = _tap_words(signs, taps, c)
+        elif b.kernel == "bits":  # (K, F): filters innermost, for the vectorized loops
+            self.wt = np.empty((self.k, self.f), dtype)
+            for f0, f1, signs in _filter_groups(b):
+                self.wt[:, f0:f1] = signs.T
+        else:
+            self.wt = np.ascontiguousarray(b.kernel_data.T.astype(dtype))
         self.dtype = dtype
         if b.output == "bits":
             m = b.modes
@@ -459,8 +491,11 @@ class _Prepared:
                 self.sgn_f32, self.thr_f32 = self.sgn.astype(np.float32), self.thr.astype(np.float32)
 
     @staticmethod
-    def _zero_pad_correction(b: Block, signs: np.ndarray) -> np.ndarray:
-        """(ho*wo, F): what the padding taps add when packed as +1, to subtract again."""
+    def _zero_pad_correction(b: Block, per_tap: np.ndarray) -> np.ndarray:
+        """(ho*wo, F): what the padding taps add when packed as +1, to subtract again.
+
+        per_tap: (F, kh*kw) the sum of each filter's signs at each tap.
+        """
         h, w, c = b.in_shape
         kh, kw = b.kernel_size
         pt, pb, pl, pr = b.pads
@@ -472,7 +507,6 @@ class _Prepared:
         outside[pt:pt + h, pl:pl + w] = 0
         taps = np.stack([outside[dy:dy + s * (ho - 1) + 1:s, dx:dx + s * (wo - 1) + 1:s]
                          for dy in range(kh) for dx in range(kw)], axis=-1)  # (ho, wo, taps)
-        per_tap = signs.reshape(b.out_channels, kh * kw, c).sum(axis=2, dtype=np.int64)
         return np.ascontiguousarray((taps.reshape(ho * wo, -1) @ per_tap.T).astype(np.int32))
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -546,7 +580,11 @@ class Runtime:
     models, float32 values otherwise); :func:`raw_from_unit` converts dataset images.
     """
 
-    def __init__(self, mf: ModelFile):
+    def __init__(self, mf: ModelFile, file_bytes: int | None = None,
+                 max_memory: int | None = None, max_work: int | None = None):
+        # Refuse, before allocating, a model that would take too much memory or time
+        # (limits in bnnlab.deploy.limits; None takes the default or the environment's).
+        self.cost = check_runtime_cost(mf, file_bytes, max_memory, max_work)
         self.model_file = mf
         self.input = mf.input
         self.class_names = mf.class_names
@@ -626,5 +664,11 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def load_runtime(path: str | os.PathLike) -> Runtime:
-    return Runtime(read_file(path))
+def load_runtime(path: str | os.PathLike, max_memory: int | None = None,
+                 max_work: int | None = None) -> Runtime:
+    """A :class:`Runtime` for a ``.bnn`` file; every refusal is a ModelFileError naming it."""
+    mf = read_file(path)
+    try:
+        return Runtime(mf, os.path.getsize(path), max_memory, max_work)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{os.fspath(path)}: {exc}") from None

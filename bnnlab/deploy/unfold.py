@@ -42,12 +42,24 @@ def _bn_arrays(gamma: np.ndarray, beta: np.ndarray) -> dict[str, np.ndarray]:
             "moving_variance": np.full(n, 1.0 - _EPS, np.float32)}
 
 
+def _kernel_sign(mf: ModelFile, b: Block, first: bool) -> float:
+    """-1 where the engine's layer must hold the negated kernel, else 1.
+
+    An integer first block accumulates raw pixels; the engine sums ``x = s * raw + o``,
+    which decreases with the accumulator when ``s < 0``. The runtime max-pools the
+    accumulator, so the engine, which max-pools its values, gets the negated kernel:
+    its value then increases with the accumulator and both pools pick the same tap.
+    """
+    return -1.0 if first and b.acc == "int32" and b.pool[0] and mf.input.scale < 0 else 1.0
+
+
 def _value_map(mf: ModelFile, b: Block, first: bool) -> tuple[np.ndarray, np.ndarray]:
     """(alpha, beta): the engine's pre-batch-norm value is alpha * accumulator + beta."""
     n = b.out_channels
     if first and b.acc == "int32":
         s, o = float(mf.input.scale), float(mf.input.offset)
-        return np.full(n, s), o * b.weights().sum(axis=1, dtype=np.float64)
+        sigma = _kernel_sign(mf, b, first)
+        return np.full(n, sigma * s), sigma * o * b.weights().sum(axis=1, dtype=np.float64)
     return np.ones(n), np.zeros(n)
 
 
@@ -70,7 +82,14 @@ def _epilogue(mf: ModelFile, b: Block, first: bool) -> dict[str, np.ndarray]:
 
 
 def model_from_file(mf: ModelFile, name: str | None = None) -> Sequential:
-    """An engine :class:`Sequential` that computes what the file's runtime computes."""
+    """An engine :class:`Sequential` that computes what the file's runtime computes.
+
+    A model beyond the runtime's memory or work limits (:mod:`bnnlab.deploy.limits`) is
+    refused with :class:`ModelFileError` before any layer is built.
+    """
+    from .limits import check_runtime_cost
+
+    check_runtime_cost(mf)
     spec = mf.input
     layers, states = [], []
     flat = len(spec.shape) == 1
@@ -78,7 +97,7 @@ def model_from_file(mf: ModelFile, name: str | None = None) -> Sequential:
         first = i == 0
         quant = dict(input_quantizer=None if first else "ste_sign",
                      kernel_quantizer="ste_sign" if b.kernel == "bits" else None, use_bias=False)
-        w = b.weights()
+        w = b.weights() * np.float32(_kernel_sign(mf, b, first))
         if b.kind == "conv2d":
             pad = float(b.pad_value)
             if first and b.acc == "int32":

@@ -1,0 +1,142 @@
+"""What running a ``.bnn`` model costs, computed from its header before anything is allocated.
+
+A small valid file can describe a network whose activations, im2col rows or padding
+tables take gigabytes, or whose single inference takes minutes: the file format bounds
+element counts, not products of them. :func:`runtime_cost` adds up, block by block, the
+arrays :mod:`bnnlab.deploy.runtime` builds to load a model and run one input, and the
+elementary operations (multiply-adds, or 64-bit XNOR-popcount words) of one inference;
+:func:`check_runtime_cost` refuses a model beyond the limits documented in
+``docs/bnn-format.md``:
+
+* memory: ``DEFAULT_MAX_MEMORY`` (48 MiB) plus twice the file's size, or
+  ``$BNNLAB_MAX_RUNTIME_MEMORY`` bytes (suffixes K, M, G) plus twice the file's size;
+* work: ``DEFAULT_MAX_WORK`` (2**30) operations per input, or ``$BNNLAB_MAX_RUNTIME_WORK``.
+
+The figures are upper bounds of what the runtime allocates (a test runs random models
+under an address-space limit set from them), not of what NumPy or Numba may keep cached.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from .format import Block, ModelFile, ModelFileError
+
+__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_MAX_WORK", "RuntimeCost", "check_runtime_cost",
+           "runtime_cost"]
+
+DEFAULT_MAX_MEMORY = 48 << 20
+DEFAULT_MAX_WORK = 1 << 30
+MEMORY_ENV = "BNNLAB_MAX_RUNTIME_MEMORY"
+WORK_ENV = "BNNLAB_MAX_RUNTIME_WORK"
+
+# Weights unpacked at once while a block is prepared (runtime._GROUP_WEIGHTS), in bytes
+# of the int8 signs and their unpacked bits.
+_GROUP_BYTES = 2 << 22
+
+
+@dataclass(frozen=True)
+class RuntimeCost:
+    memory: int  # bytes to prepare the model and run one input, beyond the decoded file
+    work: int  # elementary operations of one inference
+    block_memory: tuple[int, ...]
+    block_work: tuple[int, ...]
+
+
+def _words(bits: int) -> int:
+    return -(-bits // 64)
+
+
+def _block_cost(b: Block) -> tuple[int, int]:
+    """(bytes, operations) of one block: its prepared arrays plus the buffers of one input."""
+    h, w, c = b.in_shape
+    f, k = b.out_channels, b.fan_in
+    ho, wo, _ = b.conv_shape
+    hp, wp, _ = b.out_shape
+    ps = b.pool[0] or 1
+    pos = ho * wo
+    group = min(_GROUP_BYTES, 2 * f * k) + 8 * f  # unpacked signs of a group of filters
+    out = 8 * hp * wp * _words(f) + 4 * hp * wp * f * 3  # bits out, or int32 + float32 logits
+    epilogue = hp * wp * f * ps * ps
+    if b.input == "bits" and b.kind == "conv2d":
+        taps = k // c
+        prepared = 8 * _words(k) * f + 8 * f * taps + group
+        if b.pad_value == 0 and any(b.pads):
+            # the padding table: a mask, its (ho, wo, taps) stack twice, the product
+            prepared += 8 * (h + b.pads[0] + b.pads[1]) * (w + b.pads[2] + b.pads[3])
+            prepared += 16 * pos * taps + 12 * pos * f
+        run = 8 * h * w * _words(c) + 8 * pos * _words(k) + 4 * pos * f + 4 * f
+        ops = pos * f * _words(k) + pos * _words(k) * 2 + pos * taps
+        return prepared + run + out, ops + epilogue
+    if b.input == "bits":  # dense on bits
+        prepared = 8 * (h * w * _words(c)) * f + 8 * f * h * w * _words(c) + group
+        return prepared + 4 * f + out, f * h * w * _words(c) + epilogue
+    # raw input: a (K, F) weight table of 2 or 4 bytes, perhaps a float32 copy of it
+    width = 2 if (b.acc == "int32" and 255 * k <= 0x7FFF) else 4
+    prepared = (width + 4) * k * f + (group if b.kernel == "bits" else 4 * k * f)
+    hpad, wpad = h + b.pads[0] + b.pads[1] + 1, w + b.pads[2] + b.pads[3] + 3
+    inputs = 8 * hpad * wpad * c  # the input, normalized and padded
+    if b.kind == "conv2d":
+        tables = 8 * pos + 8 * k  # pixel origins and tap offsets
+        # one-channel rows: 8 signed sums per padded pixel, then per-filter planes
+        rows = 16 * hpad * wpad + 2 * f * hpad * wpad // 16 + 6 * hpad * wpad
+        run = inputs + tables + rows + 8 * pos * f + 8 * f + 8 * pos
+    else:
+        run = inputs + 8 * f
+    return prepared + run + out, pos * f * k + epilogue
+
+
+def runtime_cost(mf: ModelFile) -> RuntimeCost:
+    """Memory and work of running ``mf`` on one input with :class:`~bnnlab.deploy.runtime.Runtime`."""
+    per = [_block_cost(b) for b in mf.blocks]
+    raw = 8 * math.prod(mf.input.shape)  # the raw input and its normalized copy
+    mem = raw + sum(m for m, _ in per)
+    return RuntimeCost(mem, sum(o for _, o in per), tuple(m for m, _ in per),
+                       tuple(o for _, o in per))
+
+
+def _env_size(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale > 1 else text
+    try:
+        value = int(float(digits) * scale)
+    except ValueError:
+        raise ModelFileError(f"${name}={text!r} is not a size (e.g. 256M)") from None
+    if value < 1:
+        raise ModelFileError(f"${name}={text!r} must be positive")
+    return value
+
+
+def limits(file_bytes: int = 0, max_memory: int | None = None,
+           max_work: int | None = None) -> tuple[int, int]:
+    """(memory, work) limits for a model stored in ``file_bytes`` bytes."""
+    mem = max_memory if max_memory is not None else _env_size(MEMORY_ENV, DEFAULT_MAX_MEMORY)
+    work = max_work if max_work is not None else _env_size(WORK_ENV, DEFAULT_MAX_WORK)
+    return mem + 2 * file_bytes, work
+
+
+def check_runtime_cost(mf: ModelFile, file_bytes: int | None = None,
+                       max_memory: int | None = None, max_work: int | None = None) -> RuntimeCost:
+    """:func:`runtime_cost`, or :class:`ModelFileError` when it exceeds the limits."""
+    if file_bytes is None:  # the arrays are nearly all of a file
+        file_bytes = sum(b.kernel_data.nbytes + 8 * b.out_channels for b in mf.blocks)
+    cost = runtime_cost(mf)
+    mem_limit, work_limit = limits(file_bytes, max_memory, max_work)
+    if cost.memory > mem_limit:
+        i = max(range(len(mf.blocks)), key=lambda j: cost.block_memory[j])
+        raise ModelFileError(
+            f"running this model needs about {cost.memory / 2**20:,.0f} MiB (block {i}: "
+            f"{cost.block_memory[i] / 2**20:,.0f} MiB), beyond the limit of "
+            f"{mem_limit / 2**20:,.0f} MiB; set ${MEMORY_ENV} (e.g. 4G) to allow more")
+    if cost.work > work_limit:
+        i = max(range(len(mf.blocks)), key=lambda j: cost.block_work[j])
+        raise ModelFileError(
+            f"one inference of this model takes about {cost.work:.3g} operations (block {i}: "
+            f"{cost.block_work[i]:.3g}), beyond the limit of {work_limit:.3g}; set "
+            f"${WORK_ENV} to allow more")
+    return cost
