@@ -255,6 +255,15 @@ def _fold_segment(seg: _Segment, i: int, n: int, in_shape: tuple[int, int, int],
                   spec: InputSpec) -> Block:
     layer = seg.layer
     where = f"layer {layer.name} ({layer.type_name})"
+    for part in (layer, *seg.pre, *seg.post):  # the stored arrays, before any sign or sqrt
+        for key, arr in part.state().items():
+            arr = np.asarray(arr)
+            if arr.dtype.kind not in "fiu":
+                raise ExportError(f"layer {part.name} ({part.type_name}): {key} holds {arr.dtype} "
+                                  "values, not real numbers")
+            if not np.isfinite(arr).all():
+                raise ExportError(f"layer {part.name} ({part.type_name}): {key} holds NaN or "
+                                  "infinity")
     for bn in (*seg.pre, *seg.post):
         a, b = bn.scale_offset()
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
