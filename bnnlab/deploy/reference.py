@@ -66,7 +66,15 @@ def _threshold(m: np.ndarray, b: Block) -> np.ndarray:
 
 
 def reference_trace(mf: ModelFile, raw: np.ndarray) -> list[np.ndarray]:
-    """Every block's output (±1 as float, flattened per example), then the logits."""
+    """Every block's output (±1 as float, flattened per example), then the logits.
+
+    Float32 values that overflow become infinite (or NaN), as in the runtime and the C.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _trace(mf, raw)
+
+
+def _trace(mf: ModelFile, raw: np.ndarray) -> list[np.ndarray]:
     spec = mf.input
     n = raw.shape[0]
     shape = spec.shape if len(spec.shape) == 3 else (1, 1, spec.shape[0])

@@ -567,9 +567,11 @@ class _Prepared:
                           bits_out, out_bits, out_acc)
             if bits_out:
                 return out_bits
-        # Float32 multiply then add, unfused, as the engine's batch norm and the C do it.
-        z = out_acc.astype(np.float32) * b.scale
-        z += b.offset
+        # Float32 multiply then add, unfused, as the engine's batch norm and the C do it;
+        # a logit beyond float32 becomes infinite there as here, without a warning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = out_acc.astype(np.float32) * b.scale
+            z += b.offset
         return z.reshape(n, -1)
 
 
@@ -608,8 +610,9 @@ class Runtime:
         if b0.dtype != np.float32:
             x = raw.astype(b0.dtype)
         else:
-            x = raw.astype(np.float32) * np.float32(spec.scale)
-            x += np.float32(spec.offset)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = raw.astype(np.float32) * np.float32(spec.scale)
+                x += np.float32(spec.offset)
         shape = spec.shape if len(spec.shape) == 3 else (1, 1, spec.shape[0])
         return np.ascontiguousarray(x.reshape(raw.shape[0], *shape))
 
