@@ -185,6 +185,11 @@ def main(argv=None) -> int:
             want = reference_logits(mf, raw)
             if not np.array_equal(logits, want, equal_nan=True):
                 counts["runtime differs from the oracle"] += 1
+                if shown < args.show:
+                    shown += 1
+                    np.save(f"fuzz-differs-{n}.npy", np.frombuffer(blob, np.uint8))
+                    print(f"file {n}: the runtime differs from the oracle "
+                          f"(saved fuzz-differs-{n}.npy)", flush=True)
         if (n + 1) % 10_000 == 0:
             print(f"{n + 1:,} files, {time.perf_counter() - t0:.0f} s: {dict(counts)}", flush=True)
     elapsed = time.perf_counter() - t0
