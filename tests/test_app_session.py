@@ -260,3 +260,58 @@ def test_a_trained_run_is_evaluated_like_an_opened_model(session):
     assert e.n == 128 and e.computed_on == "engine"  # the scene's limit_test
     # the same images the run validated on, the same weights: the same accuracy
     assert e.accuracy == pytest.approx(float(run.snapshot.history.val_accuracy[-1]), abs=1e-9)
+
+
+def test_workspace_round_trip_is_bit_for_bit(session, tmp_path):
+    import numpy as np
+
+    from bnnlab.app.workspace import WorkspaceError, load_workspace
+
+    session.start()
+    assert session.wait_idle(WAIT_S)
+    session.train_twin()
+    assert session.wait_idle(WAIT_S)
+    session.update_scene(learning_rate=0.003)
+    assert len(session.unsaved_runs) == 2
+    path = tmp_path / "w.bnnlab.npz"
+    assert session.save_workspace(path)
+    assert session.unsaved_runs == []
+
+    again = Session(warm_up=False)
+    try:
+        assert again.open_workspace(path)
+        assert again.scene.learning_rate == 0.003
+        assert [r.title for r in again.runs] == [r.title for r in session.runs]
+        for a, b in zip(session.runs, again.runs):
+            assert (b.number, b.color, b.state, b.twin_of, b.parameters) == \
+                   (a.number, a.color, a.state, a.twin_of, a.parameters)
+            sa, sb = a.snapshot, b.snapshot
+            assert sorted(sa.model_state) == sorted(sb.model_state)
+            for key in sa.model_state:
+                x, y = sa.model_state[key], sb.model_state[key]
+                assert x.dtype == y.dtype and x.shape == y.shape
+                assert x.tobytes() == y.tobytes()  # bit for bit
+            for name in ("step", "loss", "val_accuracy", "epoch", "epoch_loss", "flip_ratio"):
+                assert np.array_equal(getattr(sa.history, name), getattr(sb.history, name),
+                                      equal_nan=True)
+            assert (sb.step, sb.epoch, sb.event, sb.val_accuracy) == \
+                   (sa.step, sa.epoch, sa.event, sa.val_accuracy)
+            assert len(sb.layers) == len(sa.layers)
+            for ta, tb in zip(sa.layers, sb.layers):
+                assert np.array_equal(ta.weight_counts, tb.weight_counts)
+                assert ta.frac_at_clip == tb.frac_at_clip and ta.gate_window == tb.gate_window
+        assert again.twin_of(again.runs[0]) is again.runs[1]
+        assert again.unsaved_runs == []
+        # a new run continues the numbering
+        again.start()
+        assert again.wait_idle(WAIT_S)
+        assert again.runs[-1].number == 3
+    finally:
+        again.shutdown()
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros(3))
+    with pytest.raises(WorkspaceError, match="not a bnnlab workspace"):
+        load_workspace(bad)
+    assert not session.open_workspace(tmp_path / "missing.npz")
+    assert "no such file" in session.errors[-1][1]

@@ -28,6 +28,7 @@ def window(qtbot, monkeypatch, tmp_path):
     monkeypatch.setenv("BNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     w = MainWindow(Session())
     qtbot.addWidget(w)
+    w.ask_unsaved = lambda count: "discard"  # closing never waits on a dialog
     w.show()
     yield w
     w.close()
@@ -190,6 +191,7 @@ def test_missing_dataset_shows_an_error(window, qtbot, tmp_path, monkeypatch):
 def test_closing_during_training_leaves_no_thread(qtbot):
     w = MainWindow(Session(warm_up=False))
     qtbot.addWidget(w)
+    w.ask_unsaved = lambda count: "discard"  # closing never waits on a dialog
     w.show()
     s = w.session
     s.update_scene(epochs=50, limit_train=1024, limit_test=100)
@@ -261,3 +263,26 @@ def test_exports(window, qtbot, tmp_path):
     for name in ("loss.png", "loss.svg"):
         assert window.actions_.export_view(name[-4:], str(tmp_path / name))
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_closing_with_unsaved_runs_asks_and_saves(qtbot, tmp_path, monkeypatch):
+    w = MainWindow(Session(warm_up=False))
+    qtbot.addWidget(w)
+    w.show()
+    s = w.session
+    s.update_scene(epochs=1, limit_train=256, limit_test=64)
+    s.start()
+    _idle(w, qtbot)
+    asked = []
+    w.ask_unsaved = lambda count: asked.append(count) or "cancel"
+    w.close()
+    assert asked == [1] and w.isVisible()  # cancelled: still open
+    path = tmp_path / "mine.bnnlab.npz"
+    monkeypatch.setattr("bnnlab.gui.actions.QFileDialog.getSaveFileName",
+                        lambda *a, **k: (str(path), ""))
+    w.ask_unsaved = lambda count: "save"
+    w.close()
+    assert not w.isVisible() and path.exists()
+    reopened = Session(warm_up=False)
+    assert reopened.open_workspace(path) and len(reopened.runs) == 1
+    reopened.shutdown()

@@ -1,4 +1,5 @@
-"""Editing the session's scene: open, save, change settings, preview its model.
+"""Editing the session's scene (open, save, change settings, preview its model) and
+saving or opening the whole workspace.
 
 A part of :class:`bnnlab.app.session.Session`, kept apart to keep each module small.
 """
@@ -11,6 +12,7 @@ import warnings
 from ..io.scenes import Scene, SceneError, SceneWarning, load_preset, save_scene
 from .jobs import PreviewJob
 from .opening import OpenError, open_any
+from .workspace import WorkspaceError, load_workspace, save_workspace
 
 __all__ = ["SceneEditing"]
 
@@ -105,3 +107,38 @@ class SceneEditing:
         self._preview_tag += 1
         PreviewJob(self._preview_tag, self._events, self.scene).start()
 
+    # ------------------------------------------------------------------ workspaces
+    def save_workspace(self, path: str | os.PathLike) -> bool:
+        """Write the scene and every run (curves, weights, bit for bit) to ``path``."""
+        path = os.fspath(path)
+        try:
+            save_workspace(path, self.scene, self.runs)
+        except (OSError, ValueError) as exc:
+            self._emit("error", "Cannot save the workspace", f"{path}: {exc}")
+            return False
+        for run in self.runs:
+            run.saved = True
+        self.workspace_path = path
+        return True
+
+    def open_workspace(self, path: str | os.PathLike) -> bool:
+        """Replace the scene and the runs by a workspace file's (stops a live run)."""
+        path = os.fspath(path)
+        try:
+            scene, runs = load_workspace(path)
+        except WorkspaceError as exc:
+            self._emit("error", "Cannot open the workspace", str(exc))
+            return False
+        self.stop(wait=True)
+        self.runs.clear()
+        self.selected = None
+        self.set_scene(scene, None)
+        for item in runs:
+            if item.opened_path is not None:
+                self.open_model(item.opened_path)  # arrives as a run once read again
+            else:
+                self.add_run(item.run)
+        self.selected = self.runs[-1] if self.runs else None
+        self.workspace_path = path
+        self._changed(runs=True, state=True)
+        return True

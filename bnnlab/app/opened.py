@@ -117,7 +117,7 @@ class OpenedModels:
         self._numbers += 1
         run = Run(number=self._numbers, scene=scene, color=self._next_color(),
                   state=RunState.OPENED, opened=model, model_config=model.model.config(),
-                  snapshot=snapshot,
+                  snapshot=snapshot, saved=True,  # its file keeps it
                   parameters=model.profile().total_params)
         self.runs.append(run)
         self._relabel()

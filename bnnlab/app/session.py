@@ -51,6 +51,7 @@ class Session(SceneEditing, OpenedModels):
     def __init__(self, *, data_dir=None, warm_up: bool = True, scene: Scene | None = None):
         self.scene: Scene = scene.copy() if scene is not None else load_preset(DEFAULT_PRESET)
         self.scene_path: str | None = None
+        self.workspace_path: str | None = None
         self.data_dir = data_dir if data_dir is not None else (os.environ.get("BNNLAB_DATA_DIR") or None)
         self.allow_download = True
         self.runs: list[Run] = []
@@ -462,10 +463,9 @@ class Session(SceneEditing, OpenedModels):
         return free[0] if free else RUN_COLORS[self._numbers % len(RUN_COLORS)]
 
     def add_run(self, run: Run) -> Run:
-        """Append a run made elsewhere (a workspace, an opened model), numbered and coloured."""
+        """Append a run read from a workspace, keeping its number, label and colour."""
         self._numbers = max(self._numbers, run.number)
         self.runs.append(run)
-        self._relabel()
         self._changed(runs=True)
         return run
 

@@ -28,6 +28,9 @@ SHORTCUTS = {
     "open": ("Open scene…", "Ctrl+O", ""),
     "save": ("Save scene", "Ctrl+S", ""),
     "save_as": ("Save scene as…", "Ctrl+Shift+S", ""),
+    "open_workspace": ("Open workspace…", "Ctrl+Alt+O", "The scene and every run of a workspace file"),
+    "save_workspace": ("Save workspace…", "Ctrl+Alt+S",
+                       "The scene and every run (curves and weights) in one file"),
     "data_dir": ("Set data folder…", "", "Folder with one sub-folder per dataset (e.g. mnist/)"),
     "export_csv": ("Export metrics (CSV)…", "Ctrl+E", "Every run's curves, one row per point"),
     "export_results": ("Export results table (CSV)…", "Ctrl+Shift+E", "One row per run"),
@@ -41,7 +44,8 @@ SHORTCUTS = {
     "about": ("About bnnlab", "", "Version, Python, Qt, Numba, CPU features, data folders"),
     "quit": ("Quit", "Ctrl+Q", ""),
 }
-TAB_SHORTCUT = "Ctrl+{}"  # Ctrl+1 ... shows the n-th tab
+TAB_SHORTCUT = "Ctrl+{}"
+WORKSPACE_SUFFIX = ".bnnlab.npz"  # Ctrl+1 ... shows the n-th tab
 
 
 class WindowActions:
@@ -53,7 +57,8 @@ class WindowActions:
         slots = {
             "start": s.toggle, "step": s.step, "stop": lambda: s.stop(), "reset": window.reset,
             "twin": s.train_twin, "open": self.open_scene,
-            "save": self.save_scene, "save_as": self.save_scene_as, "data_dir": self.choose_data_dir,
+            "save": self.save_scene, "save_as": self.save_scene_as,
+            "open_workspace": self.open_workspace, "save_workspace": self.save_workspace, "data_dir": self.choose_data_dir,
             "export_csv": self.export_metrics, "export_results": self.export_results,
             "export_png": lambda: self.export_view(".png"), "export_svg": lambda: self.export_view(".svg"),
             "export_model": self.export_model, "open_model": self.open_model,
@@ -97,6 +102,9 @@ class WindowActions:
             p = presets.addAction(name)
             p.triggered.connect(lambda _=False, n=name: w.session.open_preset(n))
             group.addAction(p)
+        f.addSeparator()
+        f.addAction(a["open_workspace"])
+        f.addAction(a["save_workspace"])
         f.addSeparator()
         f.addAction(a["data_dir"])
         f.addAction(self.allow_download)
@@ -169,6 +177,26 @@ class WindowActions:
             if not path.endswith(".toml"):
                 path += ".toml"
             self.w.session.save_scene(path)
+
+    def open_workspace(self) -> None:
+        if self.w.session.unsaved_runs and not self.w.confirm(
+                "Discard runs?", "Opening a workspace replaces the runs, and some are not "
+                                 "saved. Discard them?"):
+            return
+        path, _ = QFileDialog.getOpenFileName(self.w, "Open workspace", "",
+                                              f"Workspaces (*{WORKSPACE_SUFFIX});;All files (*)")
+        if path:
+            self.w.session.open_workspace(path)
+
+    def save_workspace(self) -> bool:
+        s = self.w.session
+        path = self._save_path("Save workspace", s.workspace_path or f"{s.scene.name}{WORKSPACE_SUFFIX}",
+                               f"Workspaces (*{WORKSPACE_SUFFIX})")
+        if not path:
+            return False
+        if not path.endswith(".npz"):
+            path += WORKSPACE_SUFFIX
+        return s.save_workspace(path)
 
     def choose_data_dir(self) -> None:
         start = self.w.session.data_dir or os.path.expanduser("~")

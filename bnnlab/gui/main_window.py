@@ -320,7 +320,24 @@ class MainWindow(QMainWindow):
         s.reset()
 
     # ------------------------------------------------------------------ closing
+    def ask_unsaved(self, count: int) -> str:
+        """"save", "discard" or "cancel" for closing with unsaved runs (tests replace it)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved runs",
+                          f"{count} trained run(s) are not saved in a workspace. Save them "
+                          "before closing?", parent=self)
+        save = box.addButton("Save…", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return {save: "save", discard: "discard"}.get(box.clickedButton(), "cancel")
+
     def closeEvent(self, event) -> None:
+        unsaved = self.session.unsaved_runs
+        if unsaved:
+            answer = self.ask_unsaved(len(unsaved))
+            if answer == "cancel" or (answer == "save" and not self.actions_.save_workspace()):
+                event.ignore()
+                return
         self.timer.stop()
         self.stall_monitor.stop()
         # Joining a run takes at most a batch; a kernel compilation still running at
