@@ -1,4 +1,5 @@
-"""The ``bnnlab`` command: the app, and train / summary / filters / bench / export / run / import.
+"""The ``bnnlab`` command: the app, and train / compare / summary / filters / bench / export /
+run / import.
 
 Every subcommand takes ``--json`` for machine-readable output. Bad arguments and bad
 files exit with status 2 and a one-line reason on stderr; a run that fails (e.g. a
@@ -15,12 +16,13 @@ import time
 import warnings
 from pathlib import Path
 
-from .cli_base import CliError, open_arg, progress_bar as _progress_bar
+from .cli_base import CliError, open_arg, parse_passes as _parse_passes
+from .cli_base import progress_bar as _progress_bar
 from .core.settings import popcount_setting
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("train", "summary", "filters", "bench", "gui", "export", "run", "import",
+SUBCOMMANDS = ("train", "compare", "summary", "filters", "bench", "gui", "export", "run", "import",
                "install-desktop")
 
 
@@ -54,11 +56,14 @@ def _model_from_arg(arg: str):
 def cmd_train(args) -> int:
     from .core.trainer import TrainingDiverged
     from .data import DatasetError
-    from .experiment import build_model, make_trainer, prepare_data
+    from .experiment import build_model, epoch_record, make_trainer, prepare_data
     from .io.outputs import output_problem
     from .io.scenes import SceneError
 
     scene = _load_scene_arg(args.scene)
+    if args.float:
+        scene = scene.full_precision_twin()
+    passes = _parse_passes(args.passes) if args.passes else None
     if args.seed is not None:
         scene.seed = args.seed
     if args.epochs is not None:
@@ -111,14 +116,7 @@ def cmd_train(args) -> int:
                 now = time.perf_counter()
                 seconds = now - epoch_start
                 epoch_start = now
-                row = {
-                    "epoch": snap.epoch, "loss": snap.loss, "accuracy": snap.accuracy,
-                    "val_loss": snap.val_loss, "val_accuracy": snap.val_accuracy,
-                    "seconds": round(seconds, 3),
-                    "train_seconds": round(seconds - snap.val_seconds, 3),
-                    "val_seconds": round(snap.val_seconds, 3),
-                    "images_per_second": round(len(data.x_train) / seconds, 1) if seconds else None,
-                }
+                row = epoch_record(snap, seconds, len(data.x_train))
                 results.append(row)
                 if tty:
                     sys.stderr.write("\r" + " " * 100 + "\r")
@@ -126,6 +124,8 @@ def cmd_train(args) -> int:
                     print(json.dumps(row), flush=True)
                 else:
                     va = "n/a" if snap.val_accuracy is None else f"{snap.val_accuracy:.4f}"
+                    if snap.val_accuracy_batch_stats is not None:
+                        va += f" (batch statistics {snap.val_accuracy_batch_stats:.4f})"
                     print(f"epoch {snap.epoch}/{snap.epochs}: loss {snap.loss:.4f} "
                           f"accuracy {snap.accuracy:.4f} val_accuracy {va} "
                           f"({seconds:.1f} s: training {row['train_seconds']:.1f} s, validation "
@@ -138,6 +138,8 @@ def cmd_train(args) -> int:
         trainer.stop()
         print("\nbnnlab train: interrupted", file=sys.stderr)
         return 130
+    if passes:
+        _print_passes(model, data, scene, passes, args.json)
     if args.out:
         return _save_trained(args.out, model, scene, data.dataset, results, quiet=args.json)
     return 0
@@ -175,6 +177,23 @@ def _save_trained(out: str, model, scene, dataset, results: list[dict], quiet: b
     if not quiet:
         print(f"saved {out}" + (f" ({sizes[-1]:,} bytes)" if sizes else ""))
     return 0
+
+
+def _print_passes(model, data, scene, ks, as_json) -> None:
+    """Validation accuracy with probabilities averaged over K stochastic passes."""
+    from .core.evaluation import evaluate_averaged, is_stochastic
+
+    res = evaluate_averaged(model, data.x_test, data.y_test, ks, seed=scene.seed)
+    rows = [{"k": k, "val_accuracy": a, "val_loss": lo}
+            for k, a, lo in zip(res.ks, res.accuracy, res.loss)]
+    if as_json:
+        print(json.dumps({"averaged_passes": rows, "stochastic": is_stochastic(model)}), flush=True)
+        return
+    if not is_stochastic(model):
+        print("(no stochastic binarizer in this network: every K gives the same result)")
+    for r in rows:
+        print(f"averaged over {r['k']:>4d} stochastic passes: val_accuracy {r['val_accuracy']:.4f} "
+              f"val_loss {r['val_loss']:.4f}")
 
 
 def cmd_summary(args) -> int:
@@ -325,7 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-train", type=int, help="use only the first N training examples")
     t.add_argument("--out", help="write a checkpoint (.npz) or a deployable model (.bnn) here")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch")
+    t.add_argument("--float", action="store_true",
+                   help="train the scene's full-precision twin (as the app's Train full-precision twin)")
+    t.add_argument("--passes", metavar="K[,K...]",
+                   help="after training, evaluate with class probabilities averaged over K "
+                        "stochastic passes, for each K (e.g. 1,2,4,8,16)")
     t.set_defaults(func=cmd_train)
+
+    from .cli_compare import add_compare_parser
+
+    add_compare_parser(sub)
 
     s = sub.add_parser("summary", help="Larq-style model summary of a scene, checkpoint, .bnn or .h5")
     s.add_argument("target")

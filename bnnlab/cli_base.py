@@ -7,7 +7,7 @@ here lets them import it without importing each other.
 
 from __future__ import annotations
 
-__all__ = ["CliError", "progress_bar"]
+__all__ = ["CliError", "progress_bar", "open_arg", "parse_passes"]
 
 
 class CliError(Exception):
@@ -42,3 +42,14 @@ def open_arg(arg: str, want: str | None = None):
         what = "a scene file" if want == "scene" else "a model or scene file"
         raise CliError(f"{arg!r} is neither {what} nor a preset; presets: "
                        f"{', '.join(preset_names())}") from None
+
+
+def parse_passes(text: str) -> list[int]:
+    """``--passes 1,4,16``: sorted distinct K values in 1..1000."""
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise CliError(f"--passes: expected numbers like 1,4,16, got {text!r}") from None
+    if not ks or ks[0] < 1 or ks[-1] > 1000:
+        raise CliError(f"--passes: each K must be between 1 and 1000, got {text!r}")
+    return ks

@@ -8,12 +8,13 @@ from typing import Callable
 import numpy as np
 
 from .core.model import ModelTooLarge, Sequential
-from .core.optimizers import make_optimizer, make_schedule
+from .core.optimizers import glorot_lr_scale, make_optimizer, make_schedule
 from .core.trainer import Trainer
 from .data import Dataset, load_dataset
 from .io.scenes import Scene, SceneError
 
-__all__ = ["Prepared", "build_model", "prepare_data", "make_trainer", "scale_inputs"]
+__all__ = ["Prepared", "build_model", "prepare_data", "make_trainer", "scale_inputs",
+           "apply_layer_lr_scale", "epoch_record"]
 
 
 def scale_inputs(x: np.ndarray, input_scale: str, kind: str) -> np.ndarray:
@@ -61,9 +62,18 @@ def prepare_data(scene: Scene, data_dir=None, progress: Callable[[int, int], Non
                     scale_inputs(ds.x_test, scene.input_scale, ds.kind), ds.y_test)
 
 
+def apply_layer_lr_scale(scene: Scene, model: Sequential) -> None:
+    """Set each binary kernel's learning-rate factor from ``scene.layer_lr_scale``."""
+    for q in model.quant_layers:
+        if q.kernel.binary:
+            q.kernel.lr_scale = (glorot_lr_scale(*q.fans) if scene.layer_lr_scale == "glorot"
+                                 else 1.0)
+
+
 def make_trainer(scene: Scene, model: Sequential, data: Prepared, *, epochs: int | None = None,
                  telemetry: bool = True) -> Trainer:
     epochs = scene.epochs if epochs is None else epochs
+    apply_layer_lr_scale(scene, model)
     opt = make_optimizer(scene.optimizer, learning_rate=scene.learning_rate, **scene.optimizer_options)
     steps = epochs * -(-len(data.x_train) // scene.batch_size)
     target = opt.fp if scene.optimizer == "bop" else opt
@@ -71,4 +81,24 @@ def make_trainer(scene: Scene, model: Sequential, data: Prepared, *, epochs: int
                                     steps_per_epoch=-(-len(data.x_train) // scene.batch_size))
     return Trainer(model, data.x_train, data.y_train, data.x_test, data.y_test, optimizer=opt,
                    epochs=epochs, batch_size=scene.batch_size, seed=scene.seed,
-                   snapshot_every=scene.snapshot_every, telemetry=telemetry)
+                   snapshot_every=scene.snapshot_every, telemetry=telemetry,
+                   bn_reestimate_batches=scene.bn_reestimate_batches)
+
+
+def epoch_record(snap, seconds: float, n_train: int) -> dict:
+    """The plain-data record of a finished epoch (one line of ``bnnlab train --json``).
+
+    ``val_*`` use running batch-norm statistics, ``val_*_batch_stats`` batch statistics;
+    ``layers`` holds each quantized layer's weight, flip and gating fractions."""
+    return {
+        "epoch": snap.epoch, "loss": snap.loss, "accuracy": snap.accuracy,
+        "val_loss": snap.val_loss, "val_accuracy": snap.val_accuracy,
+        "val_loss_batch_stats": snap.val_loss_batch_stats,
+        "val_accuracy_batch_stats": snap.val_accuracy_batch_stats,
+        "bn_reestimated": snap.bn_reestimated,
+        "seconds": round(seconds, 3),
+        "train_seconds": round(seconds - snap.val_seconds, 3),
+        "val_seconds": round(snap.val_seconds, 3),
+        "images_per_second": round(n_train / seconds, 1) if seconds else None,
+        "layers": [ls.as_dict() for ls in snap.epoch_layers],
+    }

@@ -47,6 +47,7 @@ class Param:
     grad: np.ndarray
     binary: bool = False  # latent weights of a binarized kernel (Bop flips these)
     clip: float | None = None  # weight_clip bound applied after each update
+    lr_scale: float = 1.0  # this array's learning rate is the optimizer's times this
 
     def apply_constraint(self) -> None:
         if self.clip is not None:
@@ -185,6 +186,7 @@ class _QuantBase(Layer):
 
     def _make_params(self, shape, fan_in, fan_out, rng):
         w = _glorot_uniform(shape, fan_in, fan_out, rng)
+        self.fans = (int(fan_in), int(fan_out))
         clip = 1.0 if self.kernel_constraint == "weight_clip" else None
         self.kernel = Param("kernel", w, np.zeros_like(w), binary=self.kernel_binary, clip=clip)
         if self.use_bias:
@@ -519,6 +521,12 @@ class BatchNorm(Layer):
     Keras hands 4-D inputs to TensorFlow's fused batch norm, which corrects it. Other
     inputs take the biased variance, as Keras's unfused path does. Normalization itself
     always divides by the biased variance.
+
+    Two switches serve honest evaluation (see :mod:`bnnlab.core.evaluation`): while
+    ``reestimating`` is on, training forwards replace the running statistics by the plain
+    average of the batch statistics seen so far instead of the momentum update; while
+    ``inference_batch_stats`` is on, inference forwards normalize each batch by its own
+    statistics and leave the running ones untouched.
     """
 
     type_name = "BatchNorm"
@@ -534,6 +542,17 @@ class BatchNorm(Layer):
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
+        self.reestimating = False
+        self.inference_batch_stats = False
+        self._batches_averaged = 0
+
+    def start_reestimate(self) -> None:
+        """From the next training forward on, average batch statistics from scratch."""
+        self.reestimating = True
+        self._batches_averaged = 0
+
+    def stop_reestimate(self) -> None:
+        self.reestimating = False
 
     def weight_count(self, input_shape):
         return int(input_shape[-1]) * (2 + self.center + self.scale)
@@ -578,6 +597,9 @@ class BatchNorm(Layer):
             # backward recomputes xhat = (x - mean) * inv from these instead of storing it
             self._x2, self._mean32, self._inv = x2, mean32, inv
             m = self.momentum
+            if self.reestimating:  # cumulative average: batch k weighs 1/k
+                self._batches_averaged += 1
+                m = 1.0 - 1.0 / self._batches_averaged
             self.moving_mean *= m
             self.moving_mean += (1 - m) * mean
             if x.ndim == 4:
@@ -586,8 +608,20 @@ class BatchNorm(Layer):
             self.moving_variance *= m
             self.moving_variance += (1 - m) * var
             return y.reshape(x.shape)
+        if self.inference_batch_stats:
+            return self._forward_batch_stats(x2).reshape(x.shape)
         a, b = self.scale_offset()
         return K.scale_shift(x2, a, b).reshape(x.shape)
+
+    def _forward_batch_stats(self, x2):
+        """Normalize by this batch's own (biased) statistics, as training does."""
+        x64 = x2.astype(np.float64)
+        mean = x64.mean(axis=0)
+        var = x64.var(axis=0)
+        g = self.gamma.value if self.gamma is not None else 1.0
+        b = self.beta.value if self.beta is not None else 0.0
+        a = g / np.sqrt(var + self.epsilon)
+        return (x64 * a + (b - a * mean)).astype(np.float32)
 
     def backward(self, dy):
         c = dy.shape[-1]

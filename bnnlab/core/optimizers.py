@@ -1,7 +1,8 @@
 """Optimizers (Adam, SGD with momentum, Bop) and learning-rate schedules.
 
 Latent-weight clipping (``weight_clip``) is applied after every update, as Larq's
-``kernel_constraint`` does.
+``kernel_constraint`` does. Each :class:`Param` may scale its own learning rate
+(``Param.lr_scale``), as BinaryNet does per layer; :func:`glorot_lr_scale` gives its factor.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from . import kernels as K
 from .layers import Param
 
 __all__ = ["Optimizer", "Adam", "SGD", "Bop", "make_optimizer", "optimizer_names",
-           "make_schedule", "schedule_names"]
+           "make_schedule", "schedule_names", "glorot_lr_scale"]
+
+
+def glorot_lr_scale(fan_in: int, fan_out: int) -> float:
+    """BinaryNet's per-layer learning-rate factor ``sqrt((fan_in + fan_out) / 1.5)``: twice
+    the inverse of the Glorot-uniform bound ``sqrt(6 / (fan_in + fan_out))``. Wide layers,
+    whose initial weights are tiny, take proportionally larger steps, so their latent
+    weights move across [-1, 1] as fast as a narrow layer's (Courbariaux et al. 2016; for a
+    convolution both fans include the kernel's area, as in Glorot initialization)."""
+    if fan_in < 1 or fan_out < 1:
+        raise ValueError(f"fans must be positive, got {fan_in}, {fan_out}")
+    return math.sqrt((fan_in + fan_out) / 1.5)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -129,17 +141,18 @@ class Adam(Optimizer):
         self.iterations += 1
         for p in params:
             m, v = self._slots(p, "m", "v")
+            lr_p = lr_t * p.lr_scale
             if _fused(p, m, v):
                 # One compiled pass per array, with weight_clip folded in.
-                K.adam_update(p.value, p.grad, m, v, self.beta_1, self.beta_2, lr_t,
+                K.adam_update(p.value, p.grad, m, v, self.beta_1, self.beta_2, lr_p,
                               self.epsilon, p.clip or 0.0)
             else:
-                self._update(p, m, v, lr_t)
+                self._update(p, m, v, lr_p)
                 p.apply_constraint()
 
     def update(self, p, lr):
         m, v = self._slots(p, "m", "v")
-        self._update(p, m, v, self._lr_t(lr))
+        self._update(p, m, v, self._lr_t(lr) * p.lr_scale)
 
     def _lr_t(self, lr):
         """The step size with Adam's bias corrections folded in, at step ``self._t``."""
@@ -172,6 +185,7 @@ class SGD(Optimizer):
 
     def update(self, p, lr):
         (vel,) = self._slots(p, "velocity")
+        lr = lr * p.lr_scale
         vel *= self.momentum
         vel -= lr * p.grad
         if self.nesterov:

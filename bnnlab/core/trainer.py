@@ -6,6 +6,12 @@ a worker thread: :meth:`Trainer.pause`, :meth:`Trainer.resume`, :meth:`Trainer.s
 and :meth:`Trainer.stop` are thread-safe and cooperative (they take effect between
 batches). Snapshots hold copies, never live arrays, so a reader on another thread sees a
 consistent picture.
+
+At each epoch's end the trainer can re-estimate batch-norm running statistics from
+training batches (``bn_reestimate_batches``; off by default, as in Keras), and evaluates
+the validation set twice when the model has batch norms: with running statistics (the
+figure a deployed model gives) and with batch statistics (what training saw). A large gap
+between the two means the running statistics lag behind the weights.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from typing import Iterator
 
 import numpy as np
 
+from .evaluation import batchnorm_layers, evaluate_batch_stats, reestimate_batchnorm
 from .layers import _QuantBase
+from .layerstats import LayerStats, flip_ratio, gated_fraction, layer_stats, weights_at_clip
 from .model import Sequential, softmax_cross_entropy
 from .optimizers import Optimizer, make_optimizer
 
 __all__ = ["DivergenceWatch", "Trainer", "Snapshot", "LayerTelemetry", "History",
-           "TrainingDiverged"]
+           "TrainingDiverged", "LayerStats", "smoothing_steps"]
 
 WEIGHT_BINS = 60
 PREACT_RANGE = 3.0
@@ -36,6 +44,12 @@ DIVERGENCE_FACTOR = 10.0
 #: ... for this many batches in a row (or a whole epoch, when epochs are shorter), or when a
 #: whole epoch's mean loss is above it.
 DIVERGENCE_BATCHES = 50
+
+
+def smoothing_steps(batches_per_epoch: int) -> float:
+    """Time constant (in steps) of the smoothed training curves: a quarter epoch, between
+    5 and 50 steps, so a point averages several batches but follows the trend."""
+    return float(min(50.0, max(5.0, batches_per_epoch / 4)))
 
 
 class TrainingDiverged(FloatingPointError):
@@ -112,7 +126,13 @@ class LayerTelemetry:
 
 @dataclass(frozen=True)
 class History:
-    """Curves so far: one point per snapshot, and one per finished epoch."""
+    """Curves so far: one point per snapshot, and one per finished epoch.
+
+    ``loss`` and ``accuracy`` are the smoothed running values (an exponential moving
+    average over training batches, debiased, not restarted at epoch boundaries);
+    ``epoch_loss``/``epoch_accuracy`` are each epoch's means. ``val_*_batch_stats`` are
+    validation figures with batch statistics (NaN when not measured).
+    """
 
     step: np.ndarray
     loss: np.ndarray
@@ -122,6 +142,8 @@ class History:
     epoch_accuracy: np.ndarray
     val_loss: np.ndarray
     val_accuracy: np.ndarray
+    val_loss_batch_stats: np.ndarray
+    val_accuracy_batch_stats: np.ndarray
     flip_ratio: np.ndarray  # (points, quant layers)
     gated_fraction: np.ndarray  # (points, quant layers); NaN where a layer has no STE
 
@@ -138,7 +160,7 @@ class Snapshot:
     batches_per_epoch: int
     loss: float  # running mean over this epoch
     accuracy: float
-    val_loss: float | None
+    val_loss: float | None  # with running batch-norm statistics
     val_accuracy: float | None
     learning_rate: float
     images_per_second: float
@@ -148,6 +170,14 @@ class Snapshot:
     model_config: dict  # Sequential.config() of the model being trained
     model_state: dict  # read-only copies of every array, for inference views (try-it, filters)
     val_seconds: float = 0.0  # time the validation at this epoch's end took (0 elsewhere)
+    smoothed_loss: float = float("nan")  # moving average over batches, across epochs
+    smoothed_accuracy: float = float("nan")
+    # Validation with batch statistics (None when the model has no batch norm, or between
+    # epoch ends); compare with val_accuracy to see whether running statistics lag.
+    val_loss_batch_stats: float | None = None
+    val_accuracy_batch_stats: float | None = None
+    bn_reestimated: bool = False  # running statistics were re-estimated at this epoch's end
+    epoch_layers: tuple[LayerStats, ...] = ()  # per quantized layer, at epoch ends only
 
     @property
     def progress(self) -> float:
@@ -165,6 +195,8 @@ class _Curves:
     epoch_accuracy: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     val_accuracy: list = field(default_factory=list)
+    val_loss_batch_stats: list = field(default_factory=list)
+    val_accuracy_batch_stats: list = field(default_factory=list)
     flip_ratio: list = field(default_factory=list)
     gated_fraction: list = field(default_factory=list)
 
@@ -181,6 +213,8 @@ class _Curves:
             epoch_accuracy=_frozen(np.array(self.epoch_accuracy, np.float64)),
             val_loss=_frozen(np.array(self.val_loss, np.float64)),
             val_accuracy=_frozen(np.array(self.val_accuracy, np.float64)),
+            val_loss_batch_stats=_frozen(np.array(self.val_loss_batch_stats, np.float64)),
+            val_accuracy_batch_stats=_frozen(np.array(self.val_accuracy_batch_stats, np.float64)),
             flip_ratio=arr2(self.flip_ratio),
             gated_fraction=arr2(self.gated_fraction),
         )
@@ -198,12 +232,18 @@ class Trainer:
     seed: seeds shuffling and stochastic binarizers, so a run is repeatable.
     snapshot_every: yield a snapshot every this many steps (and at epoch ends).
     telemetry: compute per-layer histograms at snapshots (off for benchmarks).
+    bn_reestimate_batches: at each epoch's end, recompute batch-norm running statistics
+        from this many random training batches with the current weights (0: keep the
+        moving averages alone, as Keras does). The batches are drawn from a generator of
+        their own, so the weights train exactly as without re-estimation.
+    validate_batch_stats: also evaluate the validation set with batch statistics.
     """
 
     def __init__(self, model: Sequential, x_train, y_train, x_val=None, y_val=None, *,
                  optimizer: Optimizer | str = "adam", epochs: int = 1, batch_size: int = 64,
                  seed: int = 0, snapshot_every: int = 20, telemetry: bool = True,
-                 shuffle: bool = True):
+                 shuffle: bool = True, bn_reestimate_batches: int = 0,
+                 validate_batch_stats: bool = True):
         if len(x_train) != len(y_train):
             raise ValueError(f"x_train has {len(x_train)} rows but y_train has {len(y_train)}")
         if len(x_train) == 0:
@@ -211,6 +251,8 @@ class Trainer:
         if x_train.shape[1:] != model.input_shape:
             raise ValueError(f"data shape {x_train.shape[1:]} does not match the model's input "
                              f"{model.input_shape}")
+        if int(bn_reestimate_batches) < 0:
+            raise ValueError("bn_reestimate_batches must be 0 or more")
         if int(epochs) < 1 or int(batch_size) < 1 or int(snapshot_every) < 1:
             raise ValueError("epochs, batch_size and snapshot_every must be positive")
         n_out = model.output_shape[0]
@@ -228,11 +270,17 @@ class Trainer:
         self.snapshot_every = int(snapshot_every)
         self.telemetry = bool(telemetry)
         self.shuffle = bool(shuffle)
+        self.bn_reestimate_batches = int(bn_reestimate_batches)
+        has_bn = bool(batchnorm_layers(model))
+        self.validate_batch_stats = bool(validate_batch_stats) and has_bn
         self.batches_per_epoch = math.ceil(len(self.x_train) / self.batch_size)
         self._rng = np.random.default_rng(self.seed)
         self._params = [p for _, p in model.params()]
         self._quant = model.quant_layers
         self._prev_signs = [np.signbit(q.kernel.value).copy() for q in self._quant]
+        self._epoch_signs = [s.copy() for s in self._prev_signs]
+        self._smooth_alpha = 1.0 / smoothing_steps(self.batches_per_epoch)
+        self._smooth = [0.0, 0.0, 0.0]  # weighted loss, weighted accuracy, total weight
         self._curves = _Curves()
         self._model_config = model.config()
         self._run = threading.Event()
@@ -314,9 +362,11 @@ class Trainer:
                 model.backward(dlogits)
                 opt.step(self._params)
                 step += 1
+                batch_correct = float(np.sum(logits.argmax(axis=1) == yb))
                 loss_sum += loss * len(idx)
-                correct += float(np.sum(logits.argmax(axis=1) == yb))
+                correct += batch_correct
                 seen += len(idx)
+                self._update_smooth(loss, batch_correct / len(idx))
                 window_images += len(idx)
                 last = b == self.batches_per_epoch - 1
                 why = watch.epoch(loss_sum / seen) if last else None
@@ -333,30 +383,71 @@ class Trainer:
                     # Telemetry first: validation overwrites each layer's last input.
                     layers = self._all_telemetry()
                     val_seconds = 0.0
-                    if last and self.x_val is not None:
-                        t_val = time.perf_counter()
-                        val_loss, val_acc = model.evaluate(self.x_val, self.y_val)
-                        window_t = time.perf_counter()  # validation time is not training speed
-                        val_seconds = window_t - t_val
+                    extra = {}
+                    if last:
+                        extra = self._epoch_end(epoch)
+                        val_seconds = extra.pop("seconds")
+                        window_t = time.perf_counter()  # not training speed
+                        if self.x_val is not None:
+                            val_loss, val_acc = extra.pop("val")
                     event = "epoch" if last else "step"
                     if last and epoch == self.epochs:
                         event = "done"
                     yield self._snapshot(event, step, epoch, b + 1, loss_sum, correct, seen,
                                          val_loss, val_acc, ips, start, epoch_end=last,
-                                         layers=layers, val_seconds=val_seconds)
+                                         layers=layers, val_seconds=val_seconds, **extra)
         assert step == total_steps
 
+    def _update_smooth(self, loss: float, acc: float) -> None:
+        """Exponential moving average of batch loss and accuracy, debiased by the weight
+        accumulated so far (so the first steps are not pulled towards zero)."""
+        a = self._smooth_alpha
+        sm = self._smooth
+        sm[0] = (1 - a) * sm[0] + a * loss
+        sm[1] = (1 - a) * sm[1] + a * acc
+        sm[2] = (1 - a) * sm[2] + a
+
+    @property
+    def _smoothed(self) -> tuple[float, float]:
+        w = self._smooth[2]
+        return (self._smooth[0] / w, self._smooth[1] / w) if w else (float("nan"), float("nan"))
+
+    def _epoch_end(self, epoch: int) -> dict:
+        """Per-layer statistics, optional batch-norm re-estimation and validation; what
+        the epoch's snapshot needs. Statistics come first: the passes after them overwrite
+        each layer's last input."""
+        stats = []
+        for i, q in enumerate(self._quant):
+            stats.append(layer_stats(q, self._epoch_signs[i]))
+            self._epoch_signs[i] = np.signbit(q.kernel.value)
+        t0 = time.perf_counter()
+        out = {"epoch_layers": tuple(stats)}
+        if self.bn_reestimate_batches:
+            rng = np.random.default_rng([self.seed, epoch, 0x42_4E])
+            out["bn_reestimated"] = bool(reestimate_batchnorm(
+                self.model, self.x_train, self.bn_reestimate_batches, self.batch_size, rng))
+        if self.x_val is not None:
+            out["val"] = self.model.evaluate(self.x_val, self.y_val)
+            if self.validate_batch_stats:
+                out["val_loss_batch_stats"], out["val_accuracy_batch_stats"] = evaluate_batch_stats(
+                    self.model, self.x_val, self.y_val, self.batch_size)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
     def _snapshot(self, event, step, epoch, batch, loss_sum, correct, seen, val_loss, val_acc,
-                  ips, start, epoch_end=False, layers=None, val_seconds=0.0) -> Snapshot:
+                  ips, start, epoch_end=False, layers=None, val_seconds=0.0,
+                  val_loss_batch_stats=None, val_accuracy_batch_stats=None,
+                  bn_reestimated=False, epoch_layers=()) -> Snapshot:
         loss = loss_sum / seen if seen else float("nan")
         acc = correct / seen if seen else float("nan")
         if layers is None:
             layers = self._all_telemetry()
         c = self._curves
+        sm_loss, sm_acc = self._smoothed
         if seen:
             c.step.append(step)
-            c.loss.append(loss)
-            c.accuracy.append(acc)
+            c.loss.append(sm_loss)
+            c.accuracy.append(sm_acc)
             c.flip_ratio.append([t.flip_ratio for t in layers] if layers else [np.nan] * len(self._quant))
             c.gated_fraction.append(
                 [np.nan if t.gated_fraction is None else t.gated_fraction for t in layers]
@@ -367,6 +458,10 @@ class Trainer:
             c.epoch_accuracy.append(acc)
             c.val_loss.append(np.nan if val_loss is None else val_loss)
             c.val_accuracy.append(np.nan if val_acc is None else val_acc)
+            c.val_loss_batch_stats.append(
+                np.nan if val_loss_batch_stats is None else val_loss_batch_stats)
+            c.val_accuracy_batch_stats.append(
+                np.nan if val_accuracy_batch_stats is None else val_accuracy_batch_stats)
         snap = Snapshot(
             event=event, step=step, epoch=epoch, epochs=self.epochs, batch=batch,
             batches_per_epoch=self.batches_per_epoch, loss=loss, accuracy=acc,
@@ -377,6 +472,10 @@ class Trainer:
             model_config=self._model_config,
             model_state={k: _frozen(v) for k, v in self.model.state_dict().items()},
             val_seconds=val_seconds,
+            smoothed_loss=sm_loss, smoothed_accuracy=sm_acc,
+            val_loss_batch_stats=val_loss_batch_stats,
+            val_accuracy_batch_stats=val_accuracy_batch_stats,
+            bn_reestimated=bn_reestimated, epoch_layers=tuple(epoch_layers),
         )
         self.last_snapshot = snap
         return snap
@@ -392,18 +491,16 @@ class Trainer:
         amax = float(np.max(np.abs(w))) if w.size else 0.0
         r = max(1.25, amax * 1.05)
         counts, edges = np.histogram(w, bins=WEIGHT_BINS, range=(-r, r))
-        bound = clip if clip is not None else 1.0
-        at_clip = float(np.mean(np.abs(w) >= bound * (1 - 1e-6)))
-        signs = np.signbit(w)
-        flips = float(np.mean(signs != self._prev_signs[i]))
-        self._prev_signs[i] = signs
+        at_clip = weights_at_clip(w, clip)
+        flips = flip_ratio(self._prev_signs[i], w)
+        self._prev_signs[i] = np.signbit(w)
         pc = pe = window = gated = None
         iq = q.input_quantizer
         if iq is not None and q.last_input is not None:
             x = q.last_input
             pc, pe = np.histogram(x, bins=PREACT_BINS, range=(-PREACT_RANGE, PREACT_RANGE))
             window = iq.gate_window()
-            gated = float(1.0 - np.mean(iq.gate(x)))
+            gated = gated_fraction(iq, x)
         g = q.kernel.grad
         return LayerTelemetry(
             name=q.name, type_name=q.type_name, binary_kernel=q.kernel_binary,

@@ -33,6 +33,7 @@ __all__ = ["Scene", "SceneError", "SceneWarning", "load_scene", "save_scene", "s
 
 SCHEMA_VERSION = 1
 INPUT_SCALES = ("unit", "symmetric")
+LAYER_LR_SCALES = ("none", "glorot")
 
 
 class SceneError(ValueError):
@@ -65,6 +66,12 @@ class Scene:
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     snapshot_every: int = 20
+    # Re-estimate batch-norm running statistics from this many training batches at each
+    # epoch's end (0: moving averages only, as Keras).
+    bn_reestimate_batches: int = 0
+    # "glorot": scale each binary kernel's updates by BinaryNet's per-layer factor
+    # sqrt((fan_in + fan_out) / 1.5); "none": one learning rate for all.
+    layer_lr_scale: str = "none"
     # overrides applied to every quantized layer (None = keep each layer's own)
     activation_binarizer: Any = None
     kernel_binarizer: Any = None
@@ -94,6 +101,7 @@ class Scene:
         twin = self.copy()
         twin.name = f"{self.name}-fp-twin"
         twin.activation_binarizer = twin.kernel_binarizer = twin.weight_clip = None
+        twin.layer_lr_scale = "none"  # the scaling exists for clipped binary latent weights
         layers = []
         for lc in self.resolved_layers():
             lc = dict(lc)
@@ -131,6 +139,10 @@ class Scene:
         positive_int("training.epochs", self.epochs)
         positive_int("training.batch_size", self.batch_size)
         positive_int("training.snapshot_every", self.snapshot_every)
+        positive_int("training.bn_reestimate_batches", self.bn_reestimate_batches, allow_zero=True)
+        if self.layer_lr_scale not in LAYER_LR_SCALES:
+            fail("training.layer_lr_scale", f"must be one of {', '.join(LAYER_LR_SCALES)}, "
+                 f"got {self.layer_lr_scale!r}")
         if self.optimizer not in optimizer_names():
             fail("training.optimizer", f"unknown optimizer {self.optimizer!r}; valid: {', '.join(optimizer_names())}")
         lr = self.learning_rate
@@ -167,7 +179,8 @@ _DATA = {"dataset": "dataset", "limit_train": "limit_train", "limit_test": "limi
          "input_scale": "input_scale"}
 _TRAINING = {"epochs": "epochs", "batch_size": "batch_size", "optimizer": "optimizer",
              "learning_rate": "learning_rate", "optimizer_options": "optimizer_options",
-             "schedule": "schedule", "snapshot_every": "snapshot_every"}
+             "schedule": "schedule", "snapshot_every": "snapshot_every",
+             "bn_reestimate_batches": "bn_reestimate_batches", "layer_lr_scale": "layer_lr_scale"}
 _BIN = {"activation": "activation_binarizer", "kernel": "kernel_binarizer",
         "weight_clip": "weight_clip"}
 
