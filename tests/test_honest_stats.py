@@ -13,7 +13,7 @@ from bnnlab.core.layerstats import (flip_ratio, gated_fraction, weights_at_clip,
                                     weights_beyond_clip)
 from bnnlab.core.model import Sequential
 from bnnlab.core.optimizers import SGD, Adam, glorot_lr_scale
-from bnnlab.core.trainer import Trainer
+from bnnlab.core.trainer import Trainer, smoothing_steps
 from bnnlab.experiment import apply_layer_lr_scale, build_model
 from bnnlab.io.scenes import load_preset
 
@@ -182,3 +182,38 @@ def test_averaged_stochastic_passes():
     assert det.accuracy[0] == det.accuracy[1]
     with pytest.raises(ValueError):
         evaluate_averaged(model, x, y, [0])
+
+
+def test_smoothed_curve_is_a_debiased_moving_average_across_epochs():
+    x, y = _blobs(600)
+    tr = Trainer(_net(), x, y, optimizer=Adam(0.01), epochs=2, batch_size=30, seed=0,
+                 snapshot_every=1, telemetry=False)
+    snaps = list(tr)
+    assert len(snaps) == 40
+    # recover each batch's loss from the epoch-running means the snapshots also carry
+    # (all batches hold 30 examples, so the running mean weighs them equally)
+    batch_losses = [s.loss if s.batch == 1 else s.loss * s.batch - snaps[i - 1].loss * (s.batch - 1)
+                    for i, s in enumerate(snaps)]
+    alpha = 1.0 / smoothing_steps(tr.batches_per_epoch)
+    num = den = 0.0
+    expect = []
+    for v in batch_losses:
+        num = (1 - alpha) * num + alpha * v
+        den = (1 - alpha) * den + alpha
+        expect.append(num / den)
+    np.testing.assert_allclose(snaps[-1].history.loss, expect, rtol=1e-9)
+    # at the first batch of epoch 2 the curve continues instead of restarting at that batch
+    assert snaps[20].history.loss[-1] != pytest.approx(batch_losses[20])
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("ablation-no-clip", "weight_clip", False),
+    ("ablation-stochastic", "activation_binarizer", "stochastic_sign"),
+])
+def test_ablations_differ_from_quickstart_in_one_setting(name, field, value):
+    base, other = load_preset("quickstart"), load_preset(name)
+    assert getattr(other, field) == value
+    for scene in (base, other):
+        scene.name = scene.description = ""
+        setattr(scene, field, None)
+    assert vars(base) == vars(other)

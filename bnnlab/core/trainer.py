@@ -387,7 +387,7 @@ class Trainer:
                     if last:
                         extra = self._epoch_end(epoch)
                         val_seconds = extra.pop("seconds")
-                        window_t = time.perf_counter()  # not training speed
+                        window_t = time.perf_counter()  # validation is not training speed
                         if self.x_val is not None:
                             val_loss, val_acc = extra.pop("val")
                     event = "epoch" if last else "step"
@@ -420,12 +420,12 @@ class Trainer:
         for i, q in enumerate(self._quant):
             stats.append(layer_stats(q, self._epoch_signs[i]))
             self._epoch_signs[i] = np.signbit(q.kernel.value)
-        t0 = time.perf_counter()
         out = {"epoch_layers": tuple(stats)}
-        if self.bn_reestimate_batches:
+        if self.bn_reestimate_batches:  # part of training: its time is not validation's
             rng = np.random.default_rng([self.seed, epoch, 0x42_4E])
             out["bn_reestimated"] = bool(reestimate_batchnorm(
                 self.model, self.x_train, self.bn_reestimate_batches, self.batch_size, rng))
+        t0 = time.perf_counter()
         if self.x_val is not None:
             out["val"] = self.model.evaluate(self.x_val, self.y_val)
             if self.validate_batch_stats:
