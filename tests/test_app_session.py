@@ -315,3 +315,37 @@ def test_workspace_round_trip_is_bit_for_bit(session, tmp_path):
         load_workspace(bad)
     assert not session.open_workspace(tmp_path / "missing.npz")
     assert "no such file" in session.errors[-1][1]
+
+
+def test_averaging_stochastic_passes():
+    import numpy as np
+
+    from bnnlab.app.stochastic import accuracy_by_passes, averaged_proba, is_stochastic
+    from bnnlab.core.model import softmax
+    from bnnlab.experiment import build_model, make_trainer, prepare_data
+
+    scene = load_preset("ablation-stochastic")
+    scene.limit_train, scene.limit_test = 512, 200
+    data = prepare_data(scene)
+    model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
+    assert is_stochastic(model.config()) and not is_stochastic(load_preset_config("quickstart"))
+    make_trainer(scene, model, data, epochs=1, telemetry=False).run()
+    x, y = data.x_test[:64], data.y_test[:64]
+    # the K-pass average is the mean of K passes drawn from [seed, i], computed directly
+    direct = np.mean([softmax(model.forward(x, rng=np.random.default_rng([5, i])).astype(np.float64))
+                      for i in range(3)], axis=0)
+    assert np.allclose(averaged_proba(model, x, 3, seed=5), direct, atol=1e-6)
+    # one pass is one sample: two seeds disagree somewhere
+    assert not np.array_equal(averaged_proba(model, x, 1, seed=0), averaged_proba(model, x, 1, seed=1))
+    acc = accuracy_by_passes(model, x, y, ks=(1, 4), seed=5)
+    assert acc[4] == pytest.approx(float(np.mean(averaged_proba(model, x, 4, seed=5).argmax(1) == y)))
+    assert set(acc) == {1, 4}
+
+
+def load_preset_config(name):
+    from bnnlab.data import dataset_info
+    from bnnlab.experiment import build_model
+
+    scene = load_preset(name)
+    info = dataset_info(scene.dataset)
+    return build_model(scene, info.input_shape, len(info.class_names)).config()

@@ -195,3 +195,30 @@ def test_an_opened_model_file_shows_in_every_panel(window, qtbot, tmp_path):
     window._push_current_tab()
     assert evaluate.matrix.rowCount() == 10 and "accuracy on" in evaluate.result.text()
     assert "runtime" in evaluate.result.text()
+
+
+def test_tryit_averages_stochastic_passes(window, qtbot):
+    from bnnlab.app.stochastic import averaged_proba
+    from bnnlab.core.model import model_from_state
+
+    s = window.session
+    s.open_preset("ablation-stochastic")
+    s.update_scene(limit_train=512, limit_test=64, epochs=1)
+    s.start()
+    _idle(window, qtbot)
+    tryit = _show(window, "Try it")
+    assert not tryit.passes.isHidden()
+    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
+                             and "K=16" in tryit.passes_accuracy.text())[1], timeout=WAIT_MS)
+    tryit.passes.setValue(8)
+    qtbot.waitUntil(lambda: tryit.is_idle() and "mean of 8 passes" in tryit.prediction.text(),
+                    timeout=WAIT_MS)
+    snap = s.latest_snapshot
+    model = model_from_state(snap.model_config, snap.model_state)
+    x = tryit._model_input(tryit.input_image())
+    assert np.allclose(tryit.probabilities(), averaged_proba(model, x, 8)[0], atol=1e-5)
+    s.open_preset("quickstart")  # deterministic activations: no passes to average
+    s.start()
+    _idle(window, qtbot)
+    window._push_current_tab()
+    assert tryit.passes.isHidden()

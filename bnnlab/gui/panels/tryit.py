@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ...app.stochastic import accuracy_by_passes, averaged_proba, is_stochastic
 from ...core.model import model_from_state
 from ..views.background import LatestOnly
 from ..views.bars import BarChart
@@ -81,11 +82,21 @@ class _OpenedPredictor:
         return self.opened.predict_proba(x)
 
 
-def _classify(models: _Models, twin_models: _Models, snapshot, twin, x: np.ndarray):
-    probs = models.get(snapshot).predict_proba(x)[0].astype(np.float64)
+def _classify(models: _Models, twin_models: _Models, snapshot, twin, x: np.ndarray,
+              passes: int = 1):
+    model = models.get(snapshot)
+    if passes > 1:
+        probs = averaged_proba(model, x, passes)[0].astype(np.float64)
+    else:
+        probs = model.predict_proba(x)[0].astype(np.float64)
     twin_model = twin_models.get(twin)
     twin_probs = None if twin_model is None else twin_model.predict_proba(x)[0].astype(np.float64)
     return probs, twin_probs
+
+
+def _accuracy_by_passes(models: _Models, snapshot, x_test, y_test):
+    n = min(500, len(x_test))
+    return n, accuracy_by_passes(models.get(snapshot), x_test[:n], y_test[:n], (1, 4, 16))
 
 
 def _field_and_accuracy(model, grid_points, x_test, y_test):
@@ -258,6 +269,21 @@ class TryItPanel(QWidget):
         self.prediction.setFixedWidth(250)
         self.prediction.setStyleSheet("font-size: 13pt;")
         middle.addWidget(self.prediction)
+        # Stochastic activations draw new signs on every pass: one prediction is a sample.
+        self.passes = QSpinBox()
+        self.passes.setRange(1, 64)
+        self.passes.setPrefix("average of ")
+        self.passes.setSuffix(" stochastic passes")
+        self.passes.setToolTip("This network binarizes activations stochastically: average the "
+                               "class probabilities of K passes")
+        self.passes.valueChanged.connect(lambda _k: self._ask_image())
+        self.passes_accuracy = QLabel()
+        self.passes_accuracy.setWordWrap(True)
+        self.passes_accuracy.setFixedWidth(250)
+        self.passes_accuracy.setStyleSheet("color: #444;")
+        for w in (self.passes, self.passes_accuracy):
+            w.setVisible(False)
+            middle.addWidget(w)
         middle.addStretch(1)
         grid.addLayout(middle, 0, 1)
         self.prob_chart = BarChart("Class probabilities", "class", "probability",
@@ -312,6 +338,14 @@ class TryItPanel(QWidget):
             return  # nothing new to compute
         self._snapshot = snapshot
         self._cleared = ""
+        stochastic = hasattr(snapshot, "model_state") and is_stochastic(snapshot.model_config)
+        self.passes.setVisible(stochastic and kind == "image")
+        self.passes_accuracy.setVisible(stochastic and kind == "image")
+        if stochastic and kind == "image" and self._x_test is not None and self._y_test is not None \
+                and getattr(snapshot, "event", "") in ("done", "stopped", "epoch"):
+            self.passes_accuracy.setText("Accuracy against K: computing…")
+            self._ask("passes", _accuracy_by_passes, self._models, snapshot, self._x_test,
+                      self._y_test)
         self._refresh.request()
 
     def set_twin_snapshot(self, snapshot) -> None:
@@ -377,7 +411,8 @@ class TryItPanel(QWidget):
         if self._snapshot is None or self._kind != "image":
             return
         self._ask("image", _classify, self._models, self._twin_models, self._snapshot,
-                  self._twin_snapshot, self._model_input(self._input))
+                  self._twin_snapshot, self._model_input(self._input),
+                  self.passes.value() if not self.passes.isHidden() else 1)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -401,6 +436,11 @@ class TryItPanel(QWidget):
             return
         if kind == "points":
             self._show_boundaries(*result)
+        elif kind == "passes":
+            n, acc = result
+            self.passes_accuracy.setText(
+                f"Accuracy on {n} test images, averaging K passes: "
+                + " · ".join(f"K={k}: <b>{a:.1%}</b>" for k, a in acc.items()))
         else:
             self._show_probabilities(*result)
 
@@ -443,6 +483,8 @@ class TryItPanel(QWidget):
         self.prob_chart.set_values([probs, twin_probs])
         text = f"<span style='color:{BNN_COLOR}'>{self._names[0]}</span> says " \
                f"{self._verdict(probs)}"
+        if not self.passes.isHidden() and self.passes.value() > 1:
+            text += f" <span style='font-size:9pt'>(mean of {self.passes.value()} passes)</span>"
         if twin_probs is not None:
             text += f"<br><span style='color:{TWIN_COLOR}'>{self._names[1]}</span> says " \
                     f"{self._verdict(twin_probs)}"
