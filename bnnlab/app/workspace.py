@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.layerstats import LayerStats
 from ..core.trainer import History, LayerTelemetry, Snapshot
 from ..io.atomic import write_atomic
 from ..io.scenes import Scene, SceneError, scene_from_dict, scene_to_toml, tomllib
@@ -38,7 +39,7 @@ VERSION = 1
 _HEADER = "workspace.json"
 _MAX_HEADER = 64 << 20  # bytes: a header is small; a bigger one is not ours
 
-_SNAP_OBJECTS = ("layers", "history", "model_config", "model_state")
+_SNAP_OBJECTS = ("layers", "history", "model_config", "model_state", "epoch_layers")
 
 
 class WorkspaceError(ValueError):
@@ -82,6 +83,7 @@ def save_workspace(path: str | os.PathLike, scene: Scene, runs: list[Run]) -> No
             entry["snapshot"] = {f.name: _plain(getattr(s, f.name)) for f in fields(Snapshot)
                                  if f.name not in _SNAP_OBJECTS}
             entry["snapshot"]["model_config"] = s.model_config
+            entry["snapshot"]["epoch_layers"] = [ls.as_dict() for ls in s.epoch_layers]
             for key, value in s.model_state.items():
                 arrays[f"run{n}/state/{key}"] = np.asarray(value)
             for f in fields(History):
@@ -162,7 +164,11 @@ def _run(archive, names: set[str], e: dict, path: str) -> WorkspaceRun:
     if s is not None:
         prefix = f"run{n}/"
         state = {k[len(prefix) + 6:]: archive[k] for k in names if k.startswith(prefix + "state/")}
-        history = History(**{f.name: archive[f"{prefix}history/{f.name}"] for f in fields(History)})
+        curves = {f.name: archive[f"{prefix}history/{f.name}"] for f in fields(History)
+                  if f"{prefix}history/{f.name}" in names}
+        for key in ("val_loss_batch_stats", "val_accuracy_batch_stats"):  # not measured
+            curves.setdefault(key, np.full(len(curves["epoch"]), np.nan))
+        history = History(**curves)
         layers = []
         for i, plain in enumerate(s["layers"]):
             t = {}
@@ -176,6 +182,8 @@ def _run(archive, names: set[str], e: dict, path: str) -> WorkspaceRun:
             layers.append(LayerTelemetry(**t))
         scalars = {f.name: s[f.name] for f in fields(Snapshot)
                    if f.name not in _SNAP_OBJECTS and f.name in s}
+        epoch_layers = tuple(LayerStats(**d) for d in s.get("epoch_layers", []))
         run.snapshot = Snapshot(**scalars, layers=tuple(layers), history=history,
-                                model_config=s["model_config"], model_state=state)
+                                model_config=s["model_config"], model_state=state,
+                                epoch_layers=epoch_layers)
     return WorkspaceRun(run, e.get("opened"))
