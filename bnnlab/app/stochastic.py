@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.model import softmax
+from ..core.evaluation import averaged_probabilities, evaluate_averaged
 
 __all__ = ["accuracy_by_passes", "averaged_proba", "is_stochastic"]
 
@@ -24,31 +24,14 @@ def is_stochastic(config: dict | None) -> bool:
     return False
 
 
-def _passes(model, x: np.ndarray, k: int, seed: int, batch_size: int = 256):
-    """Yield the class probabilities of ``k`` stochastic passes over ``x``, one per pass."""
-    for i in range(k):
-        rng = np.random.default_rng([seed, i])
-        logits = np.concatenate([model.forward(x[j:j + batch_size], rng=rng)
-                                 for j in range(0, len(x), batch_size)])
-        yield softmax(logits.astype(np.float64))
-
-
 def averaged_proba(model, x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Mean class probabilities of ``k`` stochastic passes (pass i draws from [seed, i])."""
-    total = None
-    for p in _passes(model, x, k, seed):
-        total = p if total is None else total + p
-    return (total / k).astype(np.float32)
+    """Mean class probabilities of ``k`` stochastic passes (pass i = 0..k-1 draws from [seed, i])."""
+    return averaged_probabilities(model, x, k, seed).astype(np.float32)
 
 
 def accuracy_by_passes(model, x: np.ndarray, y: np.ndarray, ks=(1, 2, 4, 8, 16),
                        seed: int = 0) -> dict[int, float]:
     """Accuracy of the average of the first K passes, for each K in ``ks`` (one run of
     max(ks) passes: the K-pass average is the running mean after pass K)."""
-    ks = sorted(set(int(k) for k in ks))
-    out, total = {}, None
-    for i, p in enumerate(_passes(model, x, ks[-1], seed), start=1):
-        total = p if total is None else total + p
-        if i in ks:
-            out[i] = float(np.mean(total.argmax(axis=1) == y))
-    return out
+    res = evaluate_averaged(model, x, y, ks, seed=seed)
+    return dict(zip(res.ks, res.accuracy))

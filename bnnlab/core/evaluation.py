@@ -22,7 +22,8 @@ from .layers import BatchNorm
 from .model import Sequential, softmax, softmax_cross_entropy
 
 __all__ = ["batchnorm_layers", "batch_stats_inference", "evaluate_batch_stats",
-           "reestimate_batchnorm", "is_stochastic", "evaluate_averaged", "AveragedEvaluation"]
+           "reestimate_batchnorm", "is_stochastic", "stochastic_passes", "averaged_probabilities",
+           "evaluate_averaged", "AveragedEvaluation"]
 
 
 def batchnorm_layers(model: Sequential) -> list[BatchNorm]:
@@ -108,13 +109,36 @@ class AveragedEvaluation:
     loss: tuple[float, ...]  # cross-entropy of the averaged probabilities
 
 
+def stochastic_passes(model: Sequential, x: np.ndarray, k: int, seed: int = 0,
+                      batch_size: int = 256):
+    """Yield the class probabilities (float64) of ``k`` inference passes over ``x``; pass
+    i (0-based) draws its stochastic signs from a generator seeded with ``(seed, i)``."""
+    for i in range(int(k)):
+        rng = np.random.default_rng([int(seed), i])
+        out = np.empty((len(x), *model.output_shape), np.float64)
+        for j in range(0, len(x), batch_size):
+            z = model.forward(x[j:j + batch_size], training=False, rng=rng)
+            out[j:j + batch_size] = softmax(z.astype(np.float64))
+        yield out
+
+
+def averaged_probabilities(model: Sequential, x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Mean class probabilities of ``k`` stochastic passes (see :func:`stochastic_passes`)."""
+    if int(k) < 1:
+        raise ValueError(f"K must be a positive integer, got {k}")
+    total = np.zeros((len(x), *model.output_shape), np.float64)
+    for p in stochastic_passes(model, x, k, seed):
+        total += p
+    return total / int(k)
+
+
 def evaluate_averaged(model: Sequential, x: np.ndarray, y: np.ndarray, ks, *, seed: int = 0,
                       batch_size: int = 256) -> AveragedEvaluation:
     """Evaluate with class probabilities averaged over K stochastic inference passes.
 
-    One run of ``max(ks)`` passes (pass j draws from a generator seeded with
-    ``(seed, j)``) gives every K in ``ks``: the average over the first K passes. For a
-    deterministic network every K gives the same figure.
+    One run of ``max(ks)`` passes (see :func:`stochastic_passes`) gives every K in
+    ``ks``: the average over the first K passes. For a deterministic network every K
+    gives the same figure.
     """
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:
@@ -123,11 +147,8 @@ def evaluate_averaged(model: Sequential, x: np.ndarray, y: np.ndarray, ks, *, se
     total = np.zeros((len(x), *model.output_shape), np.float64)
     acc, losses = [], []
     rows = np.arange(len(y))
-    for j in range(1, ks[-1] + 1):
-        rng = np.random.default_rng([int(seed), j])
-        for i in range(0, len(x), batch_size):
-            z = model.forward(x[i:i + batch_size], training=False, rng=rng)
-            total[i:i + batch_size] += softmax(z.astype(np.float64))
+    for j, p in enumerate(stochastic_passes(model, x, ks[-1], seed, batch_size), start=1):
+        total += p
         if j in want:
             p = total / j
             acc.append(float(np.mean(p.argmax(axis=1) == y)))
