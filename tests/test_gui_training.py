@@ -222,3 +222,30 @@ def test_tryit_averages_stochastic_passes(window, qtbot):
     _idle(window, qtbot)
     window._push_current_tab()
     assert tryit.passes.isHidden()
+
+
+def test_bits_panel_explains_a_unit_as_the_runtime_computes_it(window, qtbot):
+    s = window.session
+    s.update_scene(limit_train=256, limit_test=32, epochs=1)
+    s.start()
+    _idle(window, qtbot)
+    bits = _show(window, "Bits")
+    qtbot.waitUntil(lambda: (window._push_current_tab(), bits._worker.idle()
+                             and bool(bits.blocks) and bits.explanation is not None)[1],
+                    timeout=WAIT_MS)
+    xnor = [i for i, (b, kb, _t) in enumerate(bits.blocks) if kb is not None and b.input == "bits"]
+    assert xnor and bits.block.currentData() == xnor[0]
+    for unit in ((3, 2, 1), (0, 0, 0)):  # each differs from the one shown before
+        bits.explanation = None
+        bits.channel.setValue(unit[0])
+        bits.row.setValue(unit[1])
+        bits.col.setValue(unit[2])
+        qtbot.waitUntil(lambda: bits._worker.idle() and bits.explanation is not None
+                        and bits.explanation.unit == unit, timeout=WAIT_MS)
+        e = bits.explanation
+        assert e.agrees and e.output == e.runtime_output
+        w = e.windows[0]
+        assert w.dot == w.k - 2 * w.popcount
+        text = bits.steps.toPlainText()
+        assert f"dot = K - 2d = {w.k} - 2*{w.popcount}" in text and "the same" in text
+    assert bits.layout_table.rowCount() > 3

@@ -60,6 +60,7 @@ class RunView:
     twin_of: int | None = None
     opened: Any = None  # models.OpenedModel of a run opened from a file
     evaluation: Any = None  # models.Evaluation, the latest one
+    input_scale: str = "unit"  # how the run's scene scales images ("unit" or "symmetric")
 
 
 @dataclass(eq=False)
@@ -96,7 +97,7 @@ class Run:
     def view(self, selected: bool) -> RunView:
         return RunView(self.number, self.title, self.color, self.visible, selected, self.state,
                        self.snapshot, self.full_precision, self.twin_of, self.opened,
-                       self.evaluation)
+                       self.evaluation, self.scene.input_scale)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ PAGES = [
     ("Model summary", "summary", "SummaryPanel", True),
     ("Try it", "tryit", "TryItPanel", True),
     ("Evaluate", "evaluate", "EvaluatePanel", True),
+    ("Bits", "bits", "BitsPanel", True),
     ("Results", "results", "ResultsPanel", True),
 ]
 
