@@ -148,23 +148,29 @@ def cmd_train(args) -> int:
 def _save_trained(out: str, model, scene, dataset, results: list[dict], quiet: bool) -> int:
     """Write the trained model to ``out``; if that fails, to a fallback file (exit status 1)."""
     from .io.checkpoints import save_checkpoint
-    from .io.outputs import fallback_dirs, save_with_fallback
+    from .io.outputs import fallback_dirs, save_to_fallback, save_with_fallback
 
     sizes = []
+    meta = {"scene": scene.name, "dataset": dataset.name, "epochs": results,
+            "input_scale": scene.input_scale, "seed": scene.seed, "limit_test": scene.limit_test}
+
+    def save_npz(path):
+        save_checkpoint(path, model, meta=meta)
+
+    save = save_npz
     if out.lower().endswith(".bnn"):
         from .cli_deploy import write_trained
 
         def save(path):
             sizes.append(write_trained(model, scene, dataset, results, path))
-    else:
-        meta = {"scene": scene.name, "dataset": dataset.name, "epochs": results,
-                "input_scale": scene.input_scale, "seed": scene.seed,
-                "limit_test": scene.limit_test}
-
-        def save(path):
-            save_checkpoint(path, model, meta=meta)
     try:
-        where, error = save_with_fallback(out, save)
+        try:
+            where, error = save_with_fallback(out, save)
+        except CliError as exc:  # the trained model has no .bnn form: keep it as a checkpoint
+            where = save_to_fallback(Path(out).with_suffix(".npz"), save_npz)
+            print(f"bnnlab train: {exc}; the trained model was saved as a checkpoint, {where}",
+                  file=sys.stderr)
+            return 1
     except OSError as exc:
         print(f"bnnlab train: cannot write {out} ({exc.strerror or exc}), nor a copy in "
               f"{' or '.join(map(str, fallback_dirs()))}; the trained model is lost",
@@ -454,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a file that could not be read or written after the checks
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bnnlab: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         # A preset or scene that cannot be read where no command expected it (e.g. an
         # installation without its presets) is still a one-line error.

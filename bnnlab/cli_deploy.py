@@ -82,6 +82,14 @@ def write_trained(model, scene, dataset, results: list[dict], path: str) -> int:
         raise CliError(f"--out: {exc}") from None
 
 
+def _check_out(path: str | None, what: str) -> None:
+    """Refuse an output that cannot be written, before any work is done for it."""
+    from .io.outputs import output_problem
+
+    if path and (problem := output_problem(path)):
+        raise CliError(f"{what}: {problem}")
+
+
 def cmd_export(args) -> int:
     from .deploy import ExportError, ModelFileError, export_c, to_model_file, write_file
 
@@ -89,6 +97,7 @@ def cmd_export(args) -> int:
         raise CliError("export: nothing to do; give OUT.bnn and/or --c DIR")
     if args.out and not args.out.lower().endswith(".bnn"):
         raise CliError(f"export: {args.out!r} must end in .bnn")
+    _check_out(args.out, "export")
     src = args.source
     opened = open_arg(src, "model")
     try:
@@ -111,9 +120,6 @@ def cmd_export(args) -> int:
         raise CliError(str(exc)) from None
     report: dict = {}
     if args.out:
-        folder = Path(args.out).resolve().parent
-        if not folder.is_dir():
-            raise CliError(f"export: folder {folder} does not exist")
         from .core.summary import profile_model
         from .deploy.unfold import model_from_file
 
@@ -231,6 +237,9 @@ def cmd_import(args) -> int:
         raise CliError(str(exc)) from None
     if kind != "keras":
         raise CliError(f"import: {args.model} is {KINDS[kind]}, not a Keras/Larq .h5 model")
+    if args.out and not args.out.lower().endswith((".bnn", ".npz")):
+        raise CliError(f"import: --out {args.out!r} must end in .bnn or .npz")
+    _check_out(args.out, "import: --out")
     model = open_arg(args.model, "model").model
     spec, names = export_args(model, args.input_scale, args.dataset)
     meta = {"name": model.name, "source": Path(args.model).name}

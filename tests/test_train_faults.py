@@ -341,3 +341,58 @@ def test_sources_parse_as_python_3_10():
     root = Path(__file__).resolve().parents[1] / "bnnlab"
     for path in sorted(root.rglob("*.py")):
         ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 10))
+
+
+def test_a_model_refused_by_the_exporter_after_training_is_kept_as_a_checkpoint(
+        capsys, tmp_path, monkeypatch):
+    import bnnlab.cli_deploy as cli_deploy
+    from bnnlab.cli_base import CliError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def refuse(*args, **kwargs):
+        raise CliError("--out: a weight is NaN")
+
+    monkeypatch.setattr(cli_deploy, "write_trained", refuse)
+    (tmp_path / "model.npz").write_text("the user's own file, not to be touched")
+    code, out, err = _run(capsys, "train", _scene(tmp_path), "--out", tmp_path / "model.bnn")
+    assert code == 1 and "epoch 2/2" in out
+    line = _one_line(err)
+    saved = list((tmp_path / "cache" / "bnnlab" / "unsaved").iterdir())
+    assert len(saved) == 1 and saved[0].suffix == ".npz" and str(saved[0]) in line
+    assert "a weight is NaN" in line
+    assert load_checkpoint(saved[0])[1]["scene"] == "xor-small"
+    assert (tmp_path / "model.npz").read_text().startswith("the user's own file")
+
+
+def test_export_and_import_outputs_are_checked_first(capsys, tmp_path, monkeypatch):
+    import bnnlab.io.outputs as outputs
+    from bnnlab.io.checkpoints import save_checkpoint
+
+    model = Sequential([Dense(2)], (2,), seed=0)
+    save_checkpoint(tmp_path / "m.npz", model, meta={"dataset": "xor"})
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = outputs.tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kw):
+        if Path(dir) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", mkstemp)
+    code, _, err = _run(capsys, "export", tmp_path / "m.npz", locked / "m.bnn")
+    assert code == 2 and f"cannot write into folder {locked}" in _one_line(err)
+    code, _, err = _run(capsys, "export", tmp_path / "m.npz", tmp_path / "none" / "m.bnn")
+    assert code == 2 and "does not exist" in _one_line(err)
+
+
+def test_an_io_error_after_the_checks_is_one_line(capsys, tmp_path, monkeypatch):
+    import bnnlab.cli_deploy as cli_deploy
+
+    def vanished(args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/gone/m.bnn")
+
+    monkeypatch.setattr(cli_deploy, "cmd_export", vanished)
+    code, _, err = _run(capsys, "export", tmp_path / "m.npz", tmp_path / "m.bnn")
+    assert code == 2 and _one_line(err) == "bnnlab: /gone/m.bnn: No such file or directory"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["fallback_dirs", "output_problem", "save_with_fallback"]
+__all__ = ["fallback_dirs", "output_problem", "save_to_fallback", "save_with_fallback"]
 
 
 def output_problem(path: str | os.PathLike, need_bytes: int = 0) -> str | None:
@@ -58,8 +58,7 @@ def fallback_dirs() -> list[Path]:
 def save_with_fallback(path: str | os.PathLike, save: Callable[[str], object],
                        fallbacks: Iterable[str | os.PathLike] | None = None
                        ) -> tuple[str, OSError | None]:
-    """``save(path)``; if it fails with an ``OSError``, ``save`` into the first fallback folder
-    that takes it, under the same name with a time stamp.
+    """``save(path)``; if it fails with an ``OSError``, :func:`save_to_fallback` instead.
 
     Returns (where it was saved, the error that prevented saving at ``path`` or None). When no
     fallback works either, the first error is raised.
@@ -70,15 +69,27 @@ def save_with_fallback(path: str | os.PathLike, save: Callable[[str], object],
         return path, None
     except OSError as exc:
         first = exc
+    try:
+        return save_to_fallback(path, save, fallbacks), first
+    except OSError:
+        raise first from None
+
+
+def save_to_fallback(path: str | os.PathLike, save: Callable[[str], object],
+                     fallbacks: Iterable[str | os.PathLike] | None = None) -> str:
+    """``save`` into the first fallback folder that takes it, under the name of ``path`` with
+    a time stamp (never over an existing file); where it went. Raises the last ``OSError``."""
     p = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    last: OSError = FileNotFoundError("no fallback folder")
     for folder in fallback_dirs() if fallbacks is None else fallbacks:
         folder = Path(folder)
         candidate = folder / f"{p.stem}-{stamp}-{os.getpid()}{p.suffix}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             save(os.fspath(candidate))
-        except OSError:
+        except OSError as exc:
+            last = exc
             continue
-        return os.fspath(candidate), first
-    raise first
+        return os.fspath(candidate)
+    raise last
