@@ -293,7 +293,7 @@ def test_a_million_unit_scene_says_what_it_needs_before_allocating(capsys, tmp_p
     # Dense 2 -> 1e6, QuantDense 1e6 -> 1e6 (both with biases), batch norm, QuantDense 1e6 -> 2
     count = (2 * 10**6 + 10**6) + (10**12 + 10**6) + 4 * 10**6 + (2 * 10**6 + 2)
     assert f"{count:,} weights" in line and "xor-small" in line
-    assert "4000.0 GB as float32" in line and "training needs about" in line
+    assert "4,000.04 GB as float32" in line and "training needs about" in line
     assert peak < 64 << 20, f"{peak} bytes allocated before refusing"
 
 

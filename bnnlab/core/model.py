@@ -39,7 +39,7 @@ class ModelTooLarge(ValueError):
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    return f"{n / 1e9:,.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 class Sequential:
