@@ -1,11 +1,15 @@
 """Train the Larq MNIST tutorial's binary network with Larq itself, as a reference.
 
-    PY benchmarks/larq_reference_train.py --data-dir DIR [--seed 0] [--epochs 6]
+    PY benchmarks/larq_reference_train.py [--dataset mnist] [--data-dir DIR] [--seed 0]
+                                          [--epochs 6]
 
-PY is a Python with TensorFlow 2 (Keras 2) and larq (see larq_step_check.py). The network,
-the recipe (Keras defaults, Adam, batch 64, pixels in [0, 1]) and the data (DIR/mnist/ in
-the original IDX files) are those of ``bnnlab train larq-mnist-bnn``. Prints one JSON
-line per epoch, then the test loss and accuracy. Needs nothing from bnnlab.
+PY is a Python with TensorFlow 2 (Keras 2) and larq (see larq_step_check.py). The network
+and the recipe (Keras defaults, Adam, batch 64, pixels in [0, 1]) are those of
+``bnnlab train larq-mnist-bnn``. The data is any set of the MNIST family in the original
+IDX files (gzipped or not): DIR/NAME/ when --data-dir is given, else
+/usr/share/datasets/NAME (Debian's dataset-fashion-mnist puts Fashion-MNIST there).
+Prints one JSON line per epoch, then the test loss and accuracy. Needs nothing from
+bnnlab.
 """
 
 import argparse
@@ -38,7 +42,9 @@ def find(folder: Path, name: str) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--dataset", default="mnist",
+                    help="mnist, fashion-mnist, kmnist: any 28x28 set in the IDX layout")
+    ap.add_argument("--data-dir", help="folder with one sub-folder per dataset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=6)
     args = ap.parse_args()
@@ -46,7 +52,12 @@ def main() -> int:
     import larq as lq
     import tensorflow as tf
 
-    folder = Path(args.data_dir) / "mnist"
+    if args.data_dir:
+        folder = Path(args.data_dir) / args.dataset
+    else:
+        folder = Path("/usr/share/datasets") / args.dataset
+    if not folder.is_dir():
+        raise SystemExit(f"error: no folder {folder} for dataset {args.dataset}; pass --data-dir")
     x_train = read_idx(find(folder, "train-images-idx3-ubyte")).reshape(-1, 28, 28, 1) / 255.0
     y_train = read_idx(find(folder, "train-labels-idx1-ubyte"))
     x_test = read_idx(find(folder, "t10k-images-idx3-ubyte")).reshape(-1, 28, 28, 1) / 255.0
@@ -86,7 +97,9 @@ def main() -> int:
     model.fit(x_train, y_train, batch_size=64, epochs=args.epochs, verbose=0,
               callbacks=[EpochLines()])
     loss, acc = model.evaluate(x_test, y_test, verbose=0)
-    print(json.dumps({"seed": args.seed, "test_loss": loss, "test_accuracy": acc}), flush=True)
+    print(json.dumps({"seed": args.seed, "dataset": args.dataset, "test_loss": loss,
+                      "test_accuracy": acc, "tensorflow": tf.__version__,
+                      "larq": lq.__version__}), flush=True)
     return 0
 
 

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-# Runs in the Larq interpreter: rebuild the model from bnnlab's layer configs, copy the
-# initial state, record the first gradients, then train on the same batches.
-KERAS_SIDE = r'''
+# Runs in the Larq interpreter, after ``src, dst = sys.argv[1:3]``: rebuild the model from
+# bnnlab's layer configs (``spec`` in the file ``src``) and name every Keras variable as
+# bnnlab names its array, so ``set_state(prefix)`` copies arrays in. Shared with
+# larq_run_check.py.
+KERAS_MODEL = r'''
 import json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np, tensorflow as tf, larq as lq
@@ -87,12 +89,16 @@ for layer, ours in zip(model.layers, spec["names"]):
     for w in layer.weights:
         names[w.ref()] = ours + "/" + w.name.split("/")[-1].split(":")[0]
 
-def set_state(prefix, only=None):
+def set_state(prefix, only=None, source=None):
+    source = d if source is None else source
     for w in model.weights:
         k = names[w.ref()]
         if only is None or only in k:
-            w.assign(d[prefix + k])
+            w.assign(source[prefix + k])
+'''
 
+# Then: copy the initial state, record the first gradients, train on the same batches.
+KERAS_SIDE = KERAS_MODEL + r'''
 set_state("init/")
 x, y, b = d["x"], d["y"], int(spec["batch_size"])
 with tf.GradientTape() as tape:

@@ -66,6 +66,8 @@ def cmd_train(args) -> int:
     passes = _parse_passes(args.passes) if args.passes else None
     if args.seed is not None:
         scene.seed = args.seed
+    if args.dataset is not None:
+        scene.dataset = args.dataset
     if args.epochs is not None:
         if args.epochs < 1:
             raise CliError("--epochs must be at least 1")
@@ -347,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--data-dir", help="folder with one sub-folder per dataset (e.g. mnist/)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--dataset", help="train on this dataset instead of the scene's "
+                                     "(e.g. fashion-mnist)")
     t.add_argument("--limit-train", type=int, help="use only the first N training examples")
     t.add_argument("--out", help="write a checkpoint (.npz) or a deployable model (.bnn) here")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch")
