@@ -383,10 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir")
     b.set_defaults(func=cmd_bench)
 
-    e = sub.add_parser("export", help="write a .bnn model file and/or C99 sources")
+    e = sub.add_parser("export", help="write a .bnn model file, C99 sources and/or a Larq .h5 model")
     e.add_argument("source", help="checkpoint (.npz), Larq model (.h5) or .bnn")
     e.add_argument("out", nargs="?", help="the .bnn file to write")
     e.add_argument("--c", metavar="DIR", help="write dependency-free C99 sources into DIR")
+    e.add_argument("--h5", metavar="OUT.h5",
+                   help="write a Keras 2 / Larq HDF5 model (tf.keras.models.load_model reads it)")
     e.add_argument("--input-scale", choices=("unit", "symmetric"),
                    help="how images were scaled in training (default: from the checkpoint, else unit)")
     e.add_argument("--dataset", help="dataset whose class names to store (default: the checkpoint's)")

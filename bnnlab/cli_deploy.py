@@ -93,18 +93,24 @@ def _check_out(path: str | None, what: str) -> None:
 def cmd_export(args) -> int:
     from .deploy import ExportError, ModelFileError, export_c, to_model_file, write_file
 
-    if not args.out and not args.c:
-        raise CliError("export: nothing to do; give OUT.bnn and/or --c DIR")
+    h5 = getattr(args, "h5", None)
+    if not args.out and not args.c and not h5:
+        raise CliError("export: nothing to do; give OUT.bnn, --c DIR and/or --h5 OUT.h5")
+    if h5 and not h5.lower().endswith(".h5"):
+        raise CliError(f"export: {h5!r} must end in .h5")
     if args.out and not args.out.lower().endswith(".bnn"):
         raise CliError(f"export: {args.out!r} must end in .bnn")
     _check_out(args.out, "export")
     src = args.source
     opened = open_arg(src, "model")
+    model = opened.model  # for a .bnn, the file unfolded
     try:
         if opened.kind == "bnn":
             mf = opened.bnn
+        elif h5 and not args.out and not args.c:  # only the .h5: no .bnn form needed
+            mf = None
         else:
-            model, meta = opened.model, opened.metadata
+            meta = opened.metadata
             spec, names = export_args(model, args.input_scale, args.dataset, meta)
             info = {"name": meta.get("scene") or Path(src).stem, "source": Path(src).name}
             for key in ("seed", "limit_test"):
@@ -140,9 +146,29 @@ def cmd_export(args) -> int:
             print(f"wrote C99 to {args.c}/ (bnn_model.c, bnn_model.h, main.c, Makefile): "
                   f"{cx.table_bytes:,} bytes of const tables, {cx.ram_bytes:,} bytes of static "
                   "activation buffers; build with `make`")
+    if h5:
+        report.update(_export_h5(model, h5, args.json))
     if args.json:
         print(json.dumps(report, indent=1))
     return 0
+
+
+def _export_h5(model, path: str, quiet: bool) -> dict:
+    from .deploy.larq_export import LarqExportError, write_larq_h5
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise CliError(f"export: folder {folder} does not exist")
+    try:
+        size = write_larq_h5(model, path)
+    except LarqExportError as exc:
+        raise CliError(f"export: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"export: cannot write {path}: {exc.strerror or exc}") from None
+    if not quiet:
+        print(f"wrote {path}: {size:,} bytes, a Keras 2 / Larq model (in Python with TensorFlow "
+              "2 and larq: import larq; tf.keras.models.load_model(path))")
+    return {"h5": path, "h5_bytes": size}
 
 
 def cmd_run(args) -> int:
