@@ -14,7 +14,7 @@ weights in both).
 Every run's output is kept in ``--results`` (default ``larq-compare-runs``), one file per
 run, and a run whose file is complete is not repeated: an interrupted comparison resumes,
 and adding seeds trains only the new ones. bnnlab's files carry a hash of bnnlab's source
-and of the scene, so changing either trains bnnlab again; Larq's are keyed by dataset,
+(engine, data, scene glue) and of the scene, so changing either trains bnnlab again; Larq's are keyed by dataset,
 epochs and seed. The Larq side always trains the tutorial network: ``--scene`` is for
 bnnlab variants of it.
 """
@@ -47,13 +47,16 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def code_tag(scene_arg: str) -> str:
-    """Hash of bnnlab's Python sources and of the scene (its file, or the preset's)."""
+    """Hash of the sources that decide a training run (engine, data, scene glue) and of
+    the scene, so a run is redone exactly when its result could change."""
     import bnnlab
     from bnnlab.io.scenes import load_preset, load_scene
 
     h = hashlib.sha256()
     root = Path(bnnlab.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
+    sources = [root / "experiment.py", root / "io" / "scenes.py",
+               *sorted((root / "core").rglob("*.py")), *sorted((root / "data").rglob("*.py"))]
+    for path in sources:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     scene = load_scene(scene_arg) if Path(scene_arg).is_file() else load_preset(scene_arg)
@@ -95,6 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", help="folder with one sub-folder per dataset")
     ap.add_argument("--results", default="larq-compare-runs", help="folder for the runs' outputs")
     ap.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    ap.add_argument("--bnnlab-code", metavar="TAG",
+                    help="reuse the bnnlab runs kept under this code hash instead of the current "
+                         "one (when you know a change does not touch training)")
     args = ap.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
@@ -107,7 +113,7 @@ def main(argv=None) -> int:
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    tag = code_tag(args.scene)
+    tag = args.bnnlab_code or code_tag(args.scene)
     scene_label = Path(args.scene).stem
     data_dir = ["--data-dir", args.data_dir] if args.data_dir else []
     rows = []

@@ -52,6 +52,15 @@ def test_train_on_fake_mnist_via_data_dir(capsys, tmp_path, monkeypatch):
     assert "epoch 1/1" in out and "64 train" in out
 
 
+def test_train_dataset_option_replaces_the_scenes(capsys, tmp_path, monkeypatch):
+    md5s = write_fake_files(tmp_path / "fashion-mnist", n_train=64, n_test=32)
+    monkeypatch.setitem(FILE_DATASETS, "fashion-mnist", fake_spec("fashion-mnist", md5s))
+    code, out, err = run(capsys, "train", "larq-mnist-bnn", "--epochs", "1", "--dataset",
+                         "fashion-mnist", "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert "on fashion-mnist (64 train" in out
+
+
 def test_filters_on_checkpoint_and_scene(capsys, tmp_path):
     code, out, _ = run(capsys, "filters", "larq-mnist-bnn", "--json")
     reports = json.loads(out)
