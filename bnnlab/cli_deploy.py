@@ -138,6 +138,8 @@ def cmd_export(args) -> int:
     if args.c:
         try:
             cx = export_c(mf, args.c)
+        except ModelFileError as exc:  # e.g. a class name C cannot hold
+            raise CliError(f"export: --c: {exc}") from None
         except OSError as exc:
             raise CliError(f"export: cannot write {args.c}: {exc.strerror or exc}") from None
         report.update(c_dir=args.c, c_files=cx.files, c_table_bytes=cx.table_bytes,
