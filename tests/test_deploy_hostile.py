@@ -325,3 +325,70 @@ def test_engine_model_agrees_with_runtime_for_negative_input_scale_with_pooling(
     engine = model_from_file(F.read_file(path)).predict_logits(x).argmax(1)
     runtime = load_runtime(path).predict(raw)
     assert np.mean(engine == runtime) >= 0.99
+
+
+_COST_CHILD = r"""
+import os, resource, sys
+import numpy as np
+from bnnlab.deploy import format as F
+from bnnlab.deploy.limits import runtime_cost
+from bnnlab.deploy.runtime import Runtime
+from bnnlab.deploy.samples import random_inputs
+def vm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+for path in sys.argv[1:]:
+    mf = F.read_file(path)
+    raw = random_inputs(np.random.default_rng(0), mf, 1)
+    Runtime(mf, max_memory=1 << 40).logits(raw, threads=1)  # compile or load the kernels
+    cost = runtime_cost(mf).memory
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm() + cost + (1 << 20), hard))
+    try:
+        Runtime(mf, max_memory=1 << 40).logits(raw, threads=1)
+    except MemoryError:
+        print("over", path, cost)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+print("done")
+"""
+
+
+def _larger_models():
+    """Models whose buffers are megabytes: padding tables, im2col rows, float first layers."""
+    pad0 = dict(padding="same", pad_values=0.0)
+    return [
+        (Sequential([QuantConv2D(32, 5, kernel_quantizer="ste_sign", use_bias=False), BatchNorm(),
+                     QuantConv2D(64, 5, **pad0, **BIN), BatchNorm(), MaxPool2D(2),
+                     QuantConv2D(64, 3, **pad0, **BIN), BatchNorm(), Flatten(),
+                     QuantDense(10, **BIN), BatchNorm()], (96, 96, 3), seed=0), "uint8"),
+        (Sequential([QuantConv2D(48, 3, **pad0, use_bias=False), BatchNorm(), MaxPool2D(2),
+                     QuantConv2D(40, 7, **pad0, **BIN), BatchNorm(), Flatten(),
+                     QuantDense(3, **BIN), BatchNorm()], (80, 80, 2), seed=1), "float32"),
+        (Sequential([Flatten(), QuantDense(2048, kernel_quantizer="ste_sign"), BatchNorm(),
+                     QuantDense(1024, **BIN), BatchNorm(), QuantDense(10, **BIN), BatchNorm()],
+                    (64, 64, 3), seed=2), "uint8"),
+    ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc")
+def test_runtime_cost_bounds_what_the_runtime_allocates(tmp_path):
+    """Each model runs under an address-space limit of its computed cost (plus 1 MiB)."""
+    paths = []
+    for i, (model, enc) in enumerate(_larger_models()):
+        shape = model.input_shape
+        spec = F.InputSpec(shape, enc, float(np.float32(1 / 255)) if enc == "uint8" else 1.0, 0.0)
+        paths.append(tmp_path / f"m{i}.bnn")
+        F.write_file(paths[-1], fold_model(model, spec))
+    rng = np.random.default_rng(5)
+    for i in range(20):
+        paths.append(tmp_path / f"r{i}.bnn")
+        F.write_file(paths[-1], random_model_file(rng))
+    # glibc maps large blocks on their own and unmaps them when freed, so each allocation
+    # meets the limit rather than reusing memory freed before.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072",
+           "MALLOC_TOP_PAD_": "0"}
+    res = subprocess.run([sys.executable, "-c", _COST_CHILD, *map(str, paths)], env=env,
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0 and res.stdout.strip().endswith("done"), res.stderr[-2000:]
+    assert "over" not in res.stdout, res.stdout

@@ -75,7 +75,8 @@ def _block_cost(b: Block) -> tuple[int, int]:
         return prepared + 4 * f + out, f * h * w * _words(c) + epilogue
     # raw input: a (K, F) weight table of 2 or 4 bytes, perhaps a float32 copy of it
     width = 2 if (b.acc == "int32" and 255 * k <= 0x7FFF) else 4
-    prepared = (width + 4) * k * f + (group if b.kernel == "bits" else 4 * k * f)
+    copy = 4 if b.kind == "conv2d" else 0  # integer convolutions also keep float32 weights
+    prepared = (width + copy) * k * f + (group if b.kernel == "bits" else 4 * k * f)
     hpad, wpad = h + b.pads[0] + b.pads[1] + 1, w + b.pads[2] + b.pads[3] + 3
     inputs = 8 * hpad * wpad * c  # the input, normalized and padded
     if b.kind == "conv2d":
