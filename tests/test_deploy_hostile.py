@@ -392,3 +392,26 @@ def test_runtime_cost_bounds_what_the_runtime_allocates(tmp_path):
                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.returncode == 0 and res.stdout.strip().endswith("done"), res.stderr[-2000:]
     assert "over" not in res.stdout, res.stdout
+
+
+@needs_make
+def test_constant_channels_stay_constant_on_non_finite_accumulators(tmp_path):
+    # Found by benchmarks/fuzz_models.py: 0 * inf is NaN, which failed "always +1".
+    spec = F.InputSpec((3,), "float32", 1.0, 0.0)
+    modes = np.array([F.MODE_PLUS, F.MODE_MINUS, F.MODE_GE, F.MODE_LE] * 2, np.uint8)
+    b0 = F.Block(kind="dense", input="raw", kernel="float32", acc="float32", output="bits",
+                 in_shape=(1, 1, 3), out_channels=8,
+                 kernel_data=np.array([[1, 1, 1], [1, -1, 0]] * 4, np.float32),
+                 modes=modes, thresholds=np.zeros(8, np.float32))
+    b1 = F.Block(kind="dense", input="bits", kernel="bits", acc="int32", output="logits",
+                 in_shape=(1, 1, 8), out_channels=8, kernel_data=F.pack_signs(np.eye(8) * 2 - 1),
+                 scale=np.arange(1, 9, dtype=np.float32), offset=np.zeros(8, np.float32))
+    mf = F.ModelFile(spec, (b0, b1))
+    raw = np.array([[np.inf, 1, 2], [-np.inf, np.inf, 0], [np.nan, 0, 0], [1, 2, 3]], np.float32)
+    want = reference_logits(mf, raw)
+    got = Runtime(mf).logits(raw, threads=1)
+    np.testing.assert_array_equal(got, want)
+    bits = Runtime(mf).trace(raw)[0]
+    assert (bits[:, 0::4] == 1).all() and (bits[:, 1::4] == -1).all()
+    _, pred = make_and_run(mf, raw, tmp_path / "c")
+    np.testing.assert_array_equal(pred, want.argmax(1))

@@ -237,7 +237,7 @@ def _kernel_source(used: set[tuple[str, str]]) -> str:
             continue
         inp, w, acc, thr, words = _KIND_TYPES[kind]
         compare = ("(int32_t)sgn[f] * m >= (int32_t)thr[f]" if acc == "int32_t"
-                   else "(float)sgn[f] * m >= thr[f]")
+                   else "(sgn[f] != 0 ? (float)sgn[f] * m : 0.0f) >= thr[f]")
         fmt = dict(kind=kind, inp=inp, w=w, acc=acc, thr=thr, words=words, compare=compare)
         parts.append(_DOT[kind] + _POOL.format(**fmt))
         for out in outs:

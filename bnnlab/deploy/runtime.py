@@ -65,7 +65,11 @@ def _pool_threshold_pack(z, r0, ho, wo, corr, ps, pst, hp, wp, sgn, thr, out, n,
                 base = fw * 64
                 for b in range(min(64, f_n - base)):
                     f = base + b
-                    fail = np.uint64(0) if sgn[f] * m[f] >= thr[f] else np.uint64(1)
+                    # A constant channel (sgn 0) compares 0, not 0 * m: a float m may be
+                    # infinite or NaN, and 0 * inf is NaN.
+                    s = sgn[f]
+                    v = s * m[f] if s != 0 else s
+                    fail = np.uint64(0) if v >= thr[f] else np.uint64(1)
                     word |= fail << np.uint64(b)
                 out[n, py * wp + px, fw] = word
 
