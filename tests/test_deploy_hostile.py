@@ -170,6 +170,8 @@ def test_int32_accumulator_overflow_is_refused_everywhere(tmp_path):
         F.encode(mf)
     with pytest.raises(ModelFileError, match="int32 accumulator can reach"):
         generate_c(mf)
+    with pytest.raises(ModelFileError, match="int32 accumulator can reach"):
+        Runtime(mf)
     # A file written by a careless tool: the reader refuses it, naming the file.
     blob = _raw_encode(mf)
     path = tmp_path / "overflow.bnn"

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .format import Block, ModelFile, ModelFileError
+from .format import ACC_LIMIT, Block, ModelFile, ModelFileError, accumulator_bound
 
 __all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_MAX_WORK", "RuntimeCost", "check_runtime_cost",
            "runtime_cost"]
@@ -126,6 +126,11 @@ def check_runtime_cost(mf: ModelFile, file_bytes: int | None = None,
     """:func:`runtime_cost`, or :class:`ModelFileError` when it exceeds the limits."""
     if file_bytes is None:  # the arrays are nearly all of a file
         file_bytes = sum(b.kernel_data.nbytes + 8 * b.out_channels for b in mf.blocks)
+    for i, b in enumerate(mf.blocks):  # the reader's rule, for records built in memory too
+        bound = accumulator_bound(b)
+        if bound is not None and bound > ACC_LIMIT:
+            raise ModelFileError(f"block {i}: the int32 accumulator can reach {bound}, beyond "
+                                 f"{ACC_LIMIT}")
     cost = runtime_cost(mf)
     mem_limit, work_limit = limits(file_bytes, max_memory, max_work)
     if cost.memory > mem_limit:
