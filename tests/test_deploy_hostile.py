@@ -417,3 +417,29 @@ def test_constant_channels_stay_constant_on_non_finite_accumulators(tmp_path):
     assert (bits[:, 0::4] == 1).all() and (bits[:, 1::4] == -1).all()
     _, pred = make_and_run(mf, raw, tmp_path / "c")
     np.testing.assert_array_equal(pred, want.argmax(1))
+
+
+@needs_make
+def test_a_nan_in_a_pool_window_pools_to_nan_everywhere(tmp_path):
+    # Found by benchmarks/fuzz_models.py: max-pooling with NaN depended on the tap order.
+    spec = F.InputSpec((4, 4, 1), "float32", 1.0, 0.0)
+    rng = np.random.default_rng(0)
+    modes = np.array([F.MODE_GE, F.MODE_LE, F.MODE_GE, F.MODE_LE, F.MODE_PLUS], np.uint8)
+    b0 = F.Block(kind="conv2d", input="raw", kernel="float32", acc="float32", output="bits",
+                 in_shape=(4, 4, 1), out_channels=5, kernel_size=(1, 1), pool=(2, 2),
+                 kernel_data=np.array([[1], [1], [-1], [-1], [1]], np.float32),
+                 modes=modes, thresholds=np.array([0.5, 0.5, -0.5, -0.5, 0], np.float32))
+    b1 = F.Block(kind="dense", input="bits", kernel="bits", acc="int32", output="logits",
+                 in_shape=(2, 2, 5), out_channels=6,
+                 kernel_data=F.pack_signs(rng.choice([-1, 1], 6 * 20)),
+                 scale=np.arange(1, 7, dtype=np.float32), offset=np.zeros(6, np.float32))
+    mf = F.ModelFile(spec, (b0, b1))
+    raw = rng.normal(0, 1, (64, 4, 4, 1)).astype(np.float32)
+    for n in range(64):  # NaNs at every position of the first window, alone or with others
+        raw[n].reshape(-1)[[0, 1, 4, 5][n % 4]] = np.nan
+        if n >= 32:
+            raw[n].reshape(-1)[rng.integers(16)] = np.nan
+    want = reference_logits(mf, raw)
+    np.testing.assert_array_equal(Runtime(mf).logits(raw, threads=1), want)
+    _, pred = make_and_run(mf, raw, tmp_path / "c")
+    np.testing.assert_array_equal(pred, want.argmax(1))

@@ -179,7 +179,7 @@ static {acc} bnn_pool_{kind}(const bnn_geometry *g, const {inp} *x, const {w} *w
     for (wy = 0; wy < g->pool; wy++) {{
         for (wx = 0; wx < g->pool; wx++) {{
             {acc} d = bnn_dot_{kind}(g, x, wf, py * g->pool_stride + wy, px * g->pool_stride + wx);
-            if (first || d > m) {{
+            if (first || d > m{nan}) {{
                 m = d;
             }}
             first = 0;
@@ -238,7 +238,10 @@ def _kernel_source(used: set[tuple[str, str]]) -> str:
         inp, w, acc, thr, words = _KIND_TYPES[kind]
         compare = ("(int32_t)sgn[f] * m >= (int32_t)thr[f]" if acc == "int32_t"
                    else "(sgn[f] != 0 ? (float)sgn[f] * m : 0.0f) >= thr[f]")
-        fmt = dict(kind=kind, inp=inp, w=w, acc=acc, thr=thr, words=words, compare=compare)
+        # A float NaN anywhere in the window makes the maximum NaN (as numpy.maximum does).
+        nan = " || d != d" if acc == "float" else ""
+        fmt = dict(kind=kind, inp=inp, w=w, acc=acc, thr=thr, words=words, compare=compare,
+                   nan=nan)
         parts.append(_DOT[kind] + _POOL.format(**fmt))
         for out in outs:
             parts.append((_TO_BITS if out == "bits" else _TO_LOGITS).format(**fmt))

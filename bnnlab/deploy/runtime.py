@@ -92,9 +92,11 @@ def _window_max(z, r0, wo, corr, has_corr, y0, x0, ps, m):
                 b -= corr[q1, f]
                 c -= corr[q2, f]
                 d -= corr[q3, f]
-            ab = a if a > b else b
-            cd = c if c > d else d
-            m[f] = ab if ab > cd else cd
+            # "x != x" is false for integers (and folded away): only a float NaN is kept,
+            # so a window holding one pools to NaN, as numpy.maximum and the C do.
+            ab = a if (a > b or a != a) else b
+            cd = c if (c > d or c != c) else d
+            m[f] = ab if (ab > cd or ab != ab) else cd
         return
     for f in range(f_n):
         m[f] = z[r0 + q0, f] - corr[q0, f] if has_corr else z[r0 + q0, f]
@@ -103,7 +105,7 @@ def _window_max(z, r0, wo, corr, has_corr, y0, x0, ps, m):
         for f in range(f_n):
             v = z[r0 + q, f] - corr[q, f] if has_corr else z[r0 + q, f]
             mf = m[f]
-            m[f] = v if v > mf else mf
+            m[f] = v if (v > mf or v != v) else mf
 
 
 @nb.njit(**_JIT_INLINE)
