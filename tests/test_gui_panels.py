@@ -431,3 +431,20 @@ def test_long_run_titles_are_cut_in_legends():
     short = legend_label(long)
     assert len(short) <= LEGEND_CHARS and short.endswith("…") and long.startswith(short[:-1])
     assert legend_label("#1 quickstart") == "#1 quickstart"
+
+
+def test_results_table_sorts_by_value(qtbot):
+    from bnnlab.gui.panels.results import ResultsPanel
+
+    panel = ResultsPanel()
+    qtbot.addWidget(panel)
+    rows = [{"run": n, "scene": "s", "differs": d, "seed": n, "state": "finished", "epochs": 1,
+             "loss": loss, "accuracy": 0.5, "val_loss": None, "val_accuracy": acc,
+             "seconds": 1.0, "parameters": 10}
+            for n, d, loss, acc in ((1, "", 0.9, 0.8), (2, "lr=0.1", 0.3, None), (10, "x", 2.0, 0.95))]
+    panel.set_rows(rows)
+    assert panel.column("run") == ["1", "2", "10"]  # numbers, not text ("10" < "2")
+    panel.table.sortByColumn(6, Qt.SortOrder.AscendingOrder)  # loss
+    assert panel.column("run") == ["2", "1", "10"]
+    panel.table.sortByColumn(9, Qt.SortOrder.DescendingOrder)  # validation, blanks last
+    assert panel.column("val_accuracy") == ["95.00%", "80.00%", "–"]

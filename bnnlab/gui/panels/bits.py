@@ -81,7 +81,7 @@ class BitsPanel(QWidget):
         self.block.currentIndexChanged.connect(self._show_block)
         self.plane = Picture("weight bits (rows: filters · columns: taps)", (0.0, 1.0),
                              caption="black: bit 1 (weight −1) · white: bit 0 (+1)")
-        self.plane.setMinimumSize(280, 220)
+        self.plane.setMinimumSize(280, 180)
         self.thresholds = QTableWidget(0, 2)
         self.thresholds.setHorizontalHeaderLabels(["channel", "output bit"])
         self.thresholds.verticalHeader().setVisible(False)
@@ -115,6 +115,8 @@ class BitsPanel(QWidget):
         grid.addLayout(right, 2, 1)
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
+        grid.setRowStretch(0, 1)
+        grid.setRowStretch(2, 1)
         top = QHBoxLayout()
         top.addWidget(QLabel("block"))
         top.addWidget(self.block, 1)

@@ -30,8 +30,13 @@ class _Cell(QTableWidgetItem):
 
     def __lt__(self, other) -> bool:
         a, b = self.key, getattr(other, "key", None)
-        if a is None or b is None:
-            return a is not None and b is None
+        if a is None or b is None:  # blanks last, whichever way the column is sorted
+            if a is None and b is None:
+                return False
+            table = self.tableWidget()
+            descending = table is not None and table.horizontalHeader().sortIndicatorOrder() \
+                == Qt.SortOrder.DescendingOrder
+            return a is None if descending else b is None
         if isinstance(a, str) or isinstance(b, str):
             return str(a) < str(b)
         return a < b
@@ -62,6 +67,7 @@ class ResultsPanel(QWidget):
         self.table = QTableWidget(0, len(RESULT_COLUMNS))
         self.table.setHorizontalHeaderLabels([h for _, h in RESULT_COLUMNS])
         self.table.setSortingEnabled(True)
+        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # runs in order, at first
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.verticalHeader().setVisible(False)

@@ -423,6 +423,8 @@ class Dashboard(QWidget):
         style_plot(self.acc_plot, "Accuracy (solid: train · dashed ○: validation)",
                    x_label, "accuracy (%)", legend=True)
         self.loss_legend, self.acc_legend = self.loss_plot.legend, self.acc_plot.legend
+        # Accuracy curves climb to the top right: their legend sits bottom right instead.
+        self.acc_legend.anchor(itemPos=(1, 1), parentPos=(1, 1), offset=(-8, -8))
         self.acc_plot.setYRange(0, 100, padding=0.02)
         self.acc_plot.enableAutoRange(axis="y", enable=False)
         for plot in (self.loss_plot, self.acc_plot):
