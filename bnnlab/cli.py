@@ -456,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 0
+        from .core.kernels import tune_process
+
+        tune_process()
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return int(args.func(args) or 0)

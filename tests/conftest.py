@@ -12,3 +12,8 @@ try:
     import bnnlab.gui  # noqa: F401
 except ImportError:
     pass
+
+# The process-wide kernel tuning that the bnnlab command and the app apply at start.
+from bnnlab.core.kernels import tune_process  # noqa: E402
+
+tune_process()

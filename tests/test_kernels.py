@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bnnlab.core import kernels as K
-from bnnlab.core import reference as R
+from bnnlab.core.kernels import conv, packing, pooling, xnor
 from bnnlab.core.shapes import conv_output_size
 
 KS = [1, 7, 63, 64, 65, 127, 128, 129, 288, 576, 1000]
@@ -17,8 +17,8 @@ def test_pack_rows_matches_numpy_packbits(k):
     x[0, : min(k, 3)] = 0.0  # zero maps to +1, i.e. bit 0
     out = np.empty((5, K.words_for(k)), np.uint64)
     K.pack_rows(x, out)
-    np.testing.assert_array_equal(out, R.pack_rows_ref(x))
-    np.testing.assert_array_equal(R.unpack_rows_ref(out, k), np.where(x >= 0, 1, -1))
+    np.testing.assert_array_equal(out, packing.pack_rows_ref(x))
+    np.testing.assert_array_equal(packing.unpack_rows_ref(out, k), np.where(x >= 0, 1, -1))
 
 
 def test_bit_convention_lsb_first_one_means_minus_one():
@@ -37,11 +37,11 @@ def test_xnor_gemm_equals_integer_dot(m, k, n, parallel):
     rng = np.random.default_rng(m * 1000 + k + n)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    abits = R.pack_rows_ref(a)
-    bbits = R.pack_rows_ref(b.T)
+    abits = packing.pack_rows_ref(a)
+    bbits = packing.pack_rows_ref(b.T)
     got = K.xnor_gemm(abits, np.ascontiguousarray(bbits.T), k, parallel=parallel)
-    np.testing.assert_array_equal(got, R.binary_dot_ref(a, b))
-    np.testing.assert_array_equal(got, R.xnor_gemm_ref(abits, bbits, k))
+    np.testing.assert_array_equal(got, xnor.binary_dot_ref(a, b))
+    np.testing.assert_array_equal(got, xnor.xnor_gemm_ref(abits, bbits, k))
     np.testing.assert_array_equal(K.pack_weights(np.where(b >= 0, 1.0, -1.0).astype(np.float32)),
                                   np.ascontiguousarray(bbits.T))
 
@@ -72,8 +72,8 @@ def test_pack_conv_input_matches_im2col(case, pad_bit):
     ho, pt = conv_output_size(h, kh, s, padding)
     wo, pl = conv_output_size(w, kw, s, padding)
     got = K.pack_conv_input(x, kh, kw, s, (pt, pl), (ho, wo), pad_bit)
-    cols = R.im2col_ref(x, kh, kw, s, padding, pad_value=-1.0 if pad_bit else 1.0)
-    np.testing.assert_array_equal(got, R.pack_rows_ref(cols))
+    cols = conv.im2col_ref(x, kh, kw, s, padding, pad_value=-1.0 if pad_bit else 1.0)
+    np.testing.assert_array_equal(got, packing.pack_rows_ref(cols))
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -85,7 +85,7 @@ def test_im2col_and_col2im(case):
     wo, pl = conv_output_size(w, kw, s, padding)
     cols = np.empty((n * ho * wo, kh * kw * c), np.float32)
     K.im2col(x, kh, kw, s, pt, pl, ho, wo, np.float32(0.5), cols)
-    np.testing.assert_array_equal(cols, R.im2col_ref(x, kh, kw, s, padding, 0.5))
+    np.testing.assert_array_equal(cols, conv.im2col_ref(x, kh, kw, s, padding, 0.5))
     # col2im is the adjoint of im2col (with zero padding): <im2col(x), g> == <x, col2im(g)>
     g = rng.standard_normal(cols.shape).astype(np.float32)
     back = np.empty_like(x)
@@ -105,7 +105,7 @@ def test_conv_forward_direct_matches_reference(case):
     wo, pl = conv_output_size(w, kw, s, padding)
     out = np.empty((n, ho, wo, 6), np.float32)
     K.conv_forward_direct(x, wt, s, pt, pl, 0.0, out)
-    np.testing.assert_allclose(out, R.conv2d_ref(x, wt, s, padding), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, conv.conv2d_ref(x, wt, s, padding), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -121,13 +121,13 @@ def test_conv_backward_matches_dense_products(case):
     dwt = np.empty((5, kh, kw, c), np.float32)
     dx = np.empty_like(x)
     K.conv_backward(x, np.ascontiguousarray(wk.transpose(3, 0, 1, 2)), dz, s, pt, pl, True, dwt, dx)
-    cols = R.im2col_ref(x, kh, kw, s, padding, 0.0).astype(np.float64)
+    cols = conv.im2col_ref(x, kh, kw, s, padding, 0.0).astype(np.float64)
     dz2 = dz.reshape(-1, 5).astype(np.float64)
     dw_ref = (cols.T @ dz2).reshape(kh, kw, c, 5)
     np.testing.assert_allclose(dwt.transpose(1, 2, 3, 0), dw_ref, rtol=1e-4, atol=1e-4)
     # dx by the adjoint identity: <conv(x'), dz> is linear in x' with gradient dx
     x2 = rng.standard_normal(x.shape).astype(np.float32)
-    lhs = np.sum(R.conv2d_ref(x2, wk, s, padding) * dz)
+    lhs = np.sum(conv.conv2d_ref(x2, wk, s, padding) * dz)
     np.testing.assert_allclose(lhs, np.sum(x2.astype(np.float64) * dx), rtol=1e-4, atol=1e-3)
 
 
@@ -140,7 +140,7 @@ def test_maxpool_forward_backward(shape, p, s):
     out = np.empty((shape[0], ho, wo, shape[3]), np.float32)
     arg = np.empty(out.shape, np.int32)
     K.maxpool_forward(x, p, s, out, arg)
-    ref, ref_arg = R.maxpool_ref(x, p, s)
+    ref, ref_arg = pooling.maxpool_ref(x, p, s)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(arg, ref_arg)
     dy = rng.standard_normal(out.shape).astype(np.float32)

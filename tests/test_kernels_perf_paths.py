@@ -6,15 +6,20 @@ multiples of 8, K not a multiple of 64, 'same' padding with pad values 0 and ±1
 stride 2. Integers must match exactly, floats to 1e-5 relative (of the largest value).
 """
 
+import importlib
 import io
+import json
 import os
+import pkgutil
+import subprocess
+import sys
 
 import numba as nb
 import numpy as np
 import pytest
 
 from bnnlab.core import kernels as K
-from bnnlab.core import reference as R
+from bnnlab.core.kernels import batchnorm, conv, float_gemm, optimizer, packing, pooling, sign, threads, xnor
 from bnnlab.core.layers import BatchNorm, Conv2D, MaxPool2D, QuantConv2D, QuantDense
 from bnnlab.core.shapes import conv_output_size
 
@@ -23,9 +28,10 @@ from bnnlab.core.shapes import conv_output_size
 def paths(request, monkeypatch):
     """Force every wrapper onto its serial kernel, or onto three parallel chunks."""
     if request.param == "serial":
-        monkeypatch.setattr(K, "_chunks", lambda items, work: 1)
+        monkeypatch.setattr(threads, "chunks", lambda items, work, nt=None: 1)
     else:
-        monkeypatch.setattr(K, "_chunks", lambda items, work: max(1, min(int(items), 3)))
+        monkeypatch.setattr(threads, "chunks",
+                            lambda items, work, nt=None: max(1, min(int(items), 3)))
     return request.param
 
 
@@ -49,7 +55,7 @@ def test_sign_pack_matches_sign_and_pack_rows(shape, paths):
     flat = x.reshape(-1)
     flat[: min(3, flat.size)] = [0.0, -0.0, np.nan][: min(3, flat.size)]
     xq, bits = K.sign_pack(x)
-    ref_q, ref_bits = R.sign_pack_ref(x)
+    ref_q, ref_bits = sign.sign_pack_ref(x)
     np.testing.assert_array_equal(xq, ref_q)
     np.testing.assert_array_equal(bits, ref_bits)
 
@@ -66,13 +72,13 @@ def test_sign_pack_matches_sign_and_pack_rows(shape, paths):
 def test_pack_patches_parallel_matches_im2col(case, pad_bit, paths):
     n, h, w, c, kh, kw, s, padding = case
     rng = np.random.default_rng(h * w + c)
-    x = R.sign_ref(rng.standard_normal((n, h, w, c)))
+    x = sign.sign_ref(rng.standard_normal((n, h, w, c)))
     ho, pt = conv_output_size(h, kh, s, padding)
     wo, pl = conv_output_size(w, kw, s, padding)
     _, pix = K.sign_pack(x)
     got = K.pack_patches_parallel(pix, n, h, w, c, kh, kw, s, pt, pl, ho, wo, pad_bit)
-    cols = R.im2col_ref(x, kh, kw, s, padding, pad_value=-1.0 if pad_bit else 1.0)
-    np.testing.assert_array_equal(got, R.pack_rows_ref(cols))
+    cols = conv.im2col_ref(x, kh, kw, s, padding, pad_value=-1.0 if pad_bit else 1.0)
+    np.testing.assert_array_equal(got, packing.pack_rows_ref(cols))
 
 
 # --------------------------------------------------------------------------- XNOR GEMM
@@ -87,11 +93,11 @@ def test_xnor_gemm_simd_matches_integer_dot(m, k, n, dtype, parallel):
     rng = np.random.default_rng(m + k + n)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    abits = R.pack_rows_ref(a)
-    bt = np.ascontiguousarray(R.pack_rows_ref(b.T).T)
+    abits = packing.pack_rows_ref(a)
+    bt = np.ascontiguousarray(packing.pack_rows_ref(b.T).T)
     out = np.full((m, n), 7, dtype)
     K.xnor_gemm(abits, bt, k, out=out, parallel=parallel)
-    np.testing.assert_array_equal(out, R.binary_dot_ref(a, b))
+    np.testing.assert_array_equal(out, xnor.binary_dot_ref(a, b))
 
 
 def test_xnor_gemm_rejects_other_output_types():
@@ -110,8 +116,24 @@ def test_matmul_matches_float64_product(m, k, n, trans_a, paths):
     rng = np.random.default_rng(m * k + n)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    got = K.matmul(np.ascontiguousarray(a.T) if trans_a else a, b, trans_a=trans_a)
-    close(got, a.astype(np.float64) @ b)
+    lhs = np.ascontiguousarray(a.T) if trans_a else a
+    got = K.matmul(lhs, b, trans_a=trans_a)
+    close(got, float_gemm.matmul_ref(lhs, b, trans_a=trans_a))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 3, 5, 7), (129,)])
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_adam_update_matches_its_numpy_twin_bit_for_bit(shape, clip):
+    rng = np.random.default_rng(len(shape))
+    fast = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
+    fast[3] = np.abs(fast[3])  # v >= 0
+    slow = [a.copy() for a in fast]
+    for _ in range(3):
+        g = rng.standard_normal(shape).astype(np.float32)
+        K.adam_update(fast[0], g, fast[2], fast[3], 0.9, 0.999, 1e-2, 1e-7, clip)
+        optimizer.adam_update_ref(slow[0], g, slow[2], slow[3], 0.9, 0.999, 1e-2, 1e-7, clip)
+    for f, s in zip(fast, slow):
+        np.testing.assert_array_equal(f, s)
 
 
 def test_matmul_rejects_mismatched_sizes():
@@ -154,7 +176,7 @@ def test_conv_forward_direct_matches_reference(case, pad_value, paths):
     x, wk, dz, s, pt, pl = _conv_case(case, 0, 1.0)
     out = np.empty(dz.shape, np.float32)
     K.conv_forward_direct(x, wk, s, pt, pl, pad_value, out)
-    close(out, R.conv2d_ref(x, wk, s, case[-1], pad_value))
+    close(out, conv.conv2d_ref(x, wk, s, case[-1], pad_value))
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -163,7 +185,7 @@ def test_conv_forward_direct_matches_reference(case, pad_value, paths):
 def test_conv_backward_matches_dense_reference(case, method, density, paths):
     x, wk, dz, s, pt, pl = _conv_case(case, 1, density)
     wt = np.ascontiguousarray(wk.transpose(3, 0, 1, 2))
-    dw_ref, dx_ref = R.conv_backward_ref(x, wk, dz, s, pt, pl)
+    dw_ref, dx_ref = conv.conv_backward_ref(x, wk, dz, s, pt, pl)
     dwt = np.full(wt.shape, np.nan, np.float32)
     dx = np.full(x.shape, np.nan, np.float32)
     K.conv_backward(x, wt, dz, s, pt, pl, True, dwt, dx, method=method)
@@ -178,7 +200,7 @@ def test_conv_backward_with_signed_padding(case, pad_value, method, paths):
     # ±1 padding is a constant input: it adds to dw, and dx stays inside the image.
     x, wk, dz, s, pt, pl = _conv_case(case, 2, 0.3)
     wt = np.ascontiguousarray(wk.transpose(3, 0, 1, 2))
-    dw_ref, dx_ref = R.conv_backward_ref(x, wk, dz, s, pt, pl, pad_value)
+    dw_ref, dx_ref = conv.conv_backward_ref(x, wk, dz, s, pt, pl, pad_value)
     dwt = np.empty_like(wt)
     dx = np.empty_like(x)
     K.conv_backward(x, wt, dz, s, pt, pl, True, dwt, dx, pad_value=pad_value, method=method)
@@ -195,9 +217,9 @@ def test_conv_backward_fused_ste_gate(case, method, paths):
     dwt = np.empty_like(wt)
     dx = np.empty_like(x)
     K.conv_backward(x, wt, dz, s, pt, pl, True, dwt, dx, method=method, gate=gate, clip=0.8)
-    dw_ref, dx_ref = R.conv_backward_ref(x, wk, dz, s, pt, pl)
+    dw_ref, dx_ref = conv.conv_backward_ref(x, wk, dz, s, pt, pl)
     close(dwt.transpose(1, 2, 3, 0), dw_ref)
-    close(dx, R.ste_gate_ref(gate, dx_ref, 0.8), scale=dx_ref)
+    close(dx, sign.ste_gate_ref(gate, dx_ref, 0.8), scale=dx_ref)
 
 
 def test_conv_backward_weight_gradient_only(paths):
@@ -205,7 +227,7 @@ def test_conv_backward_weight_gradient_only(paths):
     wt = np.ascontiguousarray(wk.transpose(3, 0, 1, 2))
     dwt = np.empty_like(wt)
     K.conv_backward(x, wt, dz, s, pt, pl, False, dwt, None)
-    close(dwt.transpose(1, 2, 3, 0), R.conv_backward_ref(x, wk, dz, s, pt, pl)[0])
+    close(dwt.transpose(1, 2, 3, 0), conv.conv_backward_ref(x, wk, dz, s, pt, pl)[0])
 
 
 def test_conv_backward_rejects_unknown_method():
@@ -229,13 +251,13 @@ def test_maxpool_matches_reference(shape, p, s, paths):
     out = np.empty((shape[0], ho, wo, shape[3]), np.float32)
     arg = np.empty(out.shape, np.int32)
     K.maxpool_forward(x, p, s, out, arg)
-    ref, ref_arg = R.maxpool_ref(x, p, s)
+    ref, ref_arg = pooling.maxpool_ref(x, p, s)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(arg, ref_arg)
     dy = rng.standard_normal(out.shape).astype(np.float32)
     dx = np.full(shape, np.nan, np.float32)  # every element must be written
     K.maxpool_backward(dy, arg, p, s, dx)
-    close(dx, R.maxpool_backward_ref(dy, arg, p, s, shape))
+    close(dx, pooling.maxpool_backward_ref(dy, arg, p, s, shape))
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -248,7 +270,7 @@ def test_ste_gate_matches_reference(size, clip, paths):
     x = (2 * rng.standard_normal(size)).astype(np.float32)
     x[0] = clip  # the bound itself passes
     dy = rng.standard_normal(size).astype(np.float32)
-    np.testing.assert_array_equal(K.ste_gate(x, dy, clip), R.ste_gate_ref(x, dy, clip))
+    np.testing.assert_array_equal(K.ste_gate(x, dy, clip), sign.ste_gate_ref(x, dy, clip))
 
 
 @pytest.mark.parametrize("m,c", [(1, 3), (7, 5), (64, 10), (10816, 32), (576, 64)])
@@ -258,7 +280,7 @@ def test_batchnorm_kernels_match_reference(m, c, paths):
     gamma = rng.uniform(0.5, 2, c).astype(np.float32)
     beta = rng.standard_normal(c).astype(np.float32)
     dy2 = rng.standard_normal((m, c)).astype(np.float32)
-    y_r, xhat_r, mean_r, var_r, dx_r, dg_r, db_r = R.batchnorm_train_ref(x2, gamma, beta, 1e-3, dy2)
+    y_r, xhat_r, mean_r, var_r, dx_r, dg_r, db_r = batchnorm.batchnorm_train_ref(x2, gamma, beta, 1e-3, dy2)
     y, mean, var, mean32, inv = K.bn_forward_train(x2, gamma, beta, 1e-3)
     close(mean, mean_r, 1e-9)
     close(var, var_r, 1e-7)
@@ -279,11 +301,11 @@ def _ste_oracle_conv(layer, x, dz):
     """Forward and STE gradients of a binary QuantConv2D from the reference twins."""
     w = layer.kernel.value
     kh, kw = layer.kernel_size
-    xq, wq = R.sign_ref(x), R.sign_ref(w)
-    z = R.conv2d_ref(xq, wq, layer.strides, layer.padding, layer.pad_values)
-    dwq, dxq = R.conv_backward_ref(xq, wq, dz, layer.strides, layer._pt, layer._pl,
+    xq, wq = sign.sign_ref(x), sign.sign_ref(w)
+    z = conv.conv2d_ref(xq, wq, layer.strides, layer.padding, layer.pad_values)
+    dwq, dxq = conv.conv_backward_ref(xq, wq, dz, layer.strides, layer._pt, layer._pl,
                                    layer.pad_values)
-    return z, R.ste_gate_ref(w, dwq, 1.0), R.ste_gate_ref(x, dxq, 1.0)
+    return z, sign.ste_gate_ref(w, dwq, 1.0), sign.ste_gate_ref(x, dxq, 1.0)
 
 
 @pytest.mark.parametrize("padding,pad_values,stride", [("valid", 0.0, 1), ("same", 0.0, 1),
@@ -313,11 +335,11 @@ def test_quant_dense_fast_path_matches_ste_oracle(paths):
     x = (1.5 * rng.standard_normal((3, 77))).astype(np.float32)
     z = layer.forward(x, training=True)
     w = layer.kernel.value
-    np.testing.assert_array_equal(z, R.sign_ref(x) @ R.sign_ref(w))
+    np.testing.assert_array_equal(z, sign.sign_ref(x) @ sign.sign_ref(w))
     dz = rng.standard_normal(z.shape).astype(np.float32)
     dx = layer.backward(dz)
-    close(layer.kernel.grad, R.ste_gate_ref(w, R.sign_ref(x).T.astype(np.float64) @ dz, 1.0))
-    close(dx, R.ste_gate_ref(x, dz.astype(np.float64) @ R.sign_ref(w).T, 1.0))
+    close(layer.kernel.grad, sign.ste_gate_ref(w, sign.sign_ref(x).T.astype(np.float64) @ dz, 1.0))
+    close(dx, sign.ste_gate_ref(x, dz.astype(np.float64) @ sign.sign_ref(w).T, 1.0))
 
 
 def _finite_difference_check(layer, in_shape, rng, n=10, eps=1e-2, tol=2e-2):
@@ -367,7 +389,7 @@ def test_batchnorm_layer_matches_reference():
     dy = rng.standard_normal(x.shape).astype(np.float32)
     y = bn.forward(x, training=True)
     dx = bn.backward(dy)
-    y_r, _, mean_r, var_r, dx_r, dg_r, db_r = R.batchnorm_train_ref(
+    y_r, _, mean_r, var_r, dx_r, dg_r, db_r = batchnorm.batchnorm_train_ref(
         x.reshape(-1, 6), bn.gamma.value, bn.beta.value, bn.epsilon, dy.reshape(-1, 6))
     close(y.reshape(-1, 6), y_r)
     close(dx.reshape(-1, 6), dx_r, 2e-5)
@@ -384,7 +406,7 @@ def test_maxpool_layer_overwrites_its_gradient():
     x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
     out = layer.forward(x, training=True)
     dy = rng.standard_normal(out.shape).astype(np.float32)
-    close(layer.backward(dy), R.maxpool_backward_ref(dy, layer._arg, 2, 2, x.shape))
+    close(layer.backward(dy), pooling.maxpool_backward_ref(dy, layer._arg, 2, 2, x.shape))
 
 
 # --------------------------------------------------------------------------- caching
@@ -395,24 +417,79 @@ def test_every_cached_kernel_was_saved_to_the_cache():
     # closure cannot be cached: Numba only warns, and every process compiles it again.
     K.warm_up()
     unsaved = []
-    for name in dir(K):
-        f = getattr(K, name)
-        if not isinstance(f, nb.core.registry.CPUDispatcher) or not f.signatures:
-            continue
-        if not f.targetoptions.get("cache") or f.targetoptions.get("inline") == "always":
-            continue
-        if not os.path.exists(f._cache._cache_file._index_path):
-            unsaved.append(name)
+    modules = [importlib.import_module(f"bnnlab.core.kernels.{m.name}")
+               for m in pkgutil.iter_modules(K.__path__)]
+    assert len(modules) >= 8
+    for mod in modules:
+        for name in dir(mod):
+            f = getattr(mod, name)
+            if not isinstance(f, nb.core.registry.CPUDispatcher) or not f.signatures:
+                continue
+            if not f.targetoptions.get("cache") or f.targetoptions.get("inline") == "always":
+                continue
+            if not os.path.exists(f._cache._cache_file._index_path):
+                unsaved.append(f"{mod.__name__}.{name}")
     assert not unsaved, f"not in Numba's cache: {unsaved}"
 
 
+def _module_globals():
+    """Every plain value bound in a kernel module (not functions, classes, modules)."""
+    out = {}
+    for m in pkgutil.iter_modules(K.__path__):
+        mod = importlib.import_module(f"bnnlab.core.kernels.{m.name}")
+        for name, v in vars(mod).items():
+            if isinstance(v, (int, float, str, bool, tuple, type(None))):
+                out[f"{m.name}.{name}"] = v
+            elif isinstance(v, threads.ContentionSampler):
+                out[f"{m.name}.{name}"] = id(v)
+    return out
+
+
+def test_warm_up_changes_no_module_global(monkeypatch):
+    before = _module_globals()
+    env = dict(os.environ)
+    K.warm_up()
+    assert _module_globals() == before
+    assert dict(os.environ) == env
+
+
+def test_importing_the_kernels_tunes_nothing_until_an_entry_point_asks(tmp_path):
+    code = ("import os, json; import bnnlab.core.kernels as K; from bnnlab.core.kernels import threads; "
+            "a = (os.environ.get('GOMP_SPINCOUNT'), threads.contention is None); "
+            "done = K.tune_process(); "
+            "b = (os.environ.get('GOMP_SPINCOUNT'), threads.contention is None); "
+            "print(json.dumps([a, b, done]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "BNNLAB_KEEP_MALLOC")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after, done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert before == [None, True]
+    assert after == [threads.GOMP_SPINCOUNT, False]
+    assert done["contention_sampling"] is True
+    assert done["malloc"] is sys.platform.startswith("linux")
+
+
+class _Load:
+    def __init__(self, busy):
+        self.busy = busy
+
+    def check(self):
+        return self.busy
+
+
 def test_contention_makes_kernels_serial(monkeypatch):
-    monkeypatch.setattr(K._contention, "contended", True)
-    monkeypatch.setattr(K._contention, "_last", (float("inf"), 0.0, 0.0))  # no resampling
-    assert K._chunks(64, 1 << 30) == 1
-    monkeypatch.setattr(K._contention, "contended", False)
-    assert K._chunks(64, 1 << 30) == min(64, nb.get_num_threads())
-    assert K._chunks(64, 10) == 1  # too little work to split
+    monkeypatch.setattr(threads, "contention", _Load(True))
+    assert threads.chunks(64, 1 << 30) == 1
+    assert threads.chunks(64, 1 << 30, 2) == 2  # an explicit request wins
+    monkeypatch.setattr(threads, "contention", _Load(False))
+    assert threads.chunks(64, 1 << 30) == min(64, nb.get_num_threads())
+    assert threads.chunks(64, 10) == 1  # too little work to split
+    assert threads.chunks(64, 10, 3) == 3
+    assert threads.chunks(2, 1 << 30, 3) == 2  # never more chunks than items
+    monkeypatch.setattr(threads, "contention", None)  # not sampling: threads by size only
+    assert threads.chunks(64, 1 << 30) == min(64, nb.get_num_threads())
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux's /proc/stat")
@@ -420,7 +497,7 @@ def test_contention_sampler_reads_the_machine():
     # The machine's busy time includes this process's own: spinning here must raise it by at
     # least what we spun. (No upper bound here: a hypervisor's steal time is accounted in
     # lumps; the next test checks which columns count, on known numbers.)
-    probe = K._Contention()
+    probe = threads.ContentionSampler()
     t0, busy0, ours0 = probe._sample()
     while os.times().user + os.times().system - ours0 < 0.3:
         pass
@@ -441,10 +518,10 @@ def test_contention_is_others_cpu_time_over_the_threshold(monkeypatch):
         line = f"cpu  {b[0]} {b[1]} {b[2]} {clock['idle']} 0 {b[5]} {b[6]} {b[7]} 0 0\n"
         return io.BytesIO(line.encode())
 
-    monkeypatch.setattr(K, "open", fake_open, raising=False)
-    monkeypatch.setattr(K.time, "monotonic", lambda: clock["t"])
-    monkeypatch.setattr(K.os, "times", lambda: os.times_result((clock["ours"], 0, 0, 0, 0)))
-    probe = K._Contention()
+    monkeypatch.setattr(threads, "open", fake_open, raising=False)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads.os, "times", lambda: os.times_result((clock["ours"], 0, 0, 0, 0)))
+    probe = threads.ContentionSampler()
     probe._hz = 100
     assert probe.check() is False  # first sample: nothing to compare yet
 

@@ -23,16 +23,16 @@ CHECK = textwrap.dedent("""
     import json, sys
     import numpy as np
     from bnnlab.core import kernels as K
-    from bnnlab.core import reference as R
+    from bnnlab.core.kernels import packing, xnor
     bad = []
     for m, k, n in [(1, 1, 1), (7, 65, 17), (33, 288, 64), (129, 100, 33), (3, 2500, 20),
                     (2, 4096, 16)]:
         rng = np.random.default_rng(m + k + n)
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
-        abits = R.pack_rows_ref(a)
-        bt = np.ascontiguousarray(R.pack_rows_ref(b.T).T)
-        want = R.binary_dot_ref(a, b)
+        abits = packing.pack_rows_ref(a)
+        bt = np.ascontiguousarray(packing.pack_rows_ref(b.T).T)
+        want = xnor.binary_dot_ref(a, b)
         for parallel in (False, True):
             out = np.full((m, n), 7, np.int32)
             K.xnor_gemm(abits, bt, k, out=out, parallel=parallel)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bnnlab.core import reference as R
+from bnnlab.core.kernels import conv, xnor
 from bnnlab.core.layers import (Activation, BatchNorm, Conv2D, Dense, Flatten, MaxPool2D,
                                 QuantConv2D, QuantDense, layer_from_config)
 from bnnlab.core.model import Sequential, softmax_cross_entropy
@@ -74,7 +74,7 @@ def test_quant_dense_forward_is_packed_binary_dot_and_backward_is_ste():
     x = rng.uniform(-2, 2, (4, 70)).astype(np.float32)
     y = layer.forward(x, training=True)
     assert layer.binary
-    np.testing.assert_array_equal(y, R.binary_dot_ref(x, layer.kernel.value))
+    np.testing.assert_array_equal(y, xnor.binary_dot_ref(x, layer.kernel.value))
     dz = rng.standard_normal(y.shape).astype(np.float32)
     dx = layer.backward(dz)
     wq = np.where(layer.kernel.value >= 0, 1.0, -1.0)
@@ -96,19 +96,19 @@ def test_quant_conv_forward_and_ste_backward(padding, pad_values, stride):
     y = layer.forward(x, training=True)
     xq = np.where(x >= 0, 1.0, -1.0).astype(np.float32)
     wq = np.where(layer.kernel.value >= 0, 1.0, -1.0).astype(np.float32)
-    np.testing.assert_allclose(y, R.conv2d_ref(xq, wq, stride, padding, pad_values), atol=1e-4)
+    np.testing.assert_allclose(y, conv.conv2d_ref(xq, wq, stride, padding, pad_values), atol=1e-4)
     dz = rng.standard_normal(y.shape).astype(np.float32)
     dx = layer.backward(dz)
-    cols = R.im2col_ref(xq, 3, 3, stride, padding, pad_values).astype(np.float64)
+    cols = conv.im2col_ref(xq, 3, 3, stride, padding, pad_values).astype(np.float64)
     dw = (cols.T @ dz.reshape(-1, 6)).reshape(wq.shape)
     np.testing.assert_allclose(layer.kernel.grad, dw * (np.abs(layer.kernel.value) <= 1), rtol=1e-4, atol=1e-3)
     # d/dxq of sum(conv(xq) * dz) by finite differences of the float reference, then the gate
     gx = np.zeros_like(xq, dtype=np.float64)
-    base = np.sum(R.conv2d_ref(xq, wq, stride, padding, pad_values) * dz)
+    base = np.sum(conv.conv2d_ref(xq, wq, stride, padding, pad_values) * dz)
     for i in [(0, 0, 0, 0), (1, 3, 4, 2), (0, 6, 8, 4), (1, 0, 8, 1)]:
         xp = xq.copy()
         xp[i] += 1.0
-        gx[i] = np.sum(R.conv2d_ref(xp, wq, stride, padding, pad_values) * dz) - base
+        gx[i] = np.sum(conv.conv2d_ref(xp, wq, stride, padding, pad_values) * dz) - base
         assert dx[i] == pytest.approx(gx[i] * (abs(x[i]) <= 1), abs=1e-3)
 
 
@@ -119,7 +119,7 @@ def test_first_layer_float_input_binary_kernel():
     assert not layer.binary and layer.kernel_binary
     x = rng.random((2, 6, 6, 1)).astype(np.float32)
     wq = np.where(layer.kernel.value >= 0, 1.0, -1.0)
-    np.testing.assert_allclose(layer.forward(x, training=True), R.conv2d_ref(x, wq), atol=1e-5)
+    np.testing.assert_allclose(layer.forward(x, training=True), conv.conv2d_ref(x, wq), atol=1e-5)
     assert layer.backward(np.ones((2, 4, 4, 8), np.float32)) is None  # first layer: no dx
 
 

@@ -208,14 +208,21 @@ def test_adam_falls_back_for_arrays_it_cannot_fuse():
 def test_a_seed_gives_the_same_bits_serial_or_threaded(monkeypatch, preset):
     """The kernels run serially when the machine is busy and threaded otherwise; the
     reductions are split the same way in both, so a run does not depend on the load."""
-    from bnnlab.core import kernels as K
+    from bnnlab.core.kernels import threads
+
+    class Load:
+        def check(self):
+            return busy_now[0]
+
+    busy_now = [False]
+    monkeypatch.setattr(threads, "contention", Load())
 
     scene = load_preset(preset)
     scene.dataset, scene.limit_train, scene.limit_test = "digits", 256, 64
     data = prepare_data(scene)
 
     def run(busy):
-        monkeypatch.setattr(K._contention, "check", lambda: busy)
+        busy_now[0] = busy
         model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
         make_trainer(scene, model, data, epochs=1, telemetry=False).run()
         return model.state_dict()

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba as nb
 import numpy as np
 
-from ..core.kernels import (_gemm_offsets, _offset_tables, _padded_extent, pack_patches,
-                            pad_input, xnor_gemm_serial)
+from ..core.kernels import (gemm_offsets, offset_tables, pack_patches, pad_input,
+                            padded_extent, xnor_gemm_serial)
 from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError, read_file
 from .limits import check_runtime_cost
 
@@ -207,7 +207,7 @@ def _conv_raw_exact_f32(xp, orig, toff, w1, f_, ho, wo, ps, pst, hp, wp, chunk, 
     corr = np.zeros((0, f_), np.float32)
     for i0 in range(0, n_img, chunk):
         nc = min(chunk, n_img - i0)
-        _gemm_offsets(xp, orig[i0 * per:(i0 + nc) * per], toff, w1, 0, f_, f_, z, 0,
+        gemm_offsets(xp, orig[i0 * per:(i0 + nc) * per], toff, w1, 0, f_, f_, z, 0,
                       ic[:nc * per], False)
         for i in range(nc):
             if bits_out:
@@ -546,8 +546,8 @@ class _Prepared:
                            min(self.chunk, n), sgn, thr, bits_out, out_bits, out_acc)
             elif self.c1_pm1:
                 ho, wo = self.ho, self.wo
-                hp_in = _padded_extent(h, kh, 1, pt, ho)
-                wp_in = _padded_extent(w, kw, 1, pl, wo)
+                hp_in = padded_extent(h, kh, 1, pt, ho)
+                wp_in = padded_extent(w, kw, 1, pl, wo)
                 if pt == 0 and pl == 0 and hp_in <= h and wp_in <= w:
                     xp = np.ascontiguousarray(x.reshape(n, h, w), dtype=np.int16)
                 else:
@@ -558,9 +558,9 @@ class _Prepared:
                              self.thr, out_bits)
             elif self.exact_f32:
                 ho, wo = self.ho, self.wo
-                xp = pad_input(x, pt, pl, _padded_extent(h, kh, b.stride, pt, ho),
-                               _padded_extent(w, kw, b.stride, pl, wo), float(b.pad_value))
-                orig, toff = _offset_tables(n, xp.shape[1], xp.shape[2], c, kh, kw, ho, wo,
+                xp = pad_input(x, pt, pl, padded_extent(h, kh, b.stride, pt, ho),
+                               padded_extent(w, kw, b.stride, pl, wo), float(b.pad_value))
+                orig, toff = offset_tables(n, xp.shape[1], xp.shape[2], c, kh, kw, ho, wo,
                                             b.stride)
                 _conv_raw_exact_f32(xp.reshape(-1), orig, toff, self.w1, self.f, ho, wo,
                                     self.ps, self.pst, self.hp, self.wp, min(self.chunk, n),

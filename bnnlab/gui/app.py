@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure_stall is None and os.environ.get("BNNLAB_MEASURE_STALL"):
         args.measure_stall = float(os.environ["BNNLAB_MEASURE_STALL"])
 
+    from ..core.kernels import tune_process
+
+    tune_process()
     from PySide6.QtWidgets import QApplication
 
     from ..app.session import Session

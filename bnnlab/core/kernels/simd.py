@@ -1,0 +1,329 @@
+"""SIMD value types and the LLVM intrinsics the hot loops are written with.
+
+LLVM's loop vectorizer keeps accumulators in memory (it cannot prove the output does not
+alias the inputs), so a loop like ``c[j] += a * b[j]`` costs a load and a store per
+vector. To keep GEMM tiles and sparse row sums in registers, the kernels use two value
+types, each one AVX2 register: ``float32x8`` (eight floats) and ``uint64x4`` (four packed
+64-bit words), with a handful of intrinsics. The raw loads and stores do no bounds or
+wraparound checks: callers index only inside their arrays.
+
+How ``uxor_popadd`` counts bits is chosen once per process, from the CPU or from
+``BNNLAB_POPCOUNT`` (see :data:`POPCOUNT_MODE`).
+"""
+
+from __future__ import annotations
+
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from ..settings import popcount_setting
+
+_V8 = ir.VectorType(ir.FloatType(), 8)
+_I32 = ir.IntType(32)
+
+
+class _Float32x8(types.Type):
+    def __init__(self):
+        super().__init__(name="float32x8")
+
+
+float32x8 = _Float32x8()
+
+
+@register_model(_Float32x8)
+class _Float32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _is_f32c(ary):
+    return isinstance(ary, types.Array) and ary.dtype == types.float32 and ary.layout == "C"
+
+
+def _addr(context, builder, aryty, ary, idx, ptr_type):
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [idx]), ptr_type.as_pointer())
+
+
+@intrinsic
+def vload(typingctx, ary, idx):
+    """Eight floats ary.flat[idx:idx+8] (unaligned)."""
+    if not (_is_f32c(ary) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_addr(context, builder, sig.args[0], args[0], args[1], _V8), align=4)
+
+    return float32x8(ary, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, ary, idx, v):
+    """ary.flat[idx:idx+8] = v."""
+    if not (_is_f32c(ary) and isinstance(idx, types.Integer) and v == float32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _addr(context, builder, sig.args[0], args[0], args[1], _V8),
+                      align=4)
+        return context.get_dummy_value()
+
+    return types.void(ary, idx, v), codegen
+
+
+@intrinsic
+def ld(typingctx, ary, idx):
+    """ary.flat[idx] as float32, without Numba's negative-index wraparound select."""
+    if not (_is_f32c(ary) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_addr(context, builder, sig.args[0], args[0], args[1],
+                                  ir.FloatType()), align=4)
+
+    return types.float32(ary, idx), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """Eight copies of a float32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(_V8, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+    return float32x8(x), codegen
+
+
+@intrinsic
+def vzero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V8, [0.0] * 8)
+
+    return float32x8(), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, fused."""
+    if not (a == b == c == float32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3),
+                                            "llvm.fma.v8f32")
+        return builder.call(fn, args)
+
+    return float32x8(a, b, c), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    if not (a == b == float32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return float32x8(a, b), codegen
+
+
+# --------------------------------------------------------------------------- uint64x4
+#
+# The <4 x i64> value type of the binary GEMM: XOR four packed words at once and count
+# their bits. How the bits are counted depends on the CPU, chosen once at import:
+#
+# - "lanes" (AVX-512 VPOPCNTDQ with VL): one ``vpopcntq`` per vector, counts added as
+#   64-bit lanes.
+# - "bytes" (everything else): count bits per byte (LLVM lowers a byte-wise ctpop to a
+#   nibble table lookup, vpshufb on AVX2) and add the byte counts in registers. A byte
+#   holds at most 8 per word, so up to 31 words are summed before the bytes are folded
+#   into 64-bit lane totals.
+#
+# Both are the same LLVM vector operations with different element widths, so either
+# runs correctly on any x86-64 CPU; ``BNNLAB_POPCOUNT=bytes|lanes`` overrides the choice
+# (the tests run each). Numba's cache stores whichever was compiled first: the choice is
+# part of the cache directory's contents, so set NUMBA_CACHE_DIR when switching.
+
+_U4 = ir.VectorType(ir.IntType(64), 4)
+_B32 = ir.VectorType(ir.IntType(8), 32)
+_HOST_FEATURES = llvm_binding.get_host_cpu_features()
+_HOST_AVX2 = bool(_HOST_FEATURES.get("avx2", False))
+
+
+def _popcount_mode() -> str:
+    forced = popcount_setting()
+    if forced != "auto":
+        return forced
+    has = all(_HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
+    return "lanes" if has else "bytes"
+
+
+POPCOUNT_MODE = _popcount_mode()
+_LANES = POPCOUNT_MODE == "lanes"
+
+
+class _Uint64x4(types.Type):
+    def __init__(self):
+        super().__init__(name="uint64x4")
+
+
+uint64x4 = _Uint64x4()
+
+
+@register_model(_Uint64x4)
+class _Uint64x4Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _U4)
+
+
+def _is_u64c(ary):
+    return isinstance(ary, types.Array) and ary.dtype == types.uint64 and ary.layout == "C"
+
+
+@intrinsic
+def uload(typingctx, ary, idx):
+    """Four words ary.flat[idx:idx+4]."""
+    if not (_is_u64c(ary) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_addr(context, builder, sig.args[0], args[0], args[1], _U4), align=8)
+
+    return uint64x4(ary, idx), codegen
+
+
+@intrinsic
+def uld(typingctx, ary, idx):
+    """ary.flat[idx] as uint64, without wraparound handling."""
+    if not (_is_u64c(ary) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_addr(context, builder, sig.args[0], args[0], args[1],
+                                  ir.IntType(64)), align=8)
+
+    return types.uint64(ary, idx), codegen
+
+
+@intrinsic
+def usplat(typingctx, x):
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.insert_element(ir.Constant(_U4, ir.Undefined), args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(_U4, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, 4), [0] * 4))
+
+    return uint64x4(x), codegen
+
+
+@intrinsic
+def uzero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_U4, [0] * 4)
+
+    return uint64x4(), codegen
+
+
+@intrinsic
+def uadd(typingctx, a, b):
+    """Lane-wise 64-bit add."""
+    if not (a == b == uint64x4):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+
+    return uint64x4(a, b), codegen
+
+
+@intrinsic
+def uxor_popadd(typingctx, acc, a, b):
+    """acc + popcount(a ^ b): per byte of acc ("bytes" mode) or per 64-bit lane ("lanes")."""
+    if not (acc == a == b == uint64x4):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _LANES:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_U4, [_U4]),
+                                                "llvm.ctpop.v4i64")
+            return builder.add(args[0], builder.call(fn, [builder.xor(args[1], args[2])]))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_B32, [_B32]),
+                                            "llvm.ctpop.v32i8")
+        x = builder.bitcast(builder.xor(args[1], args[2]), _B32)
+        s = builder.add(builder.bitcast(args[0], _B32), builder.call(fn, [x]))
+        return builder.bitcast(s, _U4)
+
+    return uint64x4(acc, a, b), codegen
+
+
+@intrinsic
+def ubytesum(typingctx, v):
+    """Sum of the eight bytes of each 64-bit lane (in "lanes" mode, v itself)."""
+    if v != uint64x4:
+        return None
+
+    def codegen(context, builder, sig, args):
+        if _LANES:
+            return args[0]
+        if _HOST_AVX2:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_U4, [_B32, _B32]), "llvm.x86.avx2.psad.bw")
+            return builder.call(fn, [builder.bitcast(args[0], _B32), ir.Constant(_B32, [0] * 32)])
+
+        def splat(c):
+            return ir.Constant(_U4, [c] * 4)
+
+        x = args[0]
+        x = builder.add(builder.and_(x, splat(0x00FF00FF00FF00FF)),
+                        builder.and_(builder.lshr(x, splat(8)), splat(0x00FF00FF00FF00FF)))
+        x = builder.add(builder.and_(x, splat(0x0000FFFF0000FFFF)),
+                        builder.and_(builder.lshr(x, splat(16)), splat(0x0000FFFF0000FFFF)))
+        return builder.add(builder.and_(x, splat(0xFFFFFFFF)), builder.lshr(x, splat(32)))
+
+    return uint64x4(v), codegen
+
+@intrinsic
+def ustore_dots(typingctx, out, idx, t, k):
+    """out.flat[idx:idx+4] = k - 2*t, as out's dtype (int32 or float32)."""
+    if not (isinstance(out, types.Array) and out.layout == "C" and t == uint64x4
+            and out.dtype in (types.int32, types.float32) and isinstance(idx, types.Integer)
+            and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i4 = ir.VectorType(_I32, 4)
+        kk = builder.trunc(args[3], _I32)
+        kv = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(i4, ir.Undefined), kk, ir.Constant(_I32, 0)),
+            ir.Constant(i4, ir.Undefined), ir.Constant(i4, [0] * 4))
+        cnt = builder.trunc(args[2], i4)
+        v = builder.sub(kv, builder.shl(cnt, ir.Constant(i4, [1] * 4)))
+        if sig.args[0].dtype == types.float32:
+            v = builder.sitofp(v, ir.VectorType(ir.FloatType(), 4))
+        builder.store(v, _addr(context, builder, sig.args[0], args[0], args[1], v.type), align=4)
+        return context.get_dummy_value()
+
+    return types.void(out, idx, t, k), codegen
+
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """LLVM ``ctpop`` on a uint64 (compiles to ``popcnt``, or vector code in loops)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(fn, args)
+
+    return sig, codegen
+
