@@ -17,7 +17,6 @@ import functools
 import numba as nb
 import numpy as np
 
-from ..shapes import conv_output_size
 from . import threads as _threads
 from .float_gemm import gemm_offsets, sparse_rows
 from .jit import JIT, JIT_FLOAT, JIT_PAR
@@ -389,10 +388,19 @@ def conv_backward(x, wt, dz, stride, pad_top, pad_left, need_dx, dw, dx, pad_val
 # --------------------------------------------------------------------------- twins
 
 
+def _tf_window(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
+    # TensorFlow's rule, stated on its own so the twins do not share the layers' helper:
+    # 'same' has ceil(size / stride) outputs, the odd padding pixel after the input.
+    if padding == "valid":
+        return (size - k) // stride + 1, 0
+    out = -(-size // stride)
+    return out, max((out - 1) * stride + k - size, 0) // 2
+
+
 def _pad_nhwc(x: np.ndarray, kh: int, kw: int, stride: int, padding: str, value: float):
     n, h, w, c = x.shape
-    ho, pt = conv_output_size(h, kh, stride, padding)
-    wo, pl = conv_output_size(w, kw, stride, padding)
+    ho, pt = _tf_window(h, kh, stride, padding)
+    wo, pl = _tf_window(w, kw, stride, padding)
     need_h = (ho - 1) * stride + kh
     need_w = (wo - 1) * stride + kw
     xp = np.full((n, max(need_h, h + pt), max(need_w, w + pl), c), value, dtype=np.float32)
