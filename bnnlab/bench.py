@@ -1,12 +1,27 @@
-"""``bnnlab bench``: binary kernels against float32 BLAS, measured in the same run.
+"""``bnnlab bench``: binary kernels against float32 BLAS and against this CPU's own limits,
+measured in the same run.
+
+Before the cases, register-only probes measure the binary peak (XOR + popcount +
+accumulate, with the popcount method the kernels use here) and the float32 FMA peak, on
+one thread and on each thread count used (:mod:`bnnlab.core.kernels.roofline`). The
+same probes run again after every timed call of a case, on the case's thread count, so
+each case is compared with what the CPU offered while it ran (``roofline_alongside``,
+the medians of those probes): on a shared machine the peaks move with the load. Every
+case reports ``fraction_of_roofline``: GEMMs against the binary peak; layers,
+networks and training steps against the time their dense operation counts need at the
+two peaks (binary MACs at the binary peak, 32-bit MACs at the float peak, 2 operations
+per MAC; training adds the float products of the backward pass). Zeros skipped by a
+kernel still count as work, so skipping them shows as a higher fraction.
 
 Every figure is the median of several repeats, and every ratio compares two figures
-measured here, now, on this CPU, with the same thread count.
+measured here, now, on this CPU, with the same thread count. The load average of the
+machine is recorded before and after, since other processes disturb the timings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -48,19 +63,66 @@ def threads(n: int):
 
 
 def median_time(fn, repeats: int, min_time: float = 0.0) -> float:
+    return timed(fn, repeats, min_time)[0]
+
+
+def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = None):
+    """(median seconds of fn(), peaks) over at least ``repeats`` calls and ``min_time``.
+
+    With ``probe_threads``, each call of fn is followed by one register-only probe on
+    that many threads, and peaks is {"binary_tops", "float32_gflops"}: the medians of
+    those probes, i.e. what the CPU offered while fn was being timed. Otherwise None.
+    """
+    from .core.kernels.roofline import probe
+
     fn()  # warm caches and compile
-    times = []
+    times, probes = [], []
     t_end = time.perf_counter() + min_time
     while len(times) < repeats or time.perf_counter() < t_end:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+        if probe_threads:
+            probes.append(probe(probe_threads))
         if len(times) >= 10 * repeats:
             break
-    return float(np.median(times))
+    peaks = None
+    if probes:
+        peaks = {"binary_tops": float(np.median([p[0] for p in probes])) / 1e12,
+                 "float32_gflops": float(np.median([p[1] for p in probes])) / 1e9}
+    return float(np.median(times)), peaks
 
 
-def bench_gemm(m, k, n, repeats, nthreads=1):
+def needed_seconds(peaks, binary_macs, float_macs):
+    """Time the dense work needs at the given peaks: 2 operations per MAC."""
+    return (2.0 * binary_macs / (peaks["binary_tops"] * 1e12)
+            + 2.0 * float_macs / (peaks["float32_gflops"] * 1e9))
+
+
+def _with_fraction(row, peaks, needed_s, took_s):
+    """Adds the peaks measured alongside a case and its fraction of that roofline."""
+    if peaks is not None:
+        row["roofline_alongside"] = peaks
+        row["fraction_of_roofline"] = needed_s(peaks) / took_s
+    return row
+
+
+def model_macs(model, training=False):
+    """(binary MACs, float MACs) per image: forward as counted by the summary; training
+    adds the backward products in float32 (weight gradients of every conv/dense layer,
+    input gradients of all but the first)."""
+    from .core.summary import profile_model
+
+    layers = [lp for lp in profile_model(model).layers if lp.macs_1bit or lp.macs_32bit]
+    binary = sum(lp.macs_1bit or 0 for lp in layers)
+    flt = sum(lp.macs_32bit or 0 for lp in layers)
+    if training:
+        total = [(lp.macs_1bit or 0) + (lp.macs_32bit or 0) for lp in layers]
+        flt += sum(total) + sum(total[1:])
+    return binary, flt
+
+
+def bench_gemm(m, k, n, repeats, nthreads=1, roofline=False):
     from .core import kernels as K
 
     rng = np.random.default_rng(0)
@@ -72,12 +134,15 @@ def bench_gemm(m, k, n, repeats, nthreads=1):
     out = np.empty((m, n), np.int32)
     fout = np.empty((m, n), np.float32)
     ops = 2.0 * m * n * k
+    probe_threads = nthreads if roofline else None
     with threads(nthreads):
-        tb = median_time(lambda: K.xnor_gemm(abits, bt, k, out, parallel=nthreads > 1), repeats, 0.2)
+        tb, peaks = timed(lambda: K.xnor_gemm(abits, bt, k, out, parallel=nthreads > 1),
+                          repeats, 0.2, probe_threads)
         tf = median_time(lambda: np.matmul(a, b, out=fout), repeats, 0.2)
-    return {"case": f"gemm {m}x{k}x{n}", "threads": nthreads,
-            "binary_tops": ops / tb / 1e12, "float32_gflops": ops / tf / 1e9,
-            "binary_ms": tb * 1e3, "float32_ms": tf * 1e3, "ratio": tf / tb}
+    row = {"case": f"gemm {m}x{k}x{n}", "threads": nthreads,
+           "binary_tops": ops / tb / 1e12, "float32_gflops": ops / tf / 1e9,
+           "binary_ms": tb * 1e3, "float32_ms": tf * 1e3, "ratio": tf / tb}
+    return _with_fraction(row, peaks, lambda p: needed_seconds(p, m * n * k, 0), tb)
 
 
 def _larq_models():
@@ -94,7 +159,9 @@ def _larq_models():
     return bnn, fp
 
 
-def bench_layers(repeats, batch=256):
+def bench_layers(repeats, batch=256, roofline=False):
+    from .core.summary import profile_model
+
     bnn, fp = _larq_models()
     rng = np.random.default_rng(1)
     x = rng.random((batch, 28, 28, 1), dtype=np.float32)
@@ -106,37 +173,47 @@ def bench_layers(repeats, batch=256):
         for i, (lb, lf) in enumerate(zip(bnn.layers, fp.layers)):
             if getattr(lb, "binary", False):
                 xin = np.where(acts[i] >= 0, 1.0, -1.0).astype(np.float32)
-                tb = median_time(lambda: lb.forward(xin), repeats, 0.2)
+                tb, peaks = timed(lambda: lb.forward(xin), repeats, 0.2, 1 if roofline else None)
                 tf = median_time(lambda: lf.forward(xin), repeats, 0.2)
-                rows.append({"case": f"layer {lb.name} {tuple(lb.input_shape)}->{tuple(lb.output_shape)}",
-                             "batch": batch, "threads": 1, "binary_ms": tb * 1e3,
-                             "float32_ms": tf * 1e3, "ratio": tf / tb})
+                row = {"case": f"layer {lb.name} {tuple(lb.input_shape)}->{tuple(lb.output_shape)}",
+                       "batch": batch, "threads": 1, "binary_ms": tb * 1e3,
+                       "float32_ms": tf * 1e3, "ratio": tf / tb}
+                lp = profile_model(bnn).layers[i]
+                rows.append(_with_fraction(row, peaks, lambda p: needed_seconds(
+                    p, batch * (lp.macs_1bit or 0), batch * (lp.macs_32bit or 0)), tb))
     return rows
 
 
-def bench_inference(repeats):
+def bench_inference(repeats, roofline=False):
     bnn, fp = _larq_models()
+    macs = model_macs(bnn)
     rng = np.random.default_rng(2)
     rows = []
     for batch in (1, 256):
         x = rng.random((batch, 28, 28, 1), dtype=np.float32)
         for nt in (1, 2):
             rows.append(_throughput(f"larq-mnist-bnn inference batch {batch}", nt, batch,
-                                    lambda: bnn.forward(x), lambda: fp.forward(x), repeats))
+                                    lambda: bnn.forward(x), lambda: fp.forward(x), repeats,
+                                    roofline, macs))
     return rows
 
 
-def _throughput(case, nt, batch, binary_fn, float_fn, repeats):
+def _throughput(case, nt, batch, binary_fn, float_fn, repeats, roofline=False, macs=None):
     """Images/s and latency of a binary and a float32 pass over one batch, on nt threads."""
     with threads(nt):
-        tb = median_time(binary_fn, repeats, 0.3)
+        tb, peaks = timed(binary_fn, repeats, 0.3, nt if roofline and macs else None)
         tf = median_time(float_fn, repeats, 0.3)
-    return {"case": case, "threads": nt,
-            "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
-            "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3, "ratio": tf / tb}
+    row = {"case": case, "threads": nt,
+           "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
+           "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3, "ratio": tf / tb}
+    if peaks is not None:
+        row["roofline_images_per_s"] = batch / needed_seconds(peaks, batch * macs[0],
+                                                              batch * macs[1])
+    return _with_fraction(row, peaks, lambda p: needed_seconds(p, batch * macs[0],
+                                                               batch * macs[1]), tb)
 
 
-def bench_runtime(repeats):
+def bench_runtime(repeats, roofline=False):
     """The ``.bnn`` runtime (integer kernels, fused epilogues) against the float32 twin
     that a float framework would run: im2col + BLAS sgemm, float batch norm and sign."""
     from .deploy import to_model_file
@@ -159,11 +236,11 @@ def bench_runtime(repeats):
         for nt in (1, 2):
             rows.append(_throughput(f".bnn runtime batch {batch}", nt, batch,
                                     lambda: runtime.logits(raw, threads=nt),
-                                    lambda: twin.logits(x), repeats))
+                                    lambda: twin.logits(x), repeats, roofline, model_macs(bnn)))
     return rows
 
 
-def bench_epoch(nthreads=2, n=60000):
+def bench_epoch(nthreads=2, n=60000, roofline=False):
     """One real epoch of larq-mnist-bnn through the Trainer, with shuffling and telemetry
     as ``bnnlab train`` runs it but no validation, on random images of MNIST's shape
     (the speed does not depend on the pixels)."""
@@ -175,17 +252,31 @@ def bench_epoch(nthreads=2, n=60000):
     x = rng.random((n, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, n)
     with threads(nthreads):
+        if roofline:
+            from .core.kernels.roofline import probe
+
+            before = [probe(nthreads) for _ in range(5)]
         trainer = Trainer(bnn, x, y, optimizer=Adam(1e-3), epochs=1, batch_size=64,
                           snapshot_every=50)
         t = time.perf_counter()
         for _ in trainer:
             pass
         seconds = time.perf_counter() - t
-    return [{"case": f"larq-mnist-bnn training epoch ({n} images, batch 64, 1 run)",
-             "threads": nthreads, "epoch_s": seconds, "images_per_s": n / seconds}]
+    row = {"case": f"larq-mnist-bnn training epoch ({n} images, batch 64, 1 run)",
+           "threads": nthreads, "epoch_s": seconds, "images_per_s": n / seconds}
+    if roofline:
+        # One long run: the peaks are measured just before and after it.
+        from .core.kernels.roofline import probe
+
+        mb, mf = model_macs(bnn, training=True)
+        ps = before + [probe(nthreads) for _ in range(5)]
+        peaks = {"binary_tops": float(np.median([p[0] for p in ps])) / 1e12,
+                 "float32_gflops": float(np.median([p[1] for p in ps])) / 1e9}
+        _with_fraction(row, peaks, lambda p: needed_seconds(p, n * mb, n * mf), seconds)
+    return [row]
 
 
-def bench_training(steps):
+def bench_training(steps, roofline=False):
     from .core.model import softmax_cross_entropy
     from .core.optimizers import Adam
 
@@ -203,15 +294,33 @@ def bench_training(steps):
         opt.step(params)
 
     rows = []
+    mb, mf = model_macs(bnn, training=True)
     for nt in (1, 2):
         with threads(nt):
-            t = median_time(step, steps)
-        rows.append({"case": "larq-mnist-bnn training step, batch 64", "threads": nt,
-                     "step_ms": t * 1e3, "epoch_s_estimate": t * 938})
+            t, peaks = timed(step, steps, 0.0, nt if roofline else None)
+        row = {"case": "larq-mnist-bnn training step, batch 64", "threads": nt,
+               "step_ms": t * 1e3, "epoch_s_estimate": t * 938}
+        rows.append(_with_fraction(row, peaks, lambda p: needed_seconds(p, 64 * mb, 64 * mf), t))
     return rows
 
 
 def _fmt(row) -> str:
+    text = _fmt_times(row)
+    if "fraction_of_roofline" in row:
+        text += f"  {100 * row['fraction_of_roofline']:.0f}% of roofline"
+    return text
+
+
+def _fmt_roofline(roof) -> list[str]:
+    lines = [f"roofline ({roof['isa']}; binary: {roof['method']}):"]
+    for n, by in roof["by_threads"].items():
+        lines.append(f"  {n} thread{'s' if n != '1' else ' '}  binary {by['binary_tops']:.3f} "
+                     f"T ops/s  float32 FMA {by['float32_gflops']:.1f} GFLOP/s  "
+                     f"(ratio {1e3 * by['binary_tops'] / by['float32_gflops']:.1f}x)")
+    return lines
+
+
+def _fmt_times(row) -> str:
     case = row["case"]
     if "binary_tops" in row:
         return (f"{case:<34} {row['threads']}T  binary {row['binary_tops']:.3f} Tops/s "
@@ -231,18 +340,39 @@ def _fmt(row) -> str:
             f"{row['float32_ms']:.3f} ms  ratio {row['ratio']:.1f}x")
 
 
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def measure_roofline(thread_counts=(1, 2), seconds=0.6) -> dict:
+    """This CPU's binary and float32 peaks (see :mod:`bnnlab.core.kernels.roofline`)."""
+    import numba
+
+    from .core.kernels.roofline import measure_roofline as measure
+
+    counts = tuple(n for n in thread_counts if n <= numba.config.NUMBA_NUM_THREADS) or (1,)
+    return measure(counts, seconds)
+
+
 def run_bench(args) -> int:
     from .core.kernels import warm_up
 
     quick = bool(getattr(args, "quick", False))
     repeats = args.repeats or (5 if quick else 15)
     warm_up()
-    out = {"cpu": cpu_features(), "repeats": repeats, "results": []}
+    out = {"cpu": cpu_features(), "repeats": repeats, "load_average_before": _load()}
+    roof = measure_roofline((1, 2), 0.3 if quick else 0.8)
+    out["roofline"] = roof
+    out["results"] = []
     if not args.json:
         c = out["cpu"]
         print(f"cpu {c['cpu']} ({c['machine']}): popcnt={c['popcnt']} avx2={c['avx2']} "
               f"avx512vpopcntdq={c['avx512vpopcntdq']}; popcount: {c['popcount']}; "
-              f"medians of >= {repeats} runs")
+              f"medians of >= {repeats} runs; load average {out['load_average_before']}")
+        print("\n".join(_fmt_roofline(roof)), flush=True)
 
     def emit(rows):
         for r in rows:
@@ -253,15 +383,19 @@ def run_bench(args) -> int:
     for shape in GEMM_SHAPES:
         if quick and shape == (4096, 4096, 4096):
             continue
-        emit([bench_gemm(*shape, repeats=repeats, nthreads=1)])
+        emit([bench_gemm(*shape, repeats=repeats, nthreads=1, roofline=True)])
         if shape[0] >= 1024:
-            emit([bench_gemm(*shape, repeats=repeats, nthreads=2)])
-    emit(bench_layers(repeats))
-    emit(bench_inference(repeats))
-    emit(bench_runtime(repeats))
-    emit(bench_training(max(5, repeats)))
+            emit([bench_gemm(*shape, repeats=repeats, nthreads=2, roofline=True)])
+    emit(bench_layers(repeats, roofline=True))
+    emit(bench_inference(repeats, roofline=True))
+    emit(bench_runtime(repeats, roofline=True))
+    emit(bench_training(max(5, repeats), roofline=True))
     if not quick:
-        emit(bench_epoch())
+        emit(bench_epoch(roofline=True))
+    out["load_average_after"] = _load()
+    if not args.json:
+        print(f"load average after: {out['load_average_after']} (1, 5, 15 min; "
+              f"{os.cpu_count()} CPUs)")
     if args.json:
         print(json.dumps(out, indent=1))
     return 0

@@ -131,11 +131,21 @@ def test_python_dash_m_and_bench_quick_json():
         rt = [row for row in d["results"] if row["case"] == f".bnn runtime batch {batch}"]
         assert [row["threads"] for row in rt] == [1, 2]
         assert all(row["binary_images_per_s"] > 0 and row["ratio"] > 0 for row in rt)
+    roof = d["roofline"]
+    assert roof["binary_tops_per_thread"] > 0 and roof["float32_gflops_per_thread"] > 0
+    assert roof["method"] and roof["isa"] and set(roof["by_threads"]) == {"1", "2"}
+    for row in d["results"]:
+        assert row["fraction_of_roofline"] > 0, row["case"]
+        assert row["roofline_alongside"]["binary_tops"] > 0, row["case"]
+    # A GEMM's fraction is its rate over the binary peak measured alongside it.
+    assert gemm["fraction_of_roofline"] == pytest.approx(
+        gemm["binary_tops"] / gemm["roofline_alongside"]["binary_tops"])
 
 
 def test_bench_epoch_runs_a_whole_epoch():
     from bnnlab.bench import bench_epoch
 
-    (row,) = bench_epoch(nthreads=1, n=640)
+    (row,) = bench_epoch(nthreads=1, n=640, roofline=True)
     assert row["threads"] == 1 and row["epoch_s"] > 0
     assert row["images_per_s"] == pytest.approx(640 / row["epoch_s"])
+    assert row["fraction_of_roofline"] > 0

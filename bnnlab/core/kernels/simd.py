@@ -153,15 +153,15 @@ def vadd(typingctx, a, b):
 
 _U4 = ir.VectorType(ir.IntType(64), 4)
 _B32 = ir.VectorType(ir.IntType(8), 32)
-_HOST_FEATURES = llvm_binding.get_host_cpu_features()
-_HOST_AVX2 = bool(_HOST_FEATURES.get("avx2", False))
+HOST_FEATURES = llvm_binding.get_host_cpu_features()
+_HOST_AVX2 = bool(HOST_FEATURES.get("avx2", False))
 
 
 def _popcount_mode() -> str:
     forced = popcount_setting()
     if forced != "auto":
         return forced
-    has = all(_HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
+    has = all(HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
     return "lanes" if has else "bytes"
 
 
@@ -197,6 +197,47 @@ def uload(typingctx, ary, idx):
         return builder.load(_addr(context, builder, sig.args[0], args[0], args[1], _U4), align=8)
 
     return uint64x4(ary, idx), codegen
+
+
+@intrinsic
+def uopaque(typingctx, v):
+    """v, through an empty inline-assembly statement: no instruction, but LLVM must assume
+    the value changed, so work on it cannot be hoisted out of a loop or folded away."""
+    if v != uint64x4:
+        return None
+
+    def codegen(context, builder, sig, args):
+        asm = ir.InlineAsm(ir.FunctionType(_U4, [_U4]), "", "=x,0", side_effect=True)
+        return builder.call(asm, [args[0]])
+
+    return uint64x4(v), codegen
+
+
+@intrinsic
+def vopaque(typingctx, v):
+    """:func:`uopaque` for float32x8."""
+    if v != float32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        asm = ir.InlineAsm(ir.FunctionType(_V8, [_V8]), "", "=x,0", side_effect=True)
+        return builder.call(asm, [args[0]])
+
+    return float32x8(v), codegen
+
+
+@intrinsic
+def ustore(typingctx, ary, idx, v):
+    """ary.flat[idx:idx+4] = v."""
+    if not (_is_u64c(ary) and isinstance(idx, types.Integer) and v == uint64x4):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _addr(context, builder, sig.args[0], args[0], args[1], _U4),
+                      align=8)
+        return context.get_dummy_value()
+
+    return types.void(ary, idx, v), codegen
 
 
 @intrinsic

@@ -1,0 +1,221 @@
+"""This CPU's own limits, measured: register-only probes for the binary and float32 peaks.
+
+Each probe runs the arithmetic of a kernel's inner loop on values that never leave the
+registers, so its rate is what the execution units sustain and nothing else:
+
+- binary: XOR + population count + accumulate, with the popcount method the binary GEMM
+  uses in this process (:data:`~.simd.POPCOUNT_MODE`) on 256-bit vectors, folding byte
+  counters into lanes as often as the GEMM does. One XOR-popcount of a 64-bit word counts as 128 binary
+  operations (the usual convention: an XNOR and an add per bit).
+- float32: fused multiply-adds on eight-float vectors, twelve independent chains (more
+  than latency x throughput of any current x86 core), 16 FLOPs per vector FMA.
+
+The operands pass through an empty inline-assembly statement every iteration (no
+instruction, but LLVM must assume they changed), so it cannot hoist the work out of the
+loop or fold it into a closed form; the tests look at the compiled loop to make sure of
+that. The probes release the GIL, so running one
+per Python thread measures the peak of several cores together.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numba as nb
+import numpy as np
+
+from .jit import JIT, JIT_FLOAT
+from .simd import (HOST_FEATURES, POPCOUNT_MODE, uadd, ubytesum, usplat, ustore, uxor_popadd,
+                   uopaque, uzero, vadd, vfma, vopaque, vsplat, vstore)
+
+__all__ = ["binary_probe", "float_probe", "probe", "measure_roofline", "popcount_method", "isa",
+           "binary_probe_ref", "float_probe_ref"]
+
+# Binary operations per 64-bit word XOR-popcounted (an XNOR and an add per bit).
+OPS_PER_WORD = 128
+# Words per binary_probe iteration: 6 accumulators x 4 words, 31 times.
+_WORDS_PER_ITER = 6 * 4 * 31
+# FLOPs per float_probe iteration: 12 vector FMAs of 8 lanes, 2 FLOPs each.
+_FLOPS_PER_ITER = 12 * 8 * 2
+
+
+@nb.njit(**JIT)
+def binary_probe(iters, a, b, c, d):
+    """``iters`` rounds of 31 XOR-popcount-accumulates on six accumulators (every pair of
+    four operands), then a fold of the byte counters into lanes, as the GEMM does every
+    31 words; returns a checksum. Six accumulators, four operands, the two constants of
+    the byte count and its temporaries fill the sixteen AVX2 registers without a spill."""
+    va = usplat(a)
+    vb = usplat(b)
+    vc = usplat(c)
+    vd = usplat(d)
+    t0 = uzero()
+    t1 = uzero()
+    t2 = uzero()
+    t3 = uzero()
+    t4 = uzero()
+    t5 = uzero()
+    for _ in range(iters):
+        c0 = uzero()
+        c1 = uzero()
+        c2 = uzero()
+        c3 = uzero()
+        c4 = uzero()
+        c5 = uzero()
+        for _w in range(31):
+            va = uopaque(va)
+            vb = uopaque(vb)
+            vc = uopaque(vc)
+            vd = uopaque(vd)
+            c0 = uxor_popadd(c0, va, vb)
+            c1 = uxor_popadd(c1, va, vc)
+            c2 = uxor_popadd(c2, va, vd)
+            c3 = uxor_popadd(c3, vb, vc)
+            c4 = uxor_popadd(c4, vb, vd)
+            c5 = uxor_popadd(c5, vc, vd)
+        t0 = uadd(t0, ubytesum(c0))
+        t1 = uadd(t1, ubytesum(c1))
+        t2 = uadd(t2, ubytesum(c2))
+        t3 = uadd(t3, ubytesum(c3))
+        t4 = uadd(t4, ubytesum(c4))
+        t5 = uadd(t5, ubytesum(c5))
+    out = np.empty(4, np.uint64)
+    ustore(out, 0, uadd(uadd(uadd(t0, t1), uadd(t2, t3)), uadd(t4, t5)))
+    return out.sum()
+
+
+@nb.njit(**JIT_FLOAT)
+def float_probe(iters, x, m, c):
+    """``iters`` rounds of twelve independent vector FMAs ``acc = acc * m + c``; returns a
+    checksum. With 0 < m < 1 the values stay normal (no denormal slow path)."""
+    vm = vsplat(m)
+    vc = vsplat(c)
+    a0 = vsplat(x)
+    a1 = vsplat(x + np.float32(1))
+    a2 = vsplat(x + np.float32(2))
+    a3 = vsplat(x + np.float32(3))
+    a4 = vsplat(x + np.float32(4))
+    a5 = vsplat(x + np.float32(5))
+    a6 = vsplat(x + np.float32(6))
+    a7 = vsplat(x + np.float32(7))
+    a8 = vsplat(x + np.float32(8))
+    a9 = vsplat(x + np.float32(9))
+    a10 = vsplat(x + np.float32(10))
+    a11 = vsplat(x + np.float32(11))
+    for _ in range(iters):
+        vm = vopaque(vm)
+        a0 = vfma(a0, vm, vc)
+        a1 = vfma(a1, vm, vc)
+        a2 = vfma(a2, vm, vc)
+        a3 = vfma(a3, vm, vc)
+        a4 = vfma(a4, vm, vc)
+        a5 = vfma(a5, vm, vc)
+        a6 = vfma(a6, vm, vc)
+        a7 = vfma(a7, vm, vc)
+        a8 = vfma(a8, vm, vc)
+        a9 = vfma(a9, vm, vc)
+        a10 = vfma(a10, vm, vc)
+        a11 = vfma(a11, vm, vc)
+    out = np.empty(8, np.float32)
+    s = vadd(vadd(vadd(a0, a1), vadd(a2, a3)), vadd(vadd(a4, a5), vadd(a6, a7)))
+    vstore(out, 0, vadd(s, vadd(vadd(a8, a9), vadd(a10, a11))))
+    return out.sum()
+
+
+def popcount_method() -> str:
+    """How the binary kernels count bits in this process, in words."""
+    return {"lanes": "XOR + vpopcntq per 64-bit lane + add (AVX-512 VPOPCNTDQ)",
+            "bytes": "XOR + per-byte nibble-table counts (vpshufb) + byte adds, "
+                     "folded to lanes with vpsadbw every 31 words"}[POPCOUNT_MODE]
+
+
+def isa() -> str:
+    """The widest vector ISA LLVM compiles for on this CPU."""
+    f = HOST_FEATURES
+    if f.get("avx512f"):
+        extra = "+VPOPCNTDQ" if f.get("avx512vpopcntdq") else ""
+        return f"AVX-512{extra} (kernels use 256-bit vectors)"
+    if f.get("avx2"):
+        return "AVX2+FMA" if f.get("fma") else "AVX2"
+    return "SSE (no AVX2)"
+
+
+_BIN_ITERS = 1000  # about 2.5 ms per call on a 3 GHz AVX2 core
+_FLT_ITERS = 200_000  # about 2.5 ms
+
+
+def _run_binary():
+    binary_probe(_BIN_ITERS, np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03),
+                 np.uint64(0x8CB92BA72F3D8DD7), np.uint64(0x5851F42D4C957F2D))
+
+
+def _run_float():
+    float_probe(_FLT_ITERS, np.float32(1.0), np.float32(0.999), np.float32(0.001))
+
+
+def _timed(run, threads):
+    """Seconds for ``threads`` concurrent calls of ``run`` (one per Python thread)."""
+    if threads == 1:
+        t = time.perf_counter()
+        run()
+        return time.perf_counter() - t
+    ws = [threading.Thread(target=run) for _ in range(threads)]
+    t = time.perf_counter()
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join()
+    return time.perf_counter() - t
+
+
+def probe(threads: int = 1) -> tuple[float, float]:
+    """One measurement, now: (binary ops/s, float32 FLOP/s) of ``threads`` threads together."""
+    tb = _timed(_run_binary, threads)
+    tf = _timed(_run_float, threads)
+    words = _BIN_ITERS * _WORDS_PER_ITER * threads
+    return words * OPS_PER_WORD / tb, _FLT_ITERS * _FLOPS_PER_ITER * threads / tf
+
+
+def measure_roofline(thread_counts=(1, 2), seconds: float = 0.6) -> dict:
+    """Binary and float32 peaks of this CPU, per thread and for each thread count.
+
+    Returns ``binary_tops_per_thread`` (T binary ops/s), ``float32_gflops_per_thread``,
+    ``method``, ``isa``, ``popcount_mode`` and ``by_threads``: {n: {binary_tops,
+    float32_gflops}} for n threads together. Each figure is the median of probes of
+    some 2.5 ms, taken for about ``seconds`` per thread count.
+    """
+    probe(1)  # compile or load from the cache
+    by = {}
+    for n in thread_counts:
+        rates = []
+        t_end = time.perf_counter() + seconds
+        while len(rates) < 5 or (time.perf_counter() < t_end and len(rates) < 200):
+            rates.append(probe(n))
+        by[str(n)] = {"binary_tops": float(np.median([r[0] for r in rates])) / 1e12,
+                      "float32_gflops": float(np.median([r[1] for r in rates])) / 1e9}
+    one = by.get("1") or next(iter(by.values()))
+    return {"binary_tops_per_thread": one["binary_tops"],
+            "float32_gflops_per_thread": one["float32_gflops"],
+            "method": popcount_method(), "popcount_mode": POPCOUNT_MODE, "isa": isa(),
+            "by_threads": by}
+
+
+# --------------------------------------------------------------------------- twins
+
+
+def binary_probe_ref(iters, a, b, c, d):
+    """What :func:`binary_probe` returns: each of the six pairs XOR-popcounted 31 times per
+    round in each of the four lanes."""
+    words = [int(a), int(b), int(c), int(d)]
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    per_round = sum(bin(words[i] ^ words[j]).count("1") for i, j in pairs)
+    return 4 * 31 * int(iters) * per_round
+
+
+def float_probe_ref(iters, x, m, c):
+    """What :func:`float_probe` returns, in float64 (the probe rounds in float32)."""
+    acc = np.float64(x) + np.arange(12, dtype=np.float64)
+    for _ in range(int(iters)):
+        acc = acc * np.float64(m) + np.float64(c)
+    return float(8 * acc.sum())
