@@ -85,11 +85,15 @@ def test_pack_patches_parallel_matches_im2col(case, pad_bit, paths):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (2, 64, 16), (7, 65, 17), (33, 288, 64), (64, 576, 10),
-                                   (129, 100, 33), (5, 2000, 16), (3, 2500, 20)])
+                                   (129, 100, 33), (5, 2000, 16), (3, 2500, 20),
+                                   (515, 70, 19), (5, 8257, 33), (1, 16447, 16)])
 @pytest.mark.parametrize("dtype", [np.int32, np.float32])
 @pytest.mark.parametrize("parallel", [False, True])
 def test_xnor_gemm_simd_matches_integer_dot(m, k, n, dtype, parallel):
-    # k = 2000 and 2500 pass 31 words, where the byte counters are folded mid-row.
+    # k = 2000 and 2500 pass 31 words, where the byte counters are folded mid-row; k =
+    # 8257 and 16447 pass one and two blocks of K (xnor.KB_WORDS words); m = 515 passes
+    # two blocks of rows (xnor.MB_ROWS) and ends on an odd row.
+    assert 8257 > 64 * xnor.KB_WORDS and 515 > 2 * xnor.MB_ROWS
     rng = np.random.default_rng(m + k + n)
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)

@@ -26,7 +26,7 @@ CHECK = textwrap.dedent("""
     from bnnlab.core.kernels import packing, xnor
     bad = []
     for m, k, n in [(1, 1, 1), (7, 65, 17), (33, 288, 64), (129, 100, 33), (3, 2500, 20),
-                    (2, 4096, 16)]:
+                    (2, 4096, 16), (1, 8257, 17), (515, 130, 20)]:
         rng = np.random.default_rng(m + k + n)
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)

@@ -356,6 +356,28 @@ def ustore_dots(typingctx, out, idx, t, k):
     return types.void(out, idx, t, k), codegen
 
 
+@intrinsic
+def usub_dots(typingctx, out, idx, t):
+    """out.flat[idx:idx+4] -= 2*t, in out's dtype (int32 or float32): a later block of K."""
+    if not (isinstance(out, types.Array) and out.layout == "C" and t == uint64x4
+            and out.dtype in (types.int32, types.float32) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i4 = ir.VectorType(_I32, 4)
+        two_t = builder.shl(builder.trunc(args[2], i4), ir.Constant(i4, [1] * 4))
+        if sig.args[0].dtype == types.float32:
+            two_t = builder.sitofp(two_t, ir.VectorType(ir.FloatType(), 4))
+        ptr = _addr(context, builder, sig.args[0], args[0], args[1], two_t.type)
+        old = builder.load(ptr, align=4)
+        new = (builder.fsub(old, two_t) if sig.args[0].dtype == types.float32
+               else builder.sub(old, two_t))
+        builder.store(new, ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.void(out, idx, t), codegen
+
+
 
 @intrinsic
 def popcount64(typingctx, x):

@@ -13,16 +13,17 @@ import numpy as np
 
 from . import threads as _threads
 from .jit import JIT, JIT_INLINE
-from .simd import (popcount64, uadd, ubytesum, uld, uload, usplat, ustore_dots, uxor_popadd,
-                   uzero)
+from .simd import (popcount64, uadd, ubytesum, uld, uload, usplat, ustore_dots, usub_dots,
+                   uxor_popadd, uzero)
 
 __all__ = ["xnor_gemm", "xnor_gemm_serial", "xnor_gemm_parallel", "xnor_gemm_ref",
            "binary_dot_ref"]
 
 
 @nb.njit(**JIT_INLINE)
-def _xnor_tile2x16(a, i0, i1, bt, j0, n, nw):
-    # Bit counts of rows i0, i1 of a against columns j0..j0+15 of bt, as 8 lane vectors.
+def _xnor_tile2x16(a, i0, i1, bt, j0, n, nw, wa, wb):
+    # Bit counts of rows i0, i1 of a against 16 columns of B over words [wa, wb), as 8
+    # lane vectors; word w of those columns is bt.flat[j0 + w * n : ... + 16].
     t00 = uzero()
     t01 = uzero()
     t02 = uzero()
@@ -31,7 +32,7 @@ def _xnor_tile2x16(a, i0, i1, bt, j0, n, nw):
     t11 = uzero()
     t12 = uzero()
     t13 = uzero()
-    for w0 in range(0, nw, 31):
+    for w0 in range(wa, wb, 31):
         c00 = uzero()
         c01 = uzero()
         c02 = uzero()
@@ -40,7 +41,7 @@ def _xnor_tile2x16(a, i0, i1, bt, j0, n, nw):
         c11 = uzero()
         c12 = uzero()
         c13 = uzero()
-        for w in range(w0, min(nw, w0 + 31)):
+        for w in range(w0, min(wb, w0 + 31)):
             p = w * n + j0
             b0 = uload(bt, p)
             b1 = uload(bt, p + 4)
@@ -68,38 +69,74 @@ def _xnor_tile2x16(a, i0, i1, bt, j0, n, nw):
 
 
 @nb.njit(**JIT_INLINE)
-def _put_dots(out, at, k, t0, t1, t2, t3):
-    ustore_dots(out, at, t0, k)
-    ustore_dots(out, at + 4, t1, k)
-    ustore_dots(out, at + 8, t2, k)
-    ustore_dots(out, at + 12, t3, k)
+def _put_dots(out, at, k, first, t0, t1, t2, t3):
+    if first:
+        ustore_dots(out, at, t0, k)
+        ustore_dots(out, at + 4, t1, k)
+        ustore_dots(out, at + 8, t2, k)
+        ustore_dots(out, at + 12, t3, k)
+    else:
+        usub_dots(out, at, t0)
+        usub_dots(out, at + 4, t1)
+        usub_dots(out, at + 8, t2)
+        usub_dots(out, at + 12, t3)
+
+
+# Cache blocking. A 2x16 tile reads a sliver of B of (words x 16 columns); with at most
+# KB_WORDS words that is 16 KiB, so it stays in L1 while the tile loop walks down a block
+# of MB_ROWS rows of A, whose (rows x KB_WORDS) words (256 KiB at most) stay in L2 while
+# the column loop passes over all of B. K longer than KB_WORDS words (8192 bits) is cut
+# into blocks: the first stores K - 2*count, the later ones subtract their 2*count.
+KB_WORDS = 128
+MB_ROWS = 256
+PANEL_MIN_BYTES = 16 << 10
 
 
 @nb.njit(**JIT)
-def _xnor_gemm_simd_rows(a, bt, k, out, r0, r1):
+def _xnor_gemm_rows(a, bt, k, out, r0, r1):
     nw = bt.shape[0]
     n = bt.shape[1]
     n16 = n - n % 16
     a1 = a.reshape(-1)
     b1 = bt.reshape(-1)
     o1 = out.reshape(-1)
-    for i in range(r0, r1, 2):
-        i1 = min(i + 1, r1 - 1)  # an odd last row is computed twice, stored once
+    # Panels: when the 16-column slivers of B are far apart in memory (rows of B longer
+    # than the L1 can hold for a whole sliver), each sliver's words are copied next to
+    # each other once, so a tile reads one contiguous run instead of lines a whole row
+    # of B apart (which fall into a few cache sets and evict each other).
+    panel = nw * n16 * 8 > PANEL_MIN_BYTES and r1 - r0 >= 16
+    if panel:
+        bp = np.empty(n16 * nw, np.uint64)
         for j0 in range(0, n16, 16):
-            t00, t01, t02, t03, t10, t11, t12, t13 = _xnor_tile2x16(a1, i, i1, b1, j0, n, nw)
-            _put_dots(o1, i * n + j0, k, t00, t01, t02, t03)
-            if i1 != i:
-                _put_dots(o1, i1 * n + j0, k, t10, t11, t12, t13)
-        for j in range(n16, n):
-            acc = 0
             for w in range(nw):
-                acc += popcount64(a[i, w] ^ bt[w, j])
-            out[i, j] = k - 2 * acc
-            if i1 != i:
-                acc = 0
-                for w in range(nw):
-                    acc += popcount64(a[i1, w] ^ bt[w, j])
-                out[i1, j] = k - 2 * acc
+                for q in range(16):
+                    bp[j0 * nw + w * 16 + q] = b1[w * n + j0 + q]
+    else:
+        bp = b1
+    for wa in range(0, max(nw, 1), KB_WORDS):
+        wb = min(nw, wa + KB_WORDS)
+        first = wa == 0
+        for i0 in range(r0, r1, MB_ROWS):
+            i1 = min(r1, i0 + MB_ROWS)
+            for j0 in range(0, n16, 16):
+                base = j0 * nw if panel else j0
+                stride = 16 if panel else n
+                for i in range(i0, i1, 2):
+                    ii = min(i + 1, i1 - 1)  # an odd last row is computed twice, stored once
+                    t00, t01, t02, t03, t10, t11, t12, t13 = _xnor_tile2x16(
+                        a1, i, ii, bp, base, stride, nw, wa, wb)
+                    _put_dots(o1, i * n + j0, k, first, t00, t01, t02, t03)
+                    if ii != i:
+                        _put_dots(o1, ii * n + j0, k, first, t10, t11, t12, t13)
+            for i in range(i0, i1):
+                for j in range(n16, n):
+                    acc = 0
+                    for w in range(wa, wb):
+                        acc += popcount64(a[i, w] ^ bt[w, j])
+                    if first:
+                        out[i, j] = k - 2 * acc
+                    else:
+                        out[i, j] -= 2 * acc
 
 
 @nb.njit(**JIT)
@@ -110,24 +147,30 @@ def xnor_gemm_serial(a, bt, k, out):
     (word-major) so that four output columns share one vector load; out: (M, N) int32
     (or float32, to feed float layers without a conversion pass).
     """
-    _xnor_gemm_simd_rows(a, bt, k, out, 0, a.shape[0])
+    _xnor_gemm_rows(a, bt, k, out, 0, a.shape[0])
     return out
 
 
 @nb.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
-def xnor_gemm_parallel(a, bt, k, out):
-    """Same as :func:`xnor_gemm_serial`, rows split in equal blocks over threads."""
-    # Fixed blocks of rows: asking Numba for the thread count inside a cached parallel
-    # function would make it uncacheable (the call goes through a ctypes pointer).
+def xnor_gemm_parallel(a, bt, k, out, nch):
+    """Same as :func:`xnor_gemm_serial`, rows split in ``nch`` near-equal even blocks."""
+    # The chunk count comes from the caller: asking Numba for the thread count inside a
+    # cached parallel function would make it uncacheable (a ctypes pointer).
     m = a.shape[0]
-    for b in nb.prange((m + 63) // 64):
-        _xnor_gemm_simd_rows(a, bt, k, out, b * 64, min(m, b * 64 + 64))
+    per = (m + nch - 1) // nch
+    per += per % 2
+    for c in nb.prange(nch):
+        _xnor_gemm_rows(a, bt, k, out, min(m, c * per), min(m, c * per + per))
     return out
 
 
 def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = None,
-              parallel: bool | None = None) -> np.ndarray:
-    """Binary GEMM on packed operands; see :func:`xnor_gemm_serial` for shapes."""
+              parallel: bool | None = None, threads: int | None = None) -> np.ndarray:
+    """Binary GEMM on packed operands; see :func:`xnor_gemm_serial` for shapes.
+
+    ``parallel`` None: threads when there are enough rows and the machine is not busy;
+    True splits the rows over ``threads`` chunks (default: Numba's thread count).
+    """
     if a.shape[1] != bt.shape[0]:
         raise ValueError(f"packed widths differ: A has {a.shape[1]} words, B has {bt.shape[0]}")
     if out is None:
@@ -140,7 +183,8 @@ def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = No
         parallel = (a.shape[0] >= _threads.PARALLEL_MIN_ROWS and nb.get_num_threads() > 1
                     and not _threads.contended())
     if parallel:
-        return xnor_gemm_parallel(a, bt, np.int64(k), out)
+        nch = max(1, int(threads or nb.get_num_threads()))
+        return xnor_gemm_parallel(a, bt, np.int64(k), out, np.int64(nch))
     return xnor_gemm_serial(a, bt, np.int64(k), out)
 
 
