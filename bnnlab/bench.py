@@ -6,7 +6,10 @@ accumulate, with the popcount method the kernels use here) and the float32 FMA p
 one thread and on each thread count used (:mod:`bnnlab.core.kernels.roofline`). The
 same probes run again after every timed call of a case, on the case's thread count, so
 each case is compared with what the CPU offered while it ran (``roofline_alongside``,
-the medians of those probes): on a shared machine the peaks move with the load. Every
+the medians of those probes): on a shared machine the peaks move with the load. The
+same comparison in CPU seconds of this process (``fraction_of_roofline_cpu``) is what
+the kernels achieve while they hold a core, however often other processes take it away
+(parallel regions also count their workers' waiting as CPU time). Every
 case reports ``fraction_of_roofline``: GEMMs against the binary peak; layers,
 networks and training steps against the time their dense operation counts need at the
 two peaks (binary MACs at the binary peak, 32-bit MACs at the float peak, 2 operations
@@ -71,26 +74,36 @@ def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = N
 
     With ``probe_threads``, each call of fn is followed by one register-only probe on
     that many threads, and peaks is {"binary_tops", "float32_gflops"}: the medians of
-    those probes, i.e. what the CPU offered while fn was being timed. Otherwise None.
+    those probes, i.e. what the CPU offered while fn was being timed, plus "cpu": the
+    same three figures (fn's median and both peaks) in CPU seconds of this process, which
+    other processes on a shared machine disturb much less. Otherwise peaks is None.
     """
     from .core.kernels.roofline import probe
 
     fn()  # warm caches and compile
-    times, probes = [], []
+    times, cpu, probes, cpu_probes = [], [], [], []
     t_end = time.perf_counter() + min_time
     while len(times) < repeats or time.perf_counter() < t_end:
+        c = time.process_time()
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         if probe_threads:
             probes.append(probe(probe_threads))
+            cpu_probes.append(probe(probe_threads, cpu_time=True))
         if len(times) >= 10 * repeats:
             break
     peaks = None
     if probes:
-        peaks = {"binary_tops": float(np.median([p[0] for p in probes])) / 1e12,
-                 "float32_gflops": float(np.median([p[1] for p in probes])) / 1e9}
+        peaks = _medians(probes)
+        peaks["cpu"] = dict(_medians(cpu_probes), seconds=float(np.median(cpu)))
     return float(np.median(times)), peaks
+
+
+def _medians(probes):
+    return {"binary_tops": float(np.median([p[0] for p in probes])) / 1e12,
+            "float32_gflops": float(np.median([p[1] for p in probes])) / 1e9}
 
 
 def needed_seconds(peaks, binary_macs, float_macs):
@@ -100,10 +113,13 @@ def needed_seconds(peaks, binary_macs, float_macs):
 
 
 def _with_fraction(row, peaks, needed_s, took_s):
-    """Adds the peaks measured alongside a case and its fraction of that roofline."""
+    """Adds the peaks measured alongside a case and its fraction of that roofline, in
+    wall time and (when measured) in CPU time."""
     if peaks is not None:
-        row["roofline_alongside"] = peaks
+        row["roofline_alongside"] = {k: v for k, v in peaks.items() if k != "cpu"}
         row["fraction_of_roofline"] = needed_s(peaks) / took_s
+        if "cpu" in peaks:
+            row["fraction_of_roofline_cpu"] = needed_s(peaks["cpu"]) / peaks["cpu"]["seconds"]
     return row
 
 
@@ -256,12 +272,15 @@ def bench_epoch(nthreads=2, n=60000, roofline=False):
             from .core.kernels.roofline import probe
 
             before = [probe(nthreads) for _ in range(5)]
+            before_cpu = [probe(nthreads, cpu_time=True) for _ in range(5)]
+        c = time.process_time()
         trainer = Trainer(bnn, x, y, optimizer=Adam(1e-3), epochs=1, batch_size=64,
                           snapshot_every=50)
         t = time.perf_counter()
         for _ in trainer:
             pass
         seconds = time.perf_counter() - t
+        cpu_s = time.process_time() - c
     row = {"case": f"larq-mnist-bnn training epoch ({n} images, batch 64, 1 run)",
            "threads": nthreads, "epoch_s": seconds, "images_per_s": n / seconds}
     if roofline:
@@ -269,9 +288,9 @@ def bench_epoch(nthreads=2, n=60000, roofline=False):
         from .core.kernels.roofline import probe
 
         mb, mf = model_macs(bnn, training=True)
-        ps = before + [probe(nthreads) for _ in range(5)]
-        peaks = {"binary_tops": float(np.median([p[0] for p in ps])) / 1e12,
-                 "float32_gflops": float(np.median([p[1] for p in ps])) / 1e9}
+        peaks = _medians(before + [probe(nthreads) for _ in range(5)])
+        peaks["cpu"] = dict(_medians(before_cpu + [probe(nthreads, cpu_time=True)
+                                                   for _ in range(5)]), seconds=cpu_s)
         _with_fraction(row, peaks, lambda p: needed_seconds(p, n * mb, n * mf), seconds)
     return [row]
 
@@ -308,6 +327,8 @@ def _fmt(row) -> str:
     text = _fmt_times(row)
     if "fraction_of_roofline" in row:
         text += f"  {100 * row['fraction_of_roofline']:.0f}% of roofline"
+        if "fraction_of_roofline_cpu" in row:
+            text += f" ({100 * row['fraction_of_roofline_cpu']:.0f}% in CPU time)"
     return text
 
 

@@ -155,26 +155,33 @@ def _run_float():
 
 
 def _timed(run, threads):
-    """Seconds for ``threads`` concurrent calls of ``run`` (one per Python thread)."""
-    if threads == 1:
-        t = time.perf_counter()
-        run()
-        return time.perf_counter() - t
-    ws = [threading.Thread(target=run) for _ in range(threads)]
+    """(wall seconds, CPU seconds of this process) for ``threads`` concurrent calls of
+    ``run``, one per Python thread."""
+    c = time.process_time()
     t = time.perf_counter()
-    for w in ws:
-        w.start()
-    for w in ws:
-        w.join()
-    return time.perf_counter() - t
+    if threads == 1:
+        run()
+    else:
+        ws = [threading.Thread(target=run) for _ in range(threads)]
+        for w in ws:
+            w.start()
+        for w in ws:
+            w.join()
+    return time.perf_counter() - t, time.process_time() - c
 
 
-def probe(threads: int = 1) -> tuple[float, float]:
-    """One measurement, now: (binary ops/s, float32 FLOP/s) of ``threads`` threads together."""
-    tb = _timed(_run_binary, threads)
-    tf = _timed(_run_float, threads)
+def probe(threads: int = 1, cpu_time: bool = False) -> tuple[float, float]:
+    """One measurement, now: (binary ops/s, float32 FLOP/s) of ``threads`` threads together.
+
+    With ``cpu_time``, per second of CPU time this process got instead of per second of
+    wall time: on a machine shared with other processes that is what a core sustains
+    while it runs this work, however often it was taken away.
+    """
+    k = 1 if cpu_time else 0
+    tb = _timed(_run_binary, threads)[k]
+    tf = _timed(_run_float, threads)[k]
     words = _BIN_ITERS * _WORDS_PER_ITER * threads
-    return words * OPS_PER_WORD / tb, _FLT_ITERS * _FLOPS_PER_ITER * threads / tf
+    return words * OPS_PER_WORD / max(tb, 1e-9), _FLT_ITERS * _FLOPS_PER_ITER * threads / max(tf, 1e-9)
 
 
 def measure_roofline(thread_counts=(1, 2), seconds: float = 0.6) -> dict:
