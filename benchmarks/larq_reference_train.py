@@ -40,6 +40,34 @@ def find(folder: Path, name: str) -> Path:
     raise SystemExit(f"error: {name}(.gz) not found in {folder}")
 
 
+def build_model(seed: int = 0):
+    """The tutorial network in Larq (Keras defaults), not yet compiled."""
+    import larq as lq
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                  kernel_constraint="weight_clip", use_bias=False)
+    return tf.keras.models.Sequential([
+        lq.layers.QuantConv2D(32, (3, 3), kernel_quantizer="ste_sign",
+                              kernel_constraint="weight_clip", use_bias=False,
+                              input_shape=(28, 28, 1)),
+        tf.keras.layers.MaxPooling2D((2, 2)),
+        tf.keras.layers.BatchNormalization(scale=False),
+        lq.layers.QuantConv2D(64, (3, 3), **binary),
+        tf.keras.layers.MaxPooling2D((2, 2)),
+        tf.keras.layers.BatchNormalization(scale=False),
+        lq.layers.QuantConv2D(64, (3, 3), **binary),
+        tf.keras.layers.BatchNormalization(scale=False),
+        tf.keras.layers.Flatten(),
+        lq.layers.QuantDense(64, **binary),
+        tf.keras.layers.BatchNormalization(scale=False),
+        lq.layers.QuantDense(10, **binary),
+        tf.keras.layers.BatchNormalization(scale=False),
+        tf.keras.layers.Activation("softmax"),
+    ])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="mnist",
@@ -63,27 +91,7 @@ def main() -> int:
     x_test = read_idx(find(folder, "t10k-images-idx3-ubyte")).reshape(-1, 28, 28, 1) / 255.0
     y_test = read_idx(find(folder, "t10k-labels-idx1-ubyte"))
 
-    tf.keras.utils.set_random_seed(args.seed)
-    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                  kernel_constraint="weight_clip", use_bias=False)
-    model = tf.keras.models.Sequential([
-        lq.layers.QuantConv2D(32, (3, 3), kernel_quantizer="ste_sign",
-                              kernel_constraint="weight_clip", use_bias=False,
-                              input_shape=(28, 28, 1)),
-        tf.keras.layers.MaxPooling2D((2, 2)),
-        tf.keras.layers.BatchNormalization(scale=False),
-        lq.layers.QuantConv2D(64, (3, 3), **binary),
-        tf.keras.layers.MaxPooling2D((2, 2)),
-        tf.keras.layers.BatchNormalization(scale=False),
-        lq.layers.QuantConv2D(64, (3, 3), **binary),
-        tf.keras.layers.BatchNormalization(scale=False),
-        tf.keras.layers.Flatten(),
-        lq.layers.QuantDense(64, **binary),
-        tf.keras.layers.BatchNormalization(scale=False),
-        lq.layers.QuantDense(10, **binary),
-        tf.keras.layers.BatchNormalization(scale=False),
-        tf.keras.layers.Activation("softmax"),
-    ])
+    model = build_model(args.seed)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     class EpochLines(tf.keras.callbacks.Callback):
