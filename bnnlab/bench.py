@@ -9,7 +9,8 @@ each case is compared with what the CPU offered while it ran (``roofline_alongsi
 the medians of those probes): on a shared machine the peaks move with the load. The
 same comparison in CPU seconds of this process (``fraction_of_roofline_cpu``) is what
 the kernels achieve while they hold a core, however often other processes take it away
-(parallel regions also count their workers' waiting as CPU time). Every
+(measured on one thread only: the waiting of idle parallel workers counts as CPU
+time). Every
 case reports ``fraction_of_roofline``: GEMMs against the binary peak; layers,
 networks and training steps against the time their dense operation counts need at the
 two peaks (binary MACs at the binary peak, 32-bit MACs at the float peak, 2 operations
@@ -76,7 +77,8 @@ def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = N
     that many threads, and peaks is {"binary_tops", "float32_gflops"}: the medians of
     those probes, i.e. what the CPU offered while fn was being timed, plus "cpu": the
     same three figures (fn's median and both peaks) in CPU seconds of this process, which
-    other processes on a shared machine disturb much less. Otherwise peaks is None.
+    other processes on a shared machine disturb much less; only on one thread, since
+    idle OpenMP workers spin and would count as CPU time. Otherwise peaks is None.
     """
     from .core.kernels.roofline import probe
 
@@ -91,13 +93,15 @@ def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = N
         cpu.append(time.process_time() - c)
         if probe_threads:
             probes.append(probe(probe_threads))
-            cpu_probes.append(probe(probe_threads, cpu_time=True))
+            if probe_threads == 1:
+                cpu_probes.append(probe(1, cpu_time=True))
         if len(times) >= 10 * repeats:
             break
     peaks = None
     if probes:
         peaks = _medians(probes)
-        peaks["cpu"] = dict(_medians(cpu_probes), seconds=float(np.median(cpu)))
+        if cpu_probes:
+            peaks["cpu"] = dict(_medians(cpu_probes), seconds=float(np.median(cpu)))
     return float(np.median(times)), peaks
 
 
@@ -272,15 +276,12 @@ def bench_epoch(nthreads=2, n=60000, roofline=False):
             from .core.kernels.roofline import probe
 
             before = [probe(nthreads) for _ in range(5)]
-            before_cpu = [probe(nthreads, cpu_time=True) for _ in range(5)]
-        c = time.process_time()
         trainer = Trainer(bnn, x, y, optimizer=Adam(1e-3), epochs=1, batch_size=64,
                           snapshot_every=50)
         t = time.perf_counter()
         for _ in trainer:
             pass
         seconds = time.perf_counter() - t
-        cpu_s = time.process_time() - c
     row = {"case": f"larq-mnist-bnn training epoch ({n} images, batch 64, 1 run)",
            "threads": nthreads, "epoch_s": seconds, "images_per_s": n / seconds}
     if roofline:
@@ -289,8 +290,6 @@ def bench_epoch(nthreads=2, n=60000, roofline=False):
 
         mb, mf = model_macs(bnn, training=True)
         peaks = _medians(before + [probe(nthreads) for _ in range(5)])
-        peaks["cpu"] = dict(_medians(before_cpu + [probe(nthreads, cpu_time=True)
-                                                   for _ in range(5)]), seconds=cpu_s)
         _with_fraction(row, peaks, lambda p: needed_seconds(p, n * mb, n * mf), seconds)
     return [row]
 
