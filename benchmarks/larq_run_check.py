@@ -17,9 +17,10 @@ the trained weights, and a gap between the two engines on the same arrays is one
 inference itself.
 
 Float32 rounding makes two runs of a binary network part sooner or later (a latent weight
-on one side of zero flips a sign on the other), so after the first few hundred steps the
-trajectories are two runs of the same recipe, not one: from there on look at the
-statistics (losses, test figures), not at the arrays.
+on one side of zero flips a sign on the other; on Fashion-MNIST, seed 0, the losses were
+equal to 1e-6 for 49 steps and step 50 parted them), so from then on the trajectories are
+two runs of the same recipe, not one: look at the statistics (losses, test figures), not
+at the arrays.
 """
 
 from __future__ import annotations
