@@ -417,7 +417,7 @@ class Dashboard(QWidget):
         self.plots = pg.GraphicsLayoutWidget()
         self.loss_plot = self.plots.addPlot(row=0, col=0)
         self.acc_plot = self.plots.addPlot(row=0, col=1)
-        x_label = "epoch (train: running mean, restarting each epoch)"
+        x_label = "epoch (train: moving average over about a quarter epoch)"
         style_plot(self.loss_plot, "Loss (solid: train · dashed ○: validation)",
                    x_label, "cross-entropy", legend=True)
         style_plot(self.acc_plot, "Accuracy (solid: train · dashed ○: validation)",
