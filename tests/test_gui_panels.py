@@ -448,3 +448,39 @@ def test_results_table_sorts_by_value(qtbot):
     assert panel.column("run") == ["2", "1", "10"]
     panel.table.sortByColumn(9, Qt.SortOrder.DescendingOrder)  # validation, blanks last
     assert panel.column("val_accuracy") == ["95.00%", "80.00%", "–"]
+
+
+def _bn_snapshot(run_acc, batch_acc, *, reestimated=False, step=282):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        loss=0.5, accuracy=0.9, val_accuracy=run_acc, val_accuracy_batch_stats=batch_acc,
+        bn_reestimated=reestimated, step=step, images_per_second=1000.0, epochs=3, epoch=3,
+        batch=94, batches_per_epoch=94,
+        model_config={"layers": [{"type": "QuantDense"}, {"type": "BatchNorm", "momentum": 0.99}]})
+
+
+def test_dashboard_warns_when_running_and_batch_statistics_disagree(qtbot):
+    from types import SimpleNamespace
+
+    from bnnlab.app.runs import RunState
+    from bnnlab.gui.panels.training import Dashboard
+
+    panel = Dashboard()
+    qtbot.addWidget(panel)
+    view = SimpleNamespace(number=1, title="#1 quickstart", state=RunState.FINISHED,
+                           color="#1f77b4", snapshot=_bn_snapshot(0.616, 0.950))
+    panel._show_selected(view)
+    assert not panel.bn_warning.isHidden()
+    text = panel.bn_warning.text()
+    assert "61.6%" in text and "95.0%" in text and "momentum 0.99" in text
+    # A mid-epoch snapshot carries no batch-statistics figure: the verdict stays.
+    view.snapshot = _bn_snapshot(0.616, None)
+    panel._show_selected(view)
+    assert not panel.bn_warning.isHidden()
+    # The next epoch end agrees: the warning goes away.
+    view.snapshot = _bn_snapshot(0.948, 0.950)
+    panel._show_selected(view)
+    assert panel.bn_warning.isHidden()
+    panel._show_selected(None)
+    assert panel.bn_warning.isHidden()

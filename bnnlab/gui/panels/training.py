@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 from ...core.optimizers import optimizer_names
 from ...data import DatasetError, dataset_info, dataset_names
 from ...io.scenes import Scene, preset_names
+from ...app.health import batchnorm_gap_warning
 from ...app.runs import RunState
 from ...app.describe import binarizer_choice, binarizer_spec, effective_binarizer, effective_clip
 from ..views.style import epoch_axis, make_pen, style_plot
@@ -365,12 +366,12 @@ def _num(v, fmt=".3f") -> str:
 
 
 def _epoch_segments(steps, batches_per_epoch: int, y) -> np.ndarray:
-    """Which consecutive points to join: not across an epoch end, because the training
-    curves are running means that restart with each epoch, and not through NaN."""
+    """Which consecutive points to join: every pair of finite points. The training curves
+    are moving averages that run on across epoch ends, so nothing restarts there."""
     steps = np.asarray(steps)
     y = np.asarray(y, dtype=np.float64)
     ok = np.isfinite(y)
-    connect = ok & np.roll(ok, -1) & (steps % max(1, batches_per_epoch) != 0)
+    connect = ok & np.roll(ok, -1)
     if connect.size:
         connect[-1] = False
     return connect
@@ -396,8 +397,8 @@ class Dashboard(QWidget):
             bar.setMinimumWidth(150)
         self.cards = {
             "run": _Card("selected run"),
-            "loss": _Card("loss", "Running mean of the training loss over this epoch"),
-            "accuracy": _Card("train accuracy", "Running mean over this epoch"),
+            "loss": _Card("loss", "Moving average of the training loss (about a quarter epoch)"),
+            "accuracy": _Card("train accuracy", "Moving average (about a quarter epoch)"),
             "val_accuracy": _Card("validation accuracy", "On the test split, at the last epoch end"),
             "ips": _Card("images / s", "Training throughput (validation time excluded)"),
         }
@@ -434,9 +435,19 @@ class Dashboard(QWidget):
         self.loss_plot.addItem(self.empty_note, ignoreBounds=True)
         self.empty_note.setPos(0.5, 0.5)
 
+        # Shown when validation with the running batch-norm statistics and with batch
+        # statistics disagree: the figure on the card would otherwise mislead.
+        self.bn_warning = QLabel()
+        self.bn_warning.setWordWrap(True)
+        self.bn_warning.setStyleSheet("background: #fff3cd; color: #5c4400; border: 1px solid "
+                                      "#e0c36a; border-radius: 3px; padding: 4px 6px;")
+        self.bn_warning.hide()
+        self._bn_warnings: dict[int, str | None] = {}
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addLayout(top)
+        layout.addWidget(self.bn_warning)
         layout.addWidget(self.plots, 1)
         self.curves: dict[int, dict[str, pg.PlotDataItem]] = {}
         self._drawn: dict[int, tuple] = {}
@@ -461,6 +472,7 @@ class Dashboard(QWidget):
             plot = self.loss_plot if "loss" in key else self.acc_plot
             plot.removeItem(item)
         self._drawn.pop(number, None)
+        self._bn_warnings.pop(number, None)
 
     def set_runs(self, views) -> None:
         for number in [n for n in self.curves if n not in {v.number for v in views}]:
@@ -503,8 +515,19 @@ class Dashboard(QWidget):
         self.empty_note.setVisible(not views)
         self._show_selected(next((v for v in views if v.selected), None))
 
+    def _show_bn_warning(self, v) -> None:
+        """The selected run's batch-norm warning, from its latest epoch end (the snapshots
+        in between carry no batch-statistics figure, so the last verdict is kept)."""
+        s = None if v is None else v.snapshot
+        if s is not None and s.val_accuracy_batch_stats is not None:
+            self._bn_warnings[v.number] = batchnorm_gap_warning(s)
+        text = None if v is None else self._bn_warnings.get(v.number)
+        self.bn_warning.setText(f"⚠ {text}" if text else "")
+        self.bn_warning.setVisible(bool(text))
+
     def _show_selected(self, v) -> None:
         c = self.cards
+        self._show_bn_warning(v)
         if v is None or v.snapshot is None:
             c["run"].value.setText("–" if v is None else f"{v.title}\n{v.state}")
             for key in ("loss", "accuracy", "val_accuracy", "ips"):
