@@ -158,3 +158,40 @@ def test_warm_up_reports_progress():
     seen = []
     K.warm_up(lambda i, n: seen.append((i, n)))
     assert seen and seen[-1][0] == seen[-1][1]
+
+
+def test_warm_up_child_compiles_its_share_and_reports_each_kernel():
+    import subprocess
+    import sys
+
+    from bnnlab.core.kernels import warmup
+
+    parts = len(warmup._steps())  # share 1 of that many: exactly one kernel
+    proc = subprocess.run([sys.executable, "-m", "bnnlab.core.kernels.warmup", "1", str(parts)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["done"]
+
+
+def test_compile_in_children_stops_them_when_cancelled():
+    from bnnlab.core.kernels import warmup
+
+    assert warmup.compile_in_children(processes=2, cancelled=lambda: True) is False
+    assert not warmup._children  # killed and reaped, none left running
+
+
+def test_prepare_kernels_uses_children_only_on_a_cold_cache(monkeypatch):
+    import time
+
+    from bnnlab.core.kernels import warmup
+
+    calls = []
+    monkeypatch.setattr(warmup, "compile_in_children", lambda *a, **k: calls.append(1) or True)
+    for delay, expect in ((0.0, False), (warmup.CACHED_SECONDS + 0.2, True)):
+        calls.clear()
+        steps = [lambda: time.sleep(delay), lambda: None, lambda: None]
+        monkeypatch.setattr(warmup, "_steps", lambda steps=steps: steps)
+        seen = []
+        assert warmup.prepare_kernels(lambda d, n: seen.append((d, n))) is expect
+        assert bool(calls) is expect
+        assert seen[-1] == (4, 4)

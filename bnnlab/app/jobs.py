@@ -73,6 +73,9 @@ class _Job:
 class WarmUpJob(_Job):
     """Compiles (or loads from cache) the Numba kernels, then sets ``ready``.
 
+    On a cold cache the compiling happens in child processes, one per core (see
+    :func:`bnnlab.core.kernels.prepare_kernels`); this thread then loads the result.
+
     Events: ``progress(done, total)``, ``failed(message)``, ``ended``. The thread is a
     daemon: closing the app does not wait for a compilation to finish.
     """
@@ -83,9 +86,9 @@ class WarmUpJob(_Job):
 
     def run(self) -> None:
         try:
-            from ..core.kernels import warm_up
+            from ..core.kernels import prepare_kernels
 
-            warm_up(lambda done, total: self.post("progress", done, total))
+            prepare_kernels(lambda done, total: self.post("progress", done, total))
         except Exception as exc:  # noqa: BLE001 - kernels then compile on first use instead
             self.post("failed", f"{type(exc).__name__}: {exc}")
         finally:

@@ -1,6 +1,22 @@
-"""Compile (or load from Numba's cache) every kernel once, on tiny inputs."""
+"""Compile (or load from Numba's cache) every kernel once, on tiny inputs.
+
+:func:`warm_up` does it in this process. :func:`compile_in_children` does the compiling in
+child processes, one per core, each taking a share of the kernels and writing them to
+Numba's on-disk cache: the work runs in parallel, and the parent's threads (a GUI's event
+loop) never wait for the compiler. A :func:`warm_up` afterwards only loads from the cache.
+:func:`prepare_kernels` picks between the two. Run as
+``python -m bnnlab.core.kernels.warmup PART PARTS``, this module compiles its share
+``PART`` of ``PARTS`` and prints one line per kernel done.
+"""
 
 from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 
@@ -13,16 +29,46 @@ from .pooling import maxpool_backward, maxpool_forward
 from .sign import sign_pack, ste_gate
 from .xnor import xnor_gemm
 
-__all__ = ["warm_up"]
+__all__ = ["compile_in_children", "prepare_kernels", "warm_up"]
+
+# A kernel that loads from Numba's cache is ready in tens of milliseconds; one that
+# compiles takes seconds. The first kernel's time tells which case this start-up is.
+CACHED_SECONDS = 0.5
 
 
-def warm_up(progress=None) -> None:
+def prepare_kernels(progress=None, cancelled=None) -> bool:
+    """Make every kernel ready in this process the quickest way, without stalling its other
+    threads: the first kernel is loaded here; if it had to be compiled (a cold cache), the
+    rest is compiled by :func:`compile_in_children` before :func:`warm_up` loads it.
+    ``progress(done, total)``. Returns True when the children compiled."""
+    steps = _steps()
+    total = len(steps) + 1
+    t0 = time.perf_counter()
+    steps[0]()
+    cold = time.perf_counter() - t0 > CACHED_SECONDS
+    if cold:
+        compile_in_children(None if progress is None else lambda d, n: progress(d, total),
+                            cancelled=cancelled)
+    warm_up(None if progress is None else lambda d, n: progress(total if d == n else d, total))
+    return cold
+
+
+def warm_up(progress=None, part: int = 0, parts: int = 1) -> None:
     """Compile (or load from cache) every kernel on tiny inputs.
 
-    The GUI calls this from a background thread at start-up; ``progress(i, total)``
-    reports each kernel done. Both the serial and the parallel variants are touched, by
-    asking each wrapper for one thread and for two (``threads=``); nothing global changes.
+    ``progress(i, total)`` reports each kernel done. Both the serial and the parallel
+    variants are touched, by asking each wrapper for one thread and for two
+    (``threads=``); nothing global changes. ``part`` of ``parts`` takes every
+    ``parts``-th kernel from the ``part``-th on (for :func:`compile_in_children`).
     """
+    steps = _steps()[part::parts]
+    for i, step in enumerate(steps):
+        step()
+        if progress is not None:
+            progress(i + 1, len(steps))
+
+
+def _steps() -> list:
     steps = []
     x = np.random.default_rng(0).standard_normal((1, 5, 5, 3)).astype(np.float32)
     xb = np.random.default_rng(1).standard_normal((4, 9, 9, 64)).astype(np.float32)
@@ -70,7 +116,88 @@ def warm_up(progress=None) -> None:
         steps.append(lambda nt=nt, out=out, arg=arg: maxpool_backward(out, arg, 2, 2,
                                                                       np.empty_like(xb),
                                                                       threads=nt))
-    for i, step in enumerate(steps):
-        step()
-        if progress is not None:
-            progress(i + 1, len(steps))
+    return steps
+
+
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_children() -> None:
+    """Closing the app mid-compile must not leave compilers running."""
+    with _children_lock:
+        for proc in list(_children):
+            proc.kill()
+
+
+def compile_in_children(progress=None, processes: int | None = None,
+                        cancelled=None) -> bool:
+    """Compile every kernel into Numba's cache in ``processes`` child processes (default:
+    one per core this process may use, at most 4); ``progress(done, total)`` counts
+    kernels over all of them. Returns True when every child finished cleanly; False when
+    one failed or ``cancelled()`` turned true (the children are then stopped), and then
+    :func:`warm_up` compiles what is missing in this process."""
+    total = len(_steps())
+    if processes is None:
+        processes = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else (os.cpu_count() or 1))
+    processes = max(1, min(processes, total))
+    done = 0
+    lock = threading.Lock()
+    procs = []
+    try:
+        for part in range(processes):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(part), str(processes)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True)
+            with _children_lock:
+                _children.add(proc)
+            procs.append(proc)
+
+        def follow(proc):
+            nonlocal done
+            for line in proc.stdout:
+                if line.strip() == "done":
+                    with lock:
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+
+        readers = [threading.Thread(target=follow, args=(p,), daemon=True) for p in procs]
+        for r in readers:
+            r.start()
+        while any(r.is_alive() for r in readers):
+            if cancelled is not None and cancelled():
+                return False
+            for r in readers:
+                r.join(0.05)
+        return all(p.wait() == 0 for p in procs)
+    except OSError:
+        return False
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            with _children_lock:
+                _children.discard(proc)
+
+
+def _main(argv: list[str]) -> int:
+    part, parts = int(argv[0]), int(argv[1])
+    parent = os.getppid()
+
+    def report(_i, _n):
+        print("done", flush=True)
+        if os.getppid() != parent:  # the parent is gone: stop compiling for nobody
+            raise SystemExit(1)
+
+    warm_up(report, part, parts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
