@@ -101,6 +101,7 @@ def cmd_export(args) -> int:
     if args.out and not args.out.lower().endswith(".bnn"):
         raise CliError(f"export: {args.out!r} must end in .bnn")
     _check_out(args.out, "export")
+    _check_out(h5, "export")
     src = args.source
     opened = open_arg(src, "model")
     model = opened.model  # for a .bnn, the file unfolded
@@ -158,9 +159,6 @@ def cmd_export(args) -> int:
 def _export_h5(model, path: str, quiet: bool) -> dict:
     from .deploy.larq_export import LarqExportError, write_larq_h5
 
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise CliError(f"export: folder {folder} does not exist")
     try:
         size = write_larq_h5(model, path)
     except LarqExportError as exc:

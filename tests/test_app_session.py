@@ -242,6 +242,25 @@ def test_an_opened_model_is_a_run_with_test_data_evaluation_and_fine_tuning(sess
     assert "latent weights" in session.errors[-1][1]
 
 
+def test_an_opened_bnn_file_exports_to_larq_and_predicts_the_same(session, exported_bnn, tmp_path):
+    pytest.importorskip("h5py")
+    import numpy as np
+
+    from bnnlab.deploy.larq_import import import_larq
+
+    _npz, bnn, _model, _trained = exported_bnn
+    session.open_model(bnn)
+    assert _until(session, lambda: session.runs and session.runs[0].prepared is not None)
+    run = session.runs[0]
+    path = tmp_path / "from-bnn.h5"
+    assert session.export_run_h5(run, path) == path.stat().st_size
+    back = import_larq(path)  # the kernels' signs and the folded batch norms
+    x = run.prepared.x_test
+    assert np.array_equal(back.predict_proba(x).argmax(1), run.opened.predict(x))
+    with pytest.raises(ValueError, match="folder .* does not exist"):
+        session.export_run_h5(run, tmp_path / "nowhere" / "m.h5")
+
+
 def test_opening_a_bad_file_is_an_error(session, tmp_path):
     bad = tmp_path / "x.bnn"
     bad.write_bytes(b"not a model at all")

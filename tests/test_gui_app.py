@@ -286,3 +286,53 @@ def test_closing_with_unsaved_runs_asks_and_saves(qtbot, tmp_path, monkeypatch):
     reopened = Session(warm_up=False)
     assert reopened.open_workspace(path) and len(reopened.runs) == 1
     reopened.shutdown()
+
+
+def test_file_menu_exports_the_selected_run_for_larq(window, qtbot, tmp_path, monkeypatch):
+    pytest.importorskip("h5py")
+    import os
+
+    import numpy as np
+
+    from bnnlab.core.model import model_from_state
+    from bnnlab.deploy.larq_import import import_larq
+
+    s = window.session
+    _small(window, limit=256)
+    s.start()
+    _idle(window, qtbot)
+    run = s.selected
+    path = tmp_path / "run.h5"
+    monkeypatch.setattr("bnnlab.gui.actions.QFileDialog.getSaveFileName",
+                        lambda *a, **k: (str(path), ""))
+    action = window.actions_["export_h5"]
+    assert action in window.menuBar().actions()[0].menu().actions()
+    action.trigger()
+    assert not window.banner.isVisible(), window.banner.message.text()
+    assert [n for n in os.listdir(tmp_path) if n != "cache"] == ["run.h5"]  # no temporary file
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert "Wrote" in window.statusBar().currentMessage()
+    want = model_from_state(run.snapshot.model_config, run.snapshot.model_state)
+    back = import_larq(path)
+    assert back.config()["layers"] == want.config()["layers"]
+    a, b = want.state_dict(), back.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    # A folder that cannot be written: one line in the banner naming it, nothing written.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root ignores the mode: a missing folder instead
+        locked = tmp_path / "missing"
+    assert not window.actions_.export_h5(str(locked / "m.h5"))
+    assert window.banner.isVisible() and str(locked) in window.banner.message.text()
+    assert "\n" not in window.banner.message.text()
+    assert not (locked / "m.h5").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

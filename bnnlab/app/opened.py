@@ -223,7 +223,6 @@ class OpenedModels:
         """Write ``run``'s latest weights as a ``.bnn`` file with its input encoding, class
         names, dataset and seed; returns (bytes written, bytes of the weights in float32).
         Raises ``bnnlab.deploy.ExportError`` for a model with no ``.bnn`` form."""
-        from ..core.model import model_from_state
         from ..core.summary import profile_model
         from ..data import dataset_info
         from ..deploy import export_model
@@ -232,7 +231,7 @@ class OpenedModels:
         s = run.snapshot
         if s is None or run.opened is not None and not run.opened.has_latent_weights:
             raise ValueError(f"{run.title} has no weights to export; train it first")
-        model = model_from_state(s.model_config, s.model_state)
+        model = OpenedModels.run_model(run)
         info = dataset_info(run.scene.dataset)
         spec = input_spec_for(model.input_shape, run.scene.input_scale, info.kind)
         names = info.class_names if model.output_shape == (len(info.class_names),) else ()
@@ -243,6 +242,38 @@ class OpenedModels:
             meta["test_accuracy"] = repr(float(h.val_accuracy[-1]))
         size = export_model(model, path, spec, names, meta)
         return size, int(profile_model(model).float32_kib * 1024)
+
+    @staticmethod
+    def run_model(run: Run):
+        """``run``'s latest weights as a model (the opened model itself for an opened run).
+        Raises ``ValueError`` for a run that has not trained a batch yet."""
+        from ..core.model import model_from_state
+
+        s = run.snapshot
+        if s is None:
+            raise ValueError(f"{run.title} has no weights to export; train it first")
+        return model_from_state(s.model_config, s.model_state)
+
+    @staticmethod
+    def export_run_h5(run: Run, path: str | os.PathLike) -> int:
+        """Write ``run``'s latest weights as a Keras 2 / Larq ``.h5`` model, atomically;
+        returns the bytes written. Every failure is a ``ValueError`` whose message is one
+        line naming the file or folder and the reason: a folder that does not exist or
+        cannot be written, a layer or quantizer Larq has no counterpart for, h5py missing.
+        An opened ``.bnn`` file has no latent weights: its kernels go out as their signs
+        (+-1) with the folded batch-norm statistics, which predict the same in Larq."""
+        from ..deploy.larq_export import LarqExportError, write_larq_h5
+        from ..io.outputs import output_problem
+
+        model = OpenedModels.run_model(run)
+        if problem := output_problem(path):
+            raise ValueError(problem)
+        try:
+            return write_larq_h5(model, path)
+        except LarqExportError as exc:
+            raise ValueError(f"{run.title}: {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from None
 
     # ------------------------------------------------------------------ fine-tuning
     def fine_tune(self, run: Run) -> None:

@@ -37,6 +37,9 @@ SHORTCUTS = {
     "export_png": ("Export current view as PNG…", "Ctrl+Shift+P", ""),
     "export_svg": ("Export current view as SVG…", "", ""),
     "export_model": ("Export model (.bnn)…", "Ctrl+B", "The selected run's weights, bit-packed"),
+    "export_h5": ("Export model for Larq (.h5)…", "",
+                  "The selected run as a Keras 2 / Larq model: train on in Larq, or convert "
+                  "it with Larq Compute Engine"),
     "open_model": ("Open model (.bnn, .h5, .npz)…", "Ctrl+Shift+O",
                    "Open a model file as a run: summary, filters, try it, evaluate, fine-tune"),
     "sidebar": ("Experiment", "F9", "Show or hide the experiment sidebar (scene settings and runs)"),
@@ -61,7 +64,8 @@ class WindowActions:
             "open_workspace": self.open_workspace, "save_workspace": self.save_workspace, "data_dir": self.choose_data_dir,
             "export_csv": self.export_metrics, "export_results": self.export_results,
             "export_png": lambda: self.export_view(".png"), "export_svg": lambda: self.export_view(".svg"),
-            "export_model": self.export_model, "open_model": self.open_model,
+            "export_model": self.export_model, "export_h5": self.export_h5,
+            "open_model": self.open_model,
             "sidebar": None, "shortcuts": self.show_shortcuts, "about": self.show_about, "quit": window.close,
         }
         self.by_name: dict[str, QAction] = {}
@@ -113,6 +117,7 @@ class WindowActions:
             f.addAction(a[n])
         f.addSeparator()
         f.addAction(a["export_model"])
+        f.addAction(a["export_h5"])
         f.addAction(a["open_model"])
         f.addSeparator()
         f.addAction(a["quit"])
@@ -273,6 +278,28 @@ class WindowActions:
                                 f"Wrote {path}: {size:,} bytes ({size / 1024:.2f} KiB), against "
                                 f"{fp:,.0f} bytes for the same weights in float32 "
                                 f"({fp / size:.1f}x smaller).")
+
+    def export_h5(self, path: str | None = None) -> bool:
+        """Write the selected run as a Keras 2 / Larq ``.h5`` model (atomically)."""
+        run = self.w.session.selected
+        if run is None or run.snapshot is None:
+            self.w.banner.show_error("Nothing to export", "Train a run first (Start), then export it.")
+            return False
+        path = path or self._save_path("Export model for Larq", f"{run.scene.name}.h5",
+                                       "Keras/Larq model (*.h5)")
+        if not path:
+            return False
+        if not path.lower().endswith((".h5", ".hdf5")):
+            path += ".h5"
+        try:
+            size = self.w.session.export_run_h5(run, path)
+        except ValueError as exc:  # one line naming the file and the reason
+            self.w.banner.show_error("Cannot export the model for Larq", str(exc))
+            return False
+        self.w.statusBar().showMessage(
+            f"Wrote {path}: {size:,} bytes, a Keras 2 / Larq model "
+            "(import larq; tf.keras.models.load_model(path))", 15_000)
+        return True
 
     def open_model(self) -> None:
         """Open a .bnn, Keras/Larq .h5 or checkpoint as a run every panel shows."""
