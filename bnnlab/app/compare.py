@@ -26,7 +26,7 @@ from ..io.scenes import Scene
 
 __all__ = ["SeedRun", "Summary", "Difference", "CompareCancelled", "run_seed", "run_seeds",
            "summarize", "welch_difference", "paired_difference", "t_cdf", "t_quantile",
-           "comparison_json"]
+           "comparison_json", "Band", "epoch_band"]
 
 METHOD_WELCH = "Welch's t, Welch-Satterthwaite degrees of freedom"
 METHOD_PAIRED = "paired t over seeds (same seed: same data, initial weights and batch order)"
@@ -119,10 +119,12 @@ def run_seed(scene: Scene, seed: int, *, label: str | None = None, epochs: int |
 def run_seeds(scenes: Sequence[tuple[str, Scene]], seeds: int, *, epochs: int | None = None,
               data_dir=None, passes: Sequence[int] = (),
               progress: Callable[[str, int, int, int], None] | None = None,
-              cancelled: Callable[[], bool] | None = None) -> dict[str, list[SeedRun]]:
+              cancelled: Callable[[], bool] | None = None,
+              on_run: Callable[[SeedRun], None] | None = None) -> dict[str, list[SeedRun]]:
     """Train each (label, scene) with seeds 0..``seeds``-1; results keyed by label, in order.
 
-    ``progress(label, seed, epoch, epochs)`` is called after every epoch.
+    ``progress(label, seed, epoch, epochs)`` is called after every epoch, ``on_run`` with
+    each finished training.
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
@@ -136,9 +138,11 @@ def run_seeds(scenes: Sequence[tuple[str, Scene]], seeds: int, *, epochs: int | 
             def on_epoch(snap, label=label, seed=seed):
                 if progress is not None:
                     progress(label, seed, snap.epoch, snap.epochs)
-            out[label].append(run_seed(scene, seed, label=label, epochs=epochs, data_dir=data_dir,
-                                       data_cache=cache, passes=passes, on_epoch=on_epoch,
-                                       cancelled=cancelled))
+            run = run_seed(scene, seed, label=label, epochs=epochs, data_dir=data_dir,
+                           data_cache=cache, passes=passes, on_epoch=on_epoch, cancelled=cancelled)
+            out[label].append(run)
+            if on_run is not None:
+                on_run(run)
         if len(cache) > 2:
             cache.clear()
     return out
@@ -162,6 +166,37 @@ def summarize(values: Sequence[float]) -> Summary:
         raise ValueError("no values to summarize")
     std = float(np.std(v, ddof=1)) if v.size > 1 else float("nan")
     return Summary(int(v.size), float(np.mean(v)), std, float(np.min(v)), float(np.max(v)))
+
+
+@dataclass(frozen=True)
+class Band:
+    """A per-epoch curve over seeds: mean with ±1 sample standard deviation and min-max.
+
+    Row ``i`` describes epoch ``epochs[i]`` over the ``n[i]`` runs that reached it (runs
+    of different lengths are allowed); ``std`` is NaN where fewer than two runs did."""
+
+    epochs: np.ndarray  # 1, 2, ...
+    n: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+
+def epoch_band(curves: Sequence[Sequence[float]]) -> Band:
+    """Aggregate per-epoch curves (one per seed, e.g. :attr:`SeedRun.epoch_val_accuracy`)."""
+    length = max((len(c) for c in curves), default=0)
+    grid = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        grid[i, :len(c)] = np.asarray(c, np.float64)
+    n = np.sum(~np.isnan(grid), axis=0)
+    mean, std, lo, hi = (np.full(length, np.nan) for _ in range(4))
+    for j in range(length):
+        col = grid[:, j][~np.isnan(grid[:, j])]
+        if col.size:
+            s = summarize(col)
+            mean[j], std[j], lo[j], hi[j] = s.mean, s.std, s.min, s.max
+    return Band(np.arange(1, length + 1), n, mean, std, lo, hi)
 
 
 def _betacf(a: float, b: float, x: float) -> float:

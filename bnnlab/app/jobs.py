@@ -1,4 +1,5 @@
-"""Background work, without Qt: kernel compilation, a model preview, one training run.
+"""Background work, without Qt: kernel compilation, a model preview, one training run, a
+comparison over seeds.
 
 Each job runs in a plain thread and reports by putting ``(tag, kind, payload)`` events on a
 queue that the owner drains on its own thread (:meth:`bnnlab.app.session.Session.poll`).
@@ -18,7 +19,7 @@ from ..core.trainer import TrainingDiverged
 from ..data import DatasetError
 from ..io.scenes import Scene, SceneError
 
-__all__ = ["GUI_SNAPSHOT_EVERY", "Cancelled", "PreviewJob", "TrainingJob", "WarmUpJob"]
+__all__ = ["GUI_SNAPSHOT_EVERY", "Cancelled", "PreviewJob", "SeedsJob", "TrainingJob", "WarmUpJob"]
 
 # Curves stay live even for scenes that snapshot rarely (larq-mnist: every 50 steps); a
 # snapshot costs a few histograms and a copy of the weights.
@@ -280,3 +281,63 @@ class TrainingJob(_Job):
 
         return prepare_data(self.scene, self.data_dir, progress=self._progress,
                             download=self.download)
+
+
+class SeedsJob(_Job):
+    """Trains scenes over seeds with :func:`bnnlab.app.compare.run_seeds`.
+
+    ``variants`` is a list of (label, scene). Events: ``progress(label, seed, epoch,
+    epochs, done, total)`` after each epoch (``done`` of ``total`` epochs over the whole
+    comparison), ``seed_run(SeedRun)`` after each training, ``failed(title, message)``,
+    ``cancelled`` and always last ``ended``. :meth:`cancel` stops within a batch.
+    """
+
+    def __init__(self, tag: int, events: queue.Queue, variants, seeds: int, *,
+                 epochs: int | None = None, data_dir=None,
+                 kernels_ready: threading.Event | None = None):
+        super().__init__(tag, events, f"bnnlab-seeds-{tag}")
+        self.variants = [(label, scene.copy()) for label, scene in variants]
+        self.seeds = int(seeds)
+        self.epochs = epochs
+        self.data_dir = data_dir
+        self.kernels_ready = kernels_ready
+        self._cancel = threading.Event()
+        self.total = self.seeds * sum(int(epochs or scene.epochs) for _, scene in self.variants)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def run(self) -> None:
+        from .compare import CompareCancelled, run_seeds
+
+        done = 0
+
+        def progress(label, seed, epoch, epochs):
+            nonlocal done
+            done += 1
+            self.post("progress", label, seed, epoch, epochs, done, self.total)
+
+        try:
+            if self.kernels_ready is not None:
+                while not self.kernels_ready.wait(0.05):
+                    if self._cancel.is_set():
+                        raise CompareCancelled("cancelled while kernels compiled")
+            run_seeds(self.variants, self.seeds, epochs=self.epochs, data_dir=self.data_dir,
+                      progress=progress, cancelled=self._cancel.is_set,
+                      on_run=lambda run: self.post("seed_run", run))
+        except CompareCancelled:
+            self.post("cancelled")
+        except DatasetError as exc:
+            self.post("failed", "The dataset is not available", str(exc))
+        except (SceneError, ValueError) as exc:
+            self.post("failed", "The comparison cannot run", str(exc))
+        except TrainingDiverged as exc:
+            self.post("failed", "Training diverged", str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown in the window, never a silent dead thread
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self.post("failed", "Unexpected error while comparing seeds",
+                      f"{detail}\n\n{traceback.format_exc(limit=-3)}")

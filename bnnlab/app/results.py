@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from ..io.atomic import write_atomic
 from .runs import Run
 
-__all__ = ["METRICS_COLUMNS", "RESULT_COLUMNS", "metrics_rows", "result_rows", "write_csv"]
+__all__ = ["METRICS_COLUMNS", "RESULT_COLUMNS", "metrics_rows", "result_rows", "seed_result_rows",
+           "write_csv"]
 
 # (key, heading) of the results table, in order.
 RESULT_COLUMNS = (
@@ -68,6 +69,25 @@ def result_rows(runs: Sequence[Run]) -> list[dict]:
             "seconds": float(s.elapsed) if s is not None else None,
             "parameters": run.parameters,
         })
+    return rows
+
+
+def seed_result_rows(comparisons: Sequence) -> list[dict]:
+    """One dict per finished training of each comparison over seeds
+    (:class:`bnnlab.app.seeds.Comparison`), keyed like :func:`result_rows`; its "run" is
+    "C<comparison>" and its state "seed run"."""
+    rows = []
+    for c in comparisons:
+        for label in c.labels:
+            for r in c.runs.get(label, ()):
+                rows.append({
+                    "run": f"C{c.number}", "scene": label, "differs": c.differs(label),
+                    "seed": r.seed, "state": "seed run", "epochs": r.epochs,
+                    "loss": r.loss, "accuracy": r.accuracy,
+                    "val_loss": None if math.isnan(r.val_loss) else r.val_loss,
+                    "val_accuracy": None if math.isnan(r.val_accuracy) else r.val_accuracy,
+                    "seconds": r.seconds, "parameters": r.parameters,
+                })
     return rows
 
 

@@ -113,4 +113,5 @@ class Focus:
     fp_config: dict | None = None
     results: tuple[dict, ...] = ()  # results.result_rows of every run
     evaluating: bool = False  # an evaluation is running
+    comparison: Any = None  # seeds.Comparison, the newest comparison over seeds
     version: int = 0

@@ -20,9 +20,10 @@ from ..io.scenes import Scene, load_preset
 from .describe import describe_scene, label_runs
 from .editing import SceneEditing
 from .opened import OpenedModels
-from .results import result_rows
+from .results import result_rows, seed_result_rows
 from .jobs import TrainingJob, WarmUpJob
 from .runs import RUN_COLORS, Focus, Run, RunState, RunView
+from .seeds import SeedComparisons
 
 __all__ = ["DEFAULT_PRESET", "EVENTS", "Session"]
 
@@ -45,7 +46,7 @@ def _data_key(scene: Scene, data_dir) -> tuple:
             os.fspath(data_dir) if data_dir else None)
 
 
-class Session(SceneEditing, OpenedModels):
+class Session(SceneEditing, OpenedModels, SeedComparisons):
     """Scene, runs and jobs. Never raises for a person's mistake: it reports ``error``."""
 
     def __init__(self, *, data_dir=None, warm_up: bool = True, scene: Scene | None = None):
@@ -68,6 +69,7 @@ class Session(SceneEditing, OpenedModels):
         self._data_cache: dict[tuple, Any] = {}
         self._warm: WarmUpJob | None = None
         self._preview_tag = 0
+        self._init_comparisons()
         if warm_up:
             self.start_warm_up()
         else:
@@ -376,8 +378,10 @@ class Session(SceneEditing, OpenedModels):
         self._launch(scene, paused=False, twin_of=base)
 
     def shutdown(self, timeout: float = 1.5) -> None:
-        """Stop the live run, waiting at most ``timeout`` s (closing the window). Jobs are
-        daemon threads: one still busy (compiling kernels) does not keep the process alive."""
+        """Stop the live run and any comparison, waiting at most ``timeout`` s each (closing
+        the window). Jobs are daemon threads: one still busy (compiling kernels) does not
+        keep the process alive."""
+        self.cancel_comparison(wait=True, timeout=timeout)
         self.stop(wait=True, timeout=timeout)
 
     # ------------------------------------------------------------------ runs
@@ -431,9 +435,13 @@ class Session(SceneEditing, OpenedModels):
         return Focus(runs=self.run_views(), run=run.view(True) if run is not None else None,
                      twin=twin.view(False) if twin is not None else None,
                      prepared=run.prepared if run is not None else None,
-                     model_config=config, fp_config=fp, results=tuple(result_rows(self.runs)),
-                     evaluating=self.evaluating,
+                     model_config=config, fp_config=fp, results=tuple(self.result_table()),
+                     evaluating=self.evaluating, comparison=self.comparison,
                      version=self.version)
+
+    def result_table(self) -> list[dict]:
+        """The results table: every run, then every training of every comparison over seeds."""
+        return result_rows(self.runs) + seed_result_rows(self.comparisons)
 
     def run_by_number(self, number: int) -> Run | None:
         return next((r for r in self.runs if r.number == number), None)

@@ -25,6 +25,9 @@ SHORTCUTS = {
     "reset": ("Reset", "Ctrl+R", "Forget all runs (asks first); the next start uses fresh weights"),
     "twin": ("Train full-precision twin", "Ctrl+T",
              "Train the selected run's network without binarization, to compare with it"),
+    "compare_seeds": ("Compare over seeds…", "Ctrl+Shift+C",
+                      "Train the current scene and a variant with several seeds; compare "
+                      "mean, spread and the difference with its confidence interval"),
     "open": ("Open scene…", "Ctrl+O", ""),
     "save": ("Save scene", "Ctrl+S", ""),
     "save_as": ("Save scene as…", "Ctrl+Shift+S", ""),
@@ -59,7 +62,8 @@ class WindowActions:
         s = window.session
         slots = {
             "start": s.toggle, "step": s.step, "stop": lambda: s.stop(), "reset": window.reset,
-            "twin": s.train_twin, "open": self.open_scene,
+            "twin": s.train_twin, "compare_seeds": window.show_seed_comparison,
+            "open": self.open_scene,
             "save": self.save_scene, "save_as": self.save_scene_as,
             "open_workspace": self.open_workspace, "save_workspace": self.save_workspace, "data_dir": self.choose_data_dir,
             "export_csv": self.export_metrics, "export_results": self.export_results,
@@ -126,6 +130,7 @@ class WindowActions:
             t.addAction(a[n])
         t.addSeparator()
         t.addAction(a["twin"])
+        t.addAction(a["compare_seeds"])
         v = bar.addMenu("&View")
         for i in range(w.tabs.count()):
             tab = v.addAction(w.tabs.tabText(i))
@@ -148,6 +153,7 @@ class WindowActions:
             tb.addAction(a[n])
         tb.addSeparator()
         tb.addAction(a["twin"])
+        tb.addAction(a["compare_seeds"])
         w.addToolBar(tb)
         w.toolbar = tb
 
@@ -228,14 +234,14 @@ class WindowActions:
         return True
 
     def export_results(self, path: str | None = None) -> bool:
-        from ..app.results import RESULT_COLUMNS, result_rows, write_csv
+        from ..app.results import RESULT_COLUMNS, write_csv
 
         path = path or self._save_path("Export results", "results.csv", "CSV (*.csv)")
         if not path:
             return False
         keys = [k for k, _ in RESULT_COLUMNS]
         try:
-            write_csv(path, keys, [[r[k] for k in keys] for r in result_rows(self.w.session.runs)])
+            write_csv(path, keys, [[r[k] for k in keys] for r in self.w.session.result_table()])
         except OSError as exc:
             self.w.banner.show_error("Cannot export the results", f"{path}: {exc.strerror or exc}")
             return False

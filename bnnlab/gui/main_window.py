@@ -58,6 +58,7 @@ PAGES = [
     ("Evaluate", "evaluate", "EvaluatePanel", True),
     ("Bits", "bits", "BitsPanel", True),
     ("Results", "results", "ResultsPanel", True),
+    ("Compare seeds", "seeds", "SeedsPanel", True),
 ]
 
 
@@ -81,7 +82,8 @@ class MainWindow(QMainWindow):
         self.tabs.setUsesScrollButtons(True)
         self.pages: list[PanelPage] = []
         for title, module, cls, heavy in PAGES:
-            factory = {"ResultsPanel": self._make_results, "EvaluatePanel": self._make_evaluate}.get(
+            factory = {"ResultsPanel": self._make_results, "EvaluatePanel": self._make_evaluate,
+                       "SeedsPanel": self._make_seeds}.get(
                 cls, _panel_factory(module, cls))
             page = PanelPage(title, factory, heavy=heavy)
             self.pages.append(page)
@@ -139,7 +141,21 @@ class MainWindow(QMainWindow):
     def _make_results(self):
         panel = _panel_factory("results", "ResultsPanel")()
         panel.export_requested.connect(lambda: self.actions_.export_results())
+        panel.compare_requested.connect(self.show_seed_comparison)
         return panel
+
+    def _make_seeds(self):
+        s = self.session
+        panel = _panel_factory("seeds", "SeedsPanel")()
+        panel.compare_requested.connect(
+            lambda name, seeds, epochs: s.compare_seeds([name], seeds, epochs or None))
+        panel.cancel_requested.connect(s.cancel_comparison)
+        panel.set_scene(s.scene)
+        return panel
+
+    def show_seed_comparison(self) -> None:
+        """Show the Compare seeds page (its controls start a comparison)."""
+        self.tabs.setCurrentWidget(self.page("Compare seeds"))
 
     def _make_evaluate(self):
         s = self.session
@@ -229,6 +245,9 @@ class MainWindow(QMainWindow):
                 os.path.abspath(preset_dir()):
             preset = os.path.splitext(os.path.basename(s.scene_path))[0]
         self.form.show_scene(scene, preset)
+        seeds = next((p for p in getattr(self, "pages", ()) if p.title == "Compare seeds"), None)
+        if seeds is not None and seeds.panel is not None:
+            seeds.panel.set_scene(scene)
         where = s.scene_path or "preset"
         self.setWindowTitle(f"bnnlab — {scene.name} ({where})")
 

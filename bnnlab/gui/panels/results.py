@@ -61,6 +61,7 @@ class ResultsPanel(QWidget):
 
     title = "Results"
     export_requested = Signal()
+    compare_requested = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -75,14 +76,19 @@ class ResultsPanel(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.note = QLabel("Final figures of every run: loss and accuracy of the last finished "
-                           "epoch on the training data, validation on the test set. Click a "
-                           "heading to sort.")
+                           "epoch on the training data, validation on the test set; rows C1, C2… "
+                           "are the trainings of comparisons over seeds. Click a heading to sort.")
         self.note.setWordWrap(True)
         self.export = QPushButton("Export CSV…")
         self.export.setToolTip("File > Export results table (CSV)")
         self.export.clicked.connect(self.export_requested)
+        self.compare = QPushButton("Compare over seeds…")
+        self.compare.setToolTip("Train the current scene and a variant with several seeds; "
+                                "every training becomes a row here")
+        self.compare.clicked.connect(self.compare_requested)
         top = QHBoxLayout()
         top.addWidget(self.note, 1)
+        top.addWidget(self.compare)
         top.addWidget(self.export)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
