@@ -48,7 +48,9 @@ def cpu_features() -> dict:
     return {"cpu": llvm.get_host_cpu_name(), "machine": platform.machine(),
             **{k: bool(feats.get(k, False)) for k in keys},
             "popcount": {"lanes": "vpopcntq per 64-bit lane",
-                         "bytes": "per-byte table lookup (vpshufb), byte counters"}[POPCOUNT_MODE]}
+                         "bytes": "per-byte table lookup (vpshufb), byte counters",
+                         "csa": "Harley-Seal carry-save adders over 8 words, then per-byte "
+                                "table lookup (vpshufb)"}[POPCOUNT_MODE]}
 
 
 @contextmanager

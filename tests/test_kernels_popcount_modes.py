@@ -1,7 +1,7 @@
 """Both ways of counting bits in the binary GEMM, whatever this CPU would pick.
 
-The kernels choose at import time between per-byte counts (AVX2 and older) and
-per-lane ``vpopcntq`` (AVX-512 VPOPCNTDQ). Both are plain LLVM vector operations, so
+The kernels choose at import time between per-byte counts (plain, or after Harley-Seal
+carry-save adders: AVX2 and older) and per-lane ``vpopcntq`` (AVX-512 VPOPCNTDQ). Both are plain LLVM vector operations, so
 each runs correctly on any x86-64 CPU; here each is forced in a fresh process with an
 empty Numba cache and compared with the integer dot product. A second check compiles
 (without running) the kernel for a Zen 4 CPU and looks for ``vpopcntq`` in its assembly.
@@ -26,7 +26,7 @@ CHECK = textwrap.dedent("""
     from bnnlab.core.kernels import packing, xnor
     bad = []
     for m, k, n in [(1, 1, 1), (7, 65, 17), (33, 288, 64), (129, 100, 33), (3, 2500, 20),
-                    (2, 4096, 16), (1, 8257, 17), (515, 130, 20)]:
+                    (2, 4096, 16), (1, 8257, 17), (515, 130, 20), (1, 1100, 16), (4, 1031, 48)]:
         rng = np.random.default_rng(m + k + n)
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
@@ -38,6 +38,13 @@ CHECK = textwrap.dedent("""
             K.xnor_gemm(abits, bt, k, out=out, parallel=parallel)
             if not np.array_equal(out, want):
                 bad.append([m, k, n, parallel])
+        # Harley-Seal counting forced on every row length (1: even one word), in this
+        # mode's popcount.
+        for csa in (0, 1, 8, 16):
+            out = np.full((m, n), 7, np.int32)
+            xnor.xnor_gemm_serial(abits, bt, np.int64(k), out, np.int64(csa))
+            if not np.array_equal(out, want):
+                bad.append([m, k, n, "csa", csa])
     print(json.dumps({"mode": K.POPCOUNT_MODE, "bad": bad}))
 """)
 
@@ -51,7 +58,7 @@ def _run(code, env_extra, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["bytes", "lanes"])
+@pytest.mark.parametrize("mode", ["bytes", "csa", "lanes"])
 def test_each_popcount_mode_matches_integer_dot(mode, tmp_path):
     got = _run(CHECK, {"BNNLAB_POPCOUNT": mode}, tmp_path)
     assert got == {"mode": mode, "bad": []}
@@ -62,7 +69,7 @@ def test_unknown_popcount_mode_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import bnnlab.core.kernels"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "BNNLAB_POPCOUNT must be auto, bytes or lanes" in proc.stderr
+    assert "BNNLAB_POPCOUNT must be auto, bytes, csa or lanes" in proc.stderr
 
 
 ASM = textwrap.dedent("""
@@ -70,7 +77,7 @@ ASM = textwrap.dedent("""
     from numba import types
     from bnnlab.core import kernels as K
     sig = (types.Array(types.uint64, 2, "C"), types.Array(types.uint64, 2, "C"), types.int64,
-           types.Array(types.int32, 2, "C"))
+           types.Array(types.int32, 2, "C"), types.int64)
     K.xnor_gemm_serial.compile(sig)
     asm = K.xnor_gemm_serial.inspect_asm(sig)
     print(json.dumps({"mode": K.POPCOUNT_MODE, "vpopcntq": asm.count("vpopcntq"),

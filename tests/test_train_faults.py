@@ -312,7 +312,7 @@ def test_a_bad_popcount_setting_is_one_line(capsys, monkeypatch):
     monkeypatch.setenv("BNNLAB_POPCOUNT", "garbage")
     code, _, err = _run(capsys, "summary", "quickstart")
     assert code == 2
-    assert "BNNLAB_POPCOUNT must be auto, bytes or lanes, not 'garbage'" in _one_line(err)
+    assert "BNNLAB_POPCOUNT must be auto, bytes, csa or lanes, not 'garbage'" in _one_line(err)
 
 
 def test_a_bad_popcount_setting_in_a_fresh_process_is_one_line():

@@ -49,7 +49,9 @@ def _kernel_rows() -> list[tuple[str, str]]:
     forced = os.environ.get("BNNLAB_POPCOUNT", "").strip()
     mode = kernels.POPCOUNT_MODE
     how = {"lanes": "vpopcntq per 64-bit lane (AVX-512 VPOPCNTDQ)",
-           "bytes": "per-byte table lookup (vpshufb), summed in registers"}.get(mode, mode)
+           "bytes": "per-byte table lookup (vpshufb), summed in registers",
+           "csa": "Harley-Seal carry-save adders over 8 words, then per-byte table lookup "
+                  "(vpshufb)"}.get(mode, mode)
     import numba
 
     return [

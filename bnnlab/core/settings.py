@@ -11,11 +11,11 @@ import os
 __all__ = ["POPCOUNT_CHOICES", "POPCOUNT_ENV", "popcount_setting"]
 
 POPCOUNT_ENV = "BNNLAB_POPCOUNT"
-POPCOUNT_CHOICES = ("auto", "bytes", "lanes")
+POPCOUNT_CHOICES = ("auto", "bytes", "csa", "lanes")
 
 
 def popcount_setting() -> str:
-    """How bits are counted, from ``$BNNLAB_POPCOUNT``: ``auto`` (unset), ``bytes`` or ``lanes``."""
+    """How bits are counted, from ``$BNNLAB_POPCOUNT``: ``auto`` (unset), ``bytes``, ``csa`` or ``lanes``."""
     value = os.environ.get(POPCOUNT_ENV, "").strip().lower() or "auto"
     if value not in POPCOUNT_CHOICES:
         raise ValueError(f"{POPCOUNT_ENV} must be {', '.join(POPCOUNT_CHOICES[:-1])} or "

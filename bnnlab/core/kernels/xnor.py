@@ -13,8 +13,8 @@ import numpy as np
 
 from . import threads as _threads
 from .jit import JIT, JIT_INLINE
-from .simd import (popcount64, uadd, ubytesum, uld, uload, usplat, ustore_dots, usub_dots,
-                   uxor_popadd, uzero)
+from .simd import (POPCOUNT_MODE, popcount64, uadd, ubytesum, ucadd, ucsa, uld, uload,
+                   upopadd, usplat, ustore_dots, usub_dots, uxor, uxor_popadd, uzero)
 
 __all__ = ["xnor_gemm", "xnor_gemm_serial", "xnor_gemm_parallel", "xnor_gemm_ref",
            "binary_dot_ref"]
@@ -68,6 +68,102 @@ def _xnor_tile2x16(a, i0, i1, bt, j0, n, nw, wa, wb):
     return t00, t01, t02, t03, t10, t11, t12, t13
 
 
+# --------------------------------------------------------------------------- Harley-Seal
+#
+# Counting bits per byte costs about six vector instructions per word (two nibble-table
+# shuffles and their masking and adds). A carry-save adder costs five bitwise ones and
+# turns three bit vectors into two (a "sum" of weight 1 and a "carry" of weight 2), so
+# chaining them sums eight words into one vector of weight 8 plus three running vectors
+# of weight 1, 2 and 4 (Harley and Seal; for AVX2, Mula, Kurz and Lemire 2018): one
+# population count per eight words instead of eight. The running vectors are counted
+# once per tile at the end, so it pays only for long enough rows (CSA_MIN_WORDS).
+
+CSA_MIN_WORDS = 16
+# The ``csa`` argument of the GEMMs: the fewest words a block of K needs to be counted
+# this way (0: never); the default follows the process's popcount mode.
+CSA = CSA_MIN_WORDS if POPCOUNT_MODE == "csa" else 0
+
+
+@nb.njit(**JIT_INLINE)
+def _pair(a, ra, rb, bt, p, q, ones0, ones1):
+    # Words ra, rb of the row (at B offsets p, q) into the weight-1 vectors of the two
+    # column groups; returns the two weight-2 carries and the new weight-1 vectors.
+    sa = usplat(uld(a, ra))
+    sb = usplat(uld(a, rb))
+    c0, ones0 = ucsa(ones0, uxor(sa, uload(bt, p)), uxor(sb, uload(bt, q)))
+    c1, ones1 = ucsa(ones1, uxor(sa, uload(bt, p + 4)), uxor(sb, uload(bt, q + 4)))
+    return c0, c1, ones0, ones1
+
+
+@nb.njit(**JIT_INLINE)
+def _xnor_tile1x8ucsa(a, i, bt, j0, n, nw, wa, wb):
+    # Bit counts of row i of a against 8 columns of B over words [wa, wb), as 2 lane
+    # vectors; word w of those columns is bt.flat[j0 + w * n : ... + 8].
+    row = i * nw
+    t0 = uzero()
+    t1 = uzero()
+    ones0 = uzero()
+    ones1 = uzero()
+    twos0 = uzero()
+    twos1 = uzero()
+    fours0 = uzero()
+    fours1 = uzero()
+    wend = wa + (wb - wa) // 8 * 8
+    # An eights count adds at most 8 to a byte counter: fold them every 31 blocks.
+    for g0 in range(wa, wend, 248):
+        e0 = uzero()
+        e1 = uzero()
+        for w in range(g0, min(wend, g0 + 248), 8):
+            p = w * n + j0
+            ta0, ta1, ones0, ones1 = _pair(a, row + w, row + w + 1, bt, p, p + n, ones0, ones1)
+            tb0, tb1, ones0, ones1 = _pair(a, row + w + 2, row + w + 3, bt, p + 2 * n,
+                                           p + 3 * n, ones0, ones1)
+            fa0, twos0 = ucsa(twos0, ta0, tb0)
+            fa1, twos1 = ucsa(twos1, ta1, tb1)
+            ta0, ta1, ones0, ones1 = _pair(a, row + w + 4, row + w + 5, bt, p + 4 * n,
+                                           p + 5 * n, ones0, ones1)
+            tb0, tb1, ones0, ones1 = _pair(a, row + w + 6, row + w + 7, bt, p + 6 * n,
+                                           p + 7 * n, ones0, ones1)
+            fb0, twos0 = ucsa(twos0, ta0, tb0)
+            fb1, twos1 = ucsa(twos1, ta1, tb1)
+            eights0, fours0 = ucsa(fours0, fa0, fb0)
+            eights1, fours1 = ucsa(fours1, fa1, fb1)
+            e0 = upopadd(e0, eights0)
+            e1 = upopadd(e1, eights1)
+        t0 = uadd(t0, ubytesum(e0))
+        t1 = uadd(t1, ubytesum(e1))
+    t0 = uadd(t0, t0)
+    t0 = uadd(t0, t0)
+    t0 = uadd(t0, t0)
+    t1 = uadd(t1, t1)
+    t1 = uadd(t1, t1)
+    t1 = uadd(t1, t1)
+    # 4 * fours + 2 * twos + ones, then the last words one by one (at most 7 * 8 + 56
+    # per byte counter).
+    r0 = upopadd(uzero(), fours0)
+    r1 = upopadd(uzero(), fours1)
+    r0 = upopadd(ucadd(r0, r0), twos0)
+    r1 = upopadd(ucadd(r1, r1), twos1)
+    r0 = upopadd(ucadd(r0, r0), ones0)
+    r1 = upopadd(ucadd(r1, r1), ones1)
+    for w in range(wend, wb):
+        p = w * n + j0
+        s = usplat(uld(a, row + w))
+        r0 = uxor_popadd(r0, s, uload(bt, p))
+        r1 = uxor_popadd(r1, s, uload(bt, p + 4))
+    return uadd(t0, ubytesum(r0)), uadd(t1, ubytesum(r1))
+
+
+@nb.njit(**JIT_INLINE)
+def _put_dots2(out, at, k, first, t0, t1):
+    if first:
+        ustore_dots(out, at, t0, k)
+        ustore_dots(out, at + 4, t1, k)
+    else:
+        usub_dots(out, at, t0)
+        usub_dots(out, at + 4, t1)
+
+
 @nb.njit(**JIT_INLINE)
 def _put_dots(out, at, k, first, t0, t1, t2, t3):
     if first:
@@ -93,7 +189,7 @@ PANEL_MIN_BYTES = 16 << 10
 
 
 @nb.njit(**JIT)
-def _xnor_gemm_rows(a, bt, k, out, r0, r1):
+def _xnor_gemm_rows(a, bt, k, out, r0, r1, csa):
     nw = bt.shape[0]
     n = bt.shape[1]
     n16 = n - n % 16
@@ -121,6 +217,13 @@ def _xnor_gemm_rows(a, bt, k, out, r0, r1):
             for j0 in range(0, n16, 16):
                 base = j0 * nw if panel else j0
                 stride = 16 if panel else n
+                if csa > 0 and wb - wa >= csa:
+                    for i in range(i0, i1):
+                        t0, t1 = _xnor_tile1x8ucsa(a1, i, bp, base, stride, nw, wa, wb)
+                        _put_dots2(o1, i * n + j0, k, first, t0, t1)
+                        t0, t1 = _xnor_tile1x8ucsa(a1, i, bp, base + 8, stride, nw, wa, wb)
+                        _put_dots2(o1, i * n + j0 + 8, k, first, t0, t1)
+                    continue
                 for i in range(i0, i1, 2):
                     ii = min(i + 1, i1 - 1)  # an odd last row is computed twice, stored once
                     t00, t01, t02, t03, t10, t11, t12, t13 = _xnor_tile2x16(
@@ -140,19 +243,21 @@ def _xnor_gemm_rows(a, bt, k, out, r0, r1):
 
 
 @nb.njit(**JIT)
-def xnor_gemm_serial(a, bt, k, out):
+def xnor_gemm_serial(a, bt, k, out, csa=CSA):
     """out[i, j] = K - 2 * popcount(a[i] ^ b[j]), the ±1 dot product of packed rows.
 
     a: (M, KW) uint64 packed rows; bt: (KW, N) uint64, packed B rows stored transposed
     (word-major) so that four output columns share one vector load; out: (M, N) int32
-    (or float32, to feed float layers without a conversion pass).
+    (or float32, to feed float layers without a conversion pass). ``csa``: count with
+    Harley-Seal carry-save adders the blocks of K of at least that many words (0: never;
+    default: CSA_MIN_WORDS if the process's popcount mode is "csa").
     """
-    _xnor_gemm_rows(a, bt, k, out, 0, a.shape[0])
+    _xnor_gemm_rows(a, bt, k, out, 0, a.shape[0], csa)
     return out
 
 
 @nb.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
-def xnor_gemm_parallel(a, bt, k, out, nch):
+def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA):
     """Same as :func:`xnor_gemm_serial`, rows split in ``nch`` near-equal even blocks."""
     # The chunk count comes from the caller: asking Numba for the thread count inside a
     # cached parallel function would make it uncacheable (a ctypes pointer).
@@ -160,16 +265,18 @@ def xnor_gemm_parallel(a, bt, k, out, nch):
     per = (m + nch - 1) // nch
     per += per % 2
     for c in nb.prange(nch):
-        _xnor_gemm_rows(a, bt, k, out, min(m, c * per), min(m, c * per + per))
+        _xnor_gemm_rows(a, bt, k, out, min(m, c * per), min(m, c * per + per), csa)
     return out
 
 
 def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = None,
-              parallel: bool | None = None, threads: int | None = None) -> np.ndarray:
+              parallel: bool | None = None, threads: int | None = None,
+              csa: bool | None = None) -> np.ndarray:
     """Binary GEMM on packed operands; see :func:`xnor_gemm_serial` for shapes.
 
     ``parallel`` None: threads when there are enough rows and the machine is not busy;
     True splits the rows over ``threads`` chunks (default: Numba's thread count).
+    ``csa``: Harley-Seal counting for long rows (None: if the popcount mode is "csa").
     """
     if a.shape[1] != bt.shape[0]:
         raise ValueError(f"packed widths differ: A has {a.shape[1]} words, B has {bt.shape[0]}")
@@ -179,13 +286,14 @@ def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = No
         raise ValueError(f"xnor_gemm writes int32 or float32, not {out.dtype}")
     a = np.ascontiguousarray(a, dtype=np.uint64)
     bt = np.ascontiguousarray(bt, dtype=np.uint64)
+    csa = np.int64(CSA if csa is None else CSA_MIN_WORDS if csa else 0)
     if parallel is None:
         parallel = (a.shape[0] >= _threads.PARALLEL_MIN_ROWS and nb.get_num_threads() > 1
                     and not _threads.contended())
     if parallel:
         nch = max(1, int(threads or nb.get_num_threads()))
-        return xnor_gemm_parallel(a, bt, np.int64(k), out, np.int64(nch))
-    return xnor_gemm_serial(a, bt, np.int64(k), out)
+        return xnor_gemm_parallel(a, bt, np.int64(k), out, np.int64(nch), csa)
+    return xnor_gemm_serial(a, bt, np.int64(k), out, csa)
 
 
 # --------------------------------------------------------------------------- twins

@@ -1,0 +1,110 @@
+"""The two AVX2 ways of counting bits in the binary GEMM, interleaved in one process.
+
+    python benchmarks/popcount_ab.py [--rounds 9] [--shapes 1024x4608x256,4096x4096x4096]
+
+Per-word byte tables ("bytes") against Harley-Seal carry-save adders ("csa"): in each
+round, in alternating order, the register-only probe of each method and the 1-thread
+binary GEMM with each, on the same operands. Prints the medians in T binary ops/s (2 per
+bit), each GEMM as a fraction of its own method's probe, and the speed-up of "csa", both
+per second of wall time and per second of this thread's CPU time (which other processes
+on a shared machine disturb much less), with the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.thread_time()
+    fn()
+    return time.perf_counter() - w, time.thread_time() - c
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--shapes", default="5184x576x64,1024x4608x256,4096x4096x4096")
+    args = ap.parse_args()
+
+    import numba
+
+    numba.set_num_threads(1)
+    from bnnlab.core.kernels import roofline, xnor
+    from bnnlab.core.kernels.roofline import OPS_PER_WORD
+
+    words = [np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03),
+             np.uint64(0x8CB92BA72F3D8DD7), np.uint64(0x5851F42D4C957F2D)]
+    probes = {
+        "bytes": (lambda: roofline.binary_probe(1000, *words), 1000 * 6 * 4 * 31),
+        "csa": (lambda: roofline.binary_probe_csa(300, *words[:3]), 300 * 2 * 4 * 31 * 8),
+    }
+    rng = np.random.default_rng(0)
+    cases = []
+    for spec in args.shapes.split(","):
+        m, k, n = (int(v) for v in spec.split("x"))
+        kw = (k + 63) // 64
+        a = rng.integers(0, 2**63, (m, kw), dtype=np.uint64)
+        bt = rng.integers(0, 2**63, (kw, n), dtype=np.uint64)
+        cases.append((spec, m, k, n, a, bt, np.empty((m, n), np.int32)))
+    csa_arg = {"bytes": np.int64(0), "csa": np.int64(xnor.CSA_MIN_WORDS)}
+    load0 = open("/proc/loadavg").read().split()[:3]
+    for fn, _ in probes.values():  # compile or load
+        fn()
+    for spec, m, k, n, a, bt, out in cases:
+        for c in csa_arg.values():
+            xnor.xnor_gemm_serial(a, bt, np.int64(k), out, c)
+    got: dict[tuple, list] = {}
+    for r in range(args.rounds):
+        order = ("bytes", "csa") if r % 2 == 0 else ("csa", "bytes")
+        for method in order:
+            fn, nwords = probes[method]
+            w, c = _timed(fn)
+            got.setdefault(("probe", method), []).append((nwords * OPS_PER_WORD / w,
+                                                          nwords * OPS_PER_WORD / c))
+        for spec, m, k, n, a, bt, out in cases:
+            for method in order:
+                w, c = _timed(lambda: xnor.xnor_gemm_serial(a, bt, np.int64(k), out,
+                                                            csa_arg[method]))
+                got.setdefault((spec, method), []).append((2 * m * n * k / w, 2 * m * n * k / c))
+    load1 = open("/proc/loadavg").read().split()[:3]
+    med = {key: [float(np.median([v[i] for v in vals])) / 1e12 for i in (0, 1)]
+           for key, vals in got.items()}
+    result = {"cpu": _cpu_name(), "rounds": args.rounds, "loadavg_before": load0,
+              "loadavg_after": load1, "tops": {f"{a}/{b}": v for (a, b), v in med.items()}}
+    print(f"{result['cpu']}; load {' '.join(load0)} -> {' '.join(load1)}; "
+          f"medians of {args.rounds} interleaved rounds, T binary ops/s (wall | CPU time)")
+    for method in ("bytes", "csa"):
+        w, c = med[("probe", method)]
+        print(f"  probe {method:5s}  {w:.3f} | {c:.3f}")
+    for spec, *_ in cases:
+        line = [f"  {spec:16s}"]
+        for method in ("bytes", "csa"):
+            w, c = med[(spec, method)]
+            pw, pc = med[("probe", method)]
+            line.append(f"{method} {w:.3f} | {c:.3f} ({100 * w / pw:.0f}% | {100 * c / pc:.0f}% "
+                        f"of its probe)")
+        sw = med[(spec, "csa")][0] / med[(spec, "bytes")][0]
+        sc = med[(spec, "csa")][1] / med[(spec, "bytes")][1]
+        line.append(f"csa/bytes {sw:.2f}x | {sc:.2f}x")
+        print("  ".join(line))
+    print(json.dumps(result))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+if __name__ == "__main__":
+    main()
