@@ -5,6 +5,12 @@
 
 Models come from bnnlab.deploy.samples (every block kind, 1..4 blocks). Prints one line
 per failure and a summary; exits 1 if any model failed to build or disagreed.
+
+    python benchmarks/c_export_models.py --presets all --data-dir DIR [--epochs 1]
+
+trains each preset scene that has a .bnn form (``bnnlab train NAME --epochs N --out``),
+exports it to C and prints a Markdown table of the flash and RAM it needs on the host and
+on Cortex-M0+ / M4 (see bnnlab/deploy/cbuild.py for what the figures count).
 """
 
 from __future__ import annotations
@@ -40,12 +46,62 @@ def block_kind(b) -> str:
     return f"{b.kind}:{first}:{b.output}"
 
 
+def preset_sizes(names: list[str], data_dir: str | None, epochs: int) -> int:
+    """Train, export and measure each preset; print one Markdown row per preset."""
+    from bnnlab.deploy import ExportError, read_file
+    from bnnlab.deploy.cbuild import TARGETS, measure_all
+    from bnnlab.io.scenes import preset_names
+
+    if names == ["all"]:
+        names = preset_names()
+    titles = [TARGETS[k].title for k in TARGETS]
+    print("| preset | `.bnn` bytes | " + " | ".join(f"{t} flash / RAM" for t in titles) + " |")
+    print("| --- | ---: | " + " | ".join("---:" for _ in titles) + " |")
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="bnn-sizes-") as tmp:
+        for name in names:
+            bnn = Path(tmp) / f"{name}.bnn"
+            cmd = [sys.executable, "-m", "bnnlab", "train", name, "--epochs", str(epochs),
+                   "--out", str(bnn), "--json"]
+            if data_dir:
+                cmd += ["--data-dir", data_dir]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                last = (res.stderr or res.stdout).strip().splitlines()[-1:]
+                print(f"<!-- {name}: not exported: {last[0] if last else res.returncode} -->")
+                continue
+            try:
+                mf = read_file(bnn)
+                export_c(mf, Path(tmp) / name)
+            except ExportError as exc:
+                print(f"<!-- {name}: {exc} -->")
+                continue
+            sizes = measure_all(Path(tmp) / name)
+            cells = []
+            for key in TARGETS:
+                m = sizes[key]
+                if isinstance(m, str):
+                    failed += 1
+                    cells.append(f"not measured: {m}")
+                else:
+                    cells.append(f"{m['flash']:,} / {m['ram']:,}")
+            print(f"| `{name}` | {bnn.stat().st_size:,} | " + " | ".join(cells) + " |", flush=True)
+    compilers = {k: m["compiler"] for k, m in sizes.items() if not isinstance(m, str)} if names else {}
+    print("compilers:", ", ".join(f"{TARGETS[k].title}: {c}" for k, c in compilers.items()))
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--inputs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--presets", help="'all' or comma-separated preset names: print their sizes")
+    ap.add_argument("--data-dir", help="for --presets: the MNIST folder (DIR/mnist/...)")
+    ap.add_argument("--epochs", type=int, default=1, help="for --presets: epochs to train")
     args = ap.parse_args(argv)
+    if args.presets:
+        return preset_sizes(args.presets.split(","), args.data_dir, args.epochs)
     rng = np.random.default_rng(args.seed)
     kinds: collections.Counter = collections.Counter()
     blocks = collections.Counter()

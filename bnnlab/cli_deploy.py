@@ -146,14 +146,37 @@ def cmd_export(args) -> int:
         report.update(c_dir=args.c, c_files=cx.files, c_table_bytes=cx.table_bytes,
                       c_ram_bytes=cx.ram_bytes)
         if not args.json:
-            print(f"wrote C99 to {args.c}/ (bnn_model.c, bnn_model.h, main.c, Makefile): "
-                  f"{cx.table_bytes:,} bytes of const tables, {cx.ram_bytes:,} bytes of static "
-                  "activation buffers; build with `make`")
+            print(f"wrote C99 to {args.c}/ (bnn_model.c, bnn_model.h, main.c, bnn_entry.c, "
+                  f"Makefile): {cx.table_bytes:,} bytes of const tables, {cx.ram_bytes:,} bytes "
+                  "of static activation buffers; build with `make`, `make cortex-m0plus`, "
+                  "`make cortex-m4`")
+        report["c_sizes"] = _c_sizes(args.c, args.json)
     if h5:
         report.update(_export_h5(model, h5, args.json))
     if args.json:
         print(json.dumps(report, indent=1))
     return 0
+
+
+def _c_sizes(folder: str, quiet: bool) -> dict:
+    """Build the exported C for the host and for Cortex-M and print what each needs."""
+    from .deploy.cbuild import TARGETS, measure_all
+
+    sizes = measure_all(folder)
+    if not quiet:
+        print("flash and RAM of the model and its inference, linked without a C library (-Os; "
+              "RAM = data + bss + the sum of the stack frames):")
+        failed: dict[str, list[str]] = {}  # one line per reason (the Arm toolchain missing)
+        for key, m in sizes.items():
+            if isinstance(m, str):
+                failed.setdefault(m, []).append(TARGETS[key].title)
+                continue
+            print(f"  {TARGETS[key].title:<14} flash {m['flash']:>9,} bytes ({m['code']:,} code)   "
+                  f"RAM {m['ram']:>8,} bytes ({m['data'] + m['bss']:,} static + "
+                  f"{m['stack_bound']:,} stack)   {m['compiler']}")
+        for reason, titles in failed.items():
+            print(f"  {', '.join(titles)}: not measured: {reason}")
+    return sizes
 
 
 def _export_h5(model, path: str, quiet: bool) -> dict:

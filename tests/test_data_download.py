@@ -46,14 +46,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.path.startswith("/hang/"):
             self.release.wait(10)
             return
-        if self.path.startswith("/truncated/"):
-            data = Path(self.directory, self.path.removeprefix("/truncated/")).read_bytes()
+        if self.path.startswith("/busy/"):
+            self.send_error(503, "Service Unavailable")
+            return
+        flaky = self.path.startswith("/flaky/") and self.requests.count(self.path) == 1
+        if flaky or self.path.startswith("/truncated/"):
+            name = self.path.removeprefix("/flaky/" if flaky else "/truncated/")
+            data = Path(self.directory, name).read_bytes()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
             self.close_connection = True
             return
+        if self.path.startswith("/flaky/"):
+            self.path = self.path.removeprefix("/flaky")
         super().do_GET()
 
     def log_message(self, *args):
@@ -139,7 +146,7 @@ def test_fetch_truncated_response(server, tmp_path):
     (folder / "f.gz").write_bytes(bytes(range(256)) * 100)
     out = tmp_path / "out"
     with pytest.raises(DatasetError) as info:
-        fetch([f"{base}/truncated/f.gz"], out / "f.gz", _md5(folder / "f.gz"))
+        fetch([f"{base}/truncated/f.gz"], out / "f.gz", _md5(folder / "f.gz"), retry_wait=0.01)
     assert "12800" in str(info.value) or "closed early" in str(info.value)
     assert _only(out) == []
 
@@ -165,7 +172,7 @@ def test_fetch_lists_every_failure(server, tmp_path):
 def test_fetch_timeout(server, tmp_path):
     base, _, _ = server
     with pytest.raises(DatasetError) as info:
-        fetch([f"{base}/hang/f"], tmp_path / "f", "0" * 32, timeout=0.3)
+        fetch([f"{base}/hang/f"], tmp_path / "f", "0" * 32, timeout=0.3, retry_wait=0.01)
     assert "timed out" in str(info.value)
     assert _only(tmp_path) == ["srv"]
 
@@ -182,6 +189,69 @@ def test_fetch_interrupted_cleans_up(server, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fetch([f"{base}/big"], out / "big", _md5(folder / "big"), interrupt)
     assert _only(out) == []
+
+
+def test_fetch_writes_a_file_with_normal_permissions(server, tmp_path):
+    import os
+
+    base, folder, _ = server
+    (folder / "f.gz").write_bytes(b"payload")
+    old = os.umask(0o022)
+    try:
+        dest = fetch([f"{base}/f.gz"], tmp_path / "out" / "f.gz", _md5(folder / "f.gz"))
+    finally:
+        os.umask(old)
+    assert dest.stat().st_mode & 0o777 == 0o644  # as open() makes it, not mkstemp's 0o600
+
+
+def test_a_broken_transfer_is_tried_again_on_the_same_mirror(server, tmp_path):
+    base, folder, requests = server
+    (folder / "f.gz").write_bytes(bytes(range(256)) * 100)
+    calls = []
+    dest = fetch([f"{base}/flaky/f.gz"], tmp_path / "out" / "f.gz", _md5(folder / "f.gz"),
+                 lambda done, total: calls.append(done), retry_wait=0.01)
+    assert dest.read_bytes() == (folder / "f.gz").read_bytes()
+    assert requests == ["/flaky/f.gz", "/flaky/f.gz"]
+    assert calls.count(0) == 2  # progress restarted for the second attempt
+    assert _only(dest.parent) == ["f.gz"]
+
+
+def test_only_broken_transfers_are_retried(server, tmp_path):
+    base, folder, requests = server
+    with pytest.raises(DatasetError) as info:
+        fetch([f"{base}/missing", f"{base}/busy/f"], tmp_path / "f", "0" * 32, retries=2,
+              retry_wait=0.01)
+    assert requests == ["/missing", "/busy/f", "/busy/f", "/busy/f"]
+    assert "HTTP 503" in str(info.value) and "(after 3 attempts)" in str(info.value)
+    assert _only(tmp_path) == ["srv"]
+
+
+def test_a_killed_download_leaves_nothing_after_the_next_one(server, tmp_path):
+    """A process killed outright cannot clean up: the next download of the file does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base, folder, _ = server
+    (folder / "f.gz").write_bytes(b"payload")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import sys; from bnnlab.data.download import fetch; "
+            "fetch([sys.argv[1]], sys.argv[2], '0' * 32, timeout=60, retries=0)")
+    child = subprocess.Popen([sys.executable, "-c", code, f"{base}/hang/f.gz", str(out / "f.gz")])
+    try:
+        end = time.monotonic() + 60
+        while not list(out.iterdir()) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(list(out.iterdir())) == 1  # its temporary file, mid-download
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert len(list(out.iterdir())) == 1
+    fetch([f"{base}/f.gz"], out / "f.gz", _md5(folder / "f.gz"))
+    assert _only(out) == ["f.gz"] and os.access(out / "f.gz", os.R_OK)
 
 
 def test_fetch_with_no_mirrors(tmp_path):

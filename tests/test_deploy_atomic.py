@@ -152,8 +152,8 @@ def test_a_killed_c_export_leaves_the_old_sources_whole(tmp_path):
     assert after == before  # no new header beside the old .c
     export_c(model_file(seed=3), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # the stale folder is gone
-    assert sorted(p.name for p in out.iterdir()) == ["Makefile", "bnn_model.c", "bnn_model.h",
-                                                     "main.c", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["Makefile", "bnn_entry.c", "bnn_model.c",
+                                                     "bnn_model.h", "main.c", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine"
 
 

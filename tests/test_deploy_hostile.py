@@ -90,8 +90,8 @@ def test_strings_never_become_c_code(tmp_path_factory, name, classes):
     res, pred = make_and_run(mf, raw, folder / "c")
     np.testing.assert_array_equal(pred, Runtime(mf).predict(raw))
     assert res.stderr == "" and not (folder / "c" / "PWNED").exists()
-    assert sorted(os.listdir(folder / "c")) == ["Makefile", "bnn_demo", "bnn_model.c",
-                                                 "bnn_model.h", "inputs.bin", "main.c"]
+    assert sorted(os.listdir(folder / "c")) == ["Makefile", "bnn_demo", "bnn_entry.c",
+                                                 "bnn_model.c", "bnn_model.h", "inputs.bin", "main.c"]
     assert _names_program(folder / "c", 2) == [c.encode() for c in classes]
 
 

@@ -2,7 +2,8 @@
 
 The output is ``bnn_model.h`` / ``bnn_model.c`` (the network: const weight and threshold
 tables, two static activation buffers, no malloc, no libc beyond ``<stdint.h>``), a tiny
-``main.c`` that classifies inputs read from a file, and a ``Makefile``.
+``main.c`` that classifies inputs read from a file, ``bnn_entry.c`` (a freestanding entry
+point for the Cortex-M size builds) and a ``Makefile`` (see :mod:`bnnlab.deploy.cbuild`).
 
 Activations are 32-bit words per pixel (channel c at bit c % 32 of word c / 32, bit 1 =
 -1), since 32 bits is the natural word of a Cortex-M. Binary blocks use only integer
@@ -15,18 +16,17 @@ the two agree bit for bit.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..io.atomic import atomic_folder
+from .cbuild import BUILD_PRODUCTS, ENTRY_SOURCE, makefile
 from .format import (ACC_LIMIT, MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError,
                      accumulator_bound, validate)
 
-__all__ = ["CExport", "build_c", "export_c", "generate_c", "measure_c"]
+__all__ = ["CExport", "export_c", "generate_c"]
 
 _COMMON = r"""
 #if defined(__GNUC__) || defined(__clang__)
@@ -273,17 +273,6 @@ int main(int argc, char **argv)
 }
 """
 
-_MAKEFILE = """CC ?= gcc
-CFLAGS ?= -std=c99 -Wall -Wextra -Werror -O2
-
-bnn_demo: main.c bnn_model.c bnn_model.h
-\t$(CC) $(CFLAGS) -o $@ main.c bnn_model.c
-
-clean:
-\trm -f bnn_demo
-"""
-
-
 @dataclass
 class CExport:
     """What :func:`export_c` wrote and the memory it needs."""
@@ -477,7 +466,8 @@ int bnn_infer(const bnn_input_t *input, float logits[BNN_NUM_OUTPUTS])
     # A model with one or two blocks never touches one of the buffers; -Werror would object.
     unused = [f"    (void)bnn_buf{j};" for j in (0, 1) if not buf_words[j]]
     body = body.replace("    int i, best = 0;\n", "    int i, best = 0;\n" + "".join(u + "\n" for u in unused))
-    files = {"bnn_model.h": header, "bnn_model.c": body, "main.c": _MAIN, "Makefile": _MAKEFILE}
+    files = {"bnn_model.h": header, "bnn_model.c": body, "main.c": _MAIN, "Makefile": makefile(),
+             "bnn_entry.c": ENTRY_SOURCE}
     return files, CExport(sorted(files), sum(tables.values()), ram, tables)
 
 
@@ -515,59 +505,14 @@ def _check_for_c(mf: ModelFile) -> None:
 def export_c(mf: ModelFile, outdir: str | os.PathLike) -> CExport:
     """Write the C files into ``outdir`` in one step: into a temporary folder, swapped in.
 
-    Other files already in ``outdir`` are kept; a stale ``bnn_demo`` is removed.
+    Other files already in ``outdir`` are kept; stale build products (``bnn_demo``, the
+    Cortex-M images) are removed.
     """
     files, info = generate_c(mf)
     out = Path(outdir)
-    with atomic_folder(out, replaces=(*files, "bnn_demo", "bnn_model.o", "bnn_model.su")) as tmp:
+    with atomic_folder(out, replaces=(*files, *BUILD_PRODUCTS)) as tmp:
         for name, text in files.items():
             with open(tmp / name, "w", encoding="ascii", newline="\n") as f:
                 f.write(text)
     info.files = [str(out / n) for n in sorted(files)]
     return info
-
-
-CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
-
-
-def build_c(outdir: str | os.PathLike, cc: str = "gcc") -> Path:
-    """Compile the example program with the strict flags; returns the executable's path."""
-    out = Path(outdir)
-    exe = out / "bnn_demo"
-    subprocess.run([cc, *CFLAGS, "-o", str(exe), str(out / "main.c"), str(out / "bnn_model.c")],
-                   check=True, capture_output=True, text=True)
-    return exe
-
-
-def measure_c(outdir: str | os.PathLike, cc: str = "gcc", opt: str = "-Os") -> dict[str, int]:
-    """Section sizes of the compiled model (no main), in bytes, for the host compiler.
-
-    flash = code + const tables + initialized data; ram = data + bss + a bound on the stack.
-    """
-    out = Path(outdir)
-    size_tool = shutil.which("size")
-    if size_tool is None:
-        raise RuntimeError("binutils 'size' is not installed")
-    obj = out / "bnn_model.o"
-    flags = [f for f in CFLAGS if not f.startswith("-O")] + [opt, "-fstack-usage"]
-    subprocess.run([cc, *flags, "-c", "-o", str(obj), str(out / "bnn_model.c")], check=True,
-                   capture_output=True, text=True)
-    usage = out / "bnn_model.su"
-    # Every frame added up: a bound on the stack, whatever the call depth after inlining.
-    stack = sum(int(line.split("\t")[1]) for line in usage.read_text().splitlines()
-                if line.count("\t") >= 2) if usage.exists() else 0
-    usage.unlink(missing_ok=True)
-    text = subprocess.run([size_tool, "-A", str(obj)], check=True, capture_output=True,
-                          text=True).stdout
-    sections = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
-            sections[parts[0]] = int(parts[1])
-    obj.unlink()
-    code = sum(v for k, v in sections.items() if k.startswith(".text"))
-    rodata = sum(v for k, v in sections.items() if k.startswith(".rodata"))
-    data = sum(v for k, v in sections.items() if k.startswith(".data"))
-    bss = sum(v for k, v in sections.items() if k.startswith(".bss"))
-    return {"code": code, "rodata": rodata, "data": data, "bss": bss, "stack_bound": stack,
-            "flash": code + rodata + data, "ram": data + bss + stack}
