@@ -194,12 +194,20 @@ def _export_h5(model, path: str, quiet: bool) -> dict:
     return {"h5": path, "h5_bytes": size}
 
 
+def run_inputs(rt, ds):
+    """What ``bnnlab run`` feeds the runtime ``rt`` for dataset ``ds``'s test set: its images
+    as the file's raw encoding (uint8 pixels), or its points as they are."""
+    from .deploy.runtime import raw_from_unit
+
+    return raw_from_unit(ds.x_test, rt.input.encoding) if ds.kind == "image" else ds.x_test
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
     from .data import DatasetError, load_dataset
     from .deploy import ExportError, ModelFileError
-    from .deploy.runtime import available_cpus, raw_from_unit
+    from .deploy.runtime import available_cpus
 
     if args.threads is not None and args.threads < 1:
         raise CliError("--threads must be at least 1")
@@ -231,7 +239,7 @@ def cmd_run(args) -> int:
     if ds.input_shape != tuple(rt.input.shape):
         raise CliError(f"{args.model} reads inputs of shape {tuple(rt.input.shape)}, "
                        f"{ds.name} has {ds.input_shape}")
-    raw = raw_from_unit(ds.x_test, rt.input.encoding) if ds.kind == "image" else ds.x_test
+    raw = run_inputs(rt, ds)
     rt.warm_up()
     t = time.perf_counter()
     pred = rt.predict(raw, threads=args.threads)

@@ -8,6 +8,8 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
+from PySide6.QtCore import Qt
+
 from bnnlab.app.runs import RunState
 from bnnlab.app.session import Session
 from bnnlab.gui.main_window import MainWindow
@@ -224,28 +226,93 @@ def test_tryit_averages_stochastic_passes(window, qtbot):
     assert tryit.passes.isHidden()
 
 
-def test_bits_panel_explains_a_unit_as_the_runtime_computes_it(window, qtbot):
+def test_bits_panel_explains_a_clicked_unit_of_try_its_input(window, qtbot):
+    from PySide6.QtCore import QPoint
+
     s = window.session
     s.update_scene(limit_train=256, limit_test=32, epochs=1)
     s.start()
     _idle(window, qtbot)
+    tryit = _show(window, "Try it")
+    tryit.test_spin.setValue(5)  # Try it's input is what the Bits panel runs
+    assert s.probe is not None and s.probe.label.startswith("test image #5")
     bits = _show(window, "Bits")
     qtbot.waitUntil(lambda: (window._push_current_tab(), bits._worker.idle()
                              and bool(bits.blocks) and bits.explanation is not None)[1],
                     timeout=WAIT_MS)
+    assert "test image #5" in bits.input_label.text()
+    x5 = s.runs[0].prepared.dataset.x_test[5]
+    np.testing.assert_array_equal(bits.probe.raw, bits._opened.raw_inputs(x5[None])[0])
     xnor = [i for i, (b, kb, _t) in enumerate(bits.blocks) if kb is not None and b.input == "bits"]
     assert xnor and bits.block.currentData() == xnor[0]
-    for unit in ((3, 2, 1), (0, 0, 0)):  # each differs from the one shown before
-        bits.explanation = None
-        bits.channel.setValue(unit[0])
-        bits.row.setValue(unit[1])
-        bits.col.setValue(unit[2])
+    assert bits.selected_unit() == (0, 0, 0)
+    view = bits.output_map
+    for unit in ((2, 1, 3), (0, 3, 1)):  # (row, column, channel), each a new selection
+        scene_pos = view.view_point(*unit)
+        pos = view.mapFromScene(scene_pos)
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(pos.x(), pos.y()))
+        assert bits.selected_unit() == unit
         qtbot.waitUntil(lambda: bits._worker.idle() and bits.explanation is not None
                         and bits.explanation.unit == unit, timeout=WAIT_MS)
         e = bits.explanation
         assert e.agrees and e.output == e.runtime_output
-        w = e.windows[0]
+        assert e.output == bits.probe.maps[e.block].values[unit]  # the bit drawn under the click
+        w = max(e.windows, key=lambda w: w.dot)
         assert w.dot == w.k - 2 * w.popcount
         text = bits.steps.toPlainText()
         assert f"dot = K - 2d = {w.k} - 2*{w.popcount}" in text and "the same" in text
+        assert "the same" in bits.verdict.text()
     assert bits.layout_table.rowCount() > 3
+
+
+def test_tryit_on_an_opened_bnn_agrees_with_bnnlab_run(window, qtbot, tmp_path, capsys):
+    """File > Open's path, Try it's prediction on test images, and `bnnlab run`'s code
+    path on the same images: every prediction equal."""
+    import json
+
+    from bnnlab.cli import main
+    from bnnlab.cli_base import open_arg
+    from bnnlab.cli_deploy import run_inputs
+    from bnnlab.data import load_dataset
+    from bnnlab.deploy import export_model
+    from bnnlab.deploy.fold import input_spec_for
+    from bnnlab.experiment import build_model
+    from bnnlab.io.scenes import load_preset
+
+    scene = load_preset("quickstart")
+    scene.seed, scene.dataset = 7, "digits"
+    model = build_model(scene, (28, 28, 1), 10)
+    rng = np.random.default_rng(7)
+    state = model.state_dict()
+    for k, v in state.items():  # varied thresholds: not every image gets the same class
+        if k.endswith("moving_mean"):
+            state[k] = rng.normal(0, 2, v.shape).astype(np.float32)
+    model.load_state_dict(state)
+    names = load_dataset("digits", seed=7, limit_train=1, limit_test=1).class_names
+    path = tmp_path / "m.bnn"
+    export_model(model, path, input_spec_for((28, 28, 1)), names,
+                 {"name": "m", "dataset": "digits", "seed": "7"})
+
+    s = window.session
+    window.open_path(str(path))  # what File > Open model and drag-and-drop call
+    qtbot.waitUntil(lambda: (window._refresh(), len(s.runs) == 1
+                             and s.runs[0].prepared is not None)[1], timeout=WAIT_MS)
+    tryit = _show(window, "Try it")
+    n = 40
+    tried = []
+    for i in range(n):
+        tryit.test_spin.setValue(i)
+        qtbot.waitUntil(lambda: tryit.is_idle() and tryit.probabilities() is not None,
+                        timeout=WAIT_MS)
+        tried.append(int(np.argmax(tryit.probabilities())))
+    x_tryit = s.runs[0].prepared.dataset.x_test
+
+    rt = open_arg(str(path), "model").runtime()  # `bnnlab run`'s own steps
+    ds = load_dataset("digits", seed=7, splits=("test",))
+    np.testing.assert_array_equal(ds.x_test[:n], x_tryit[:n])  # the same test images
+    run_pred = rt.predict(run_inputs(rt, ds))
+    assert tried == run_pred[:n].tolist()
+    assert len(set(tried)) > 1
+    assert main(["run", str(path), "--data", "digits", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["accuracy"] == pytest.approx(float(np.mean(run_pred == ds.y_test)))

@@ -15,7 +15,7 @@ from typing import Any
 from ..io.scenes import Scene
 from .describe import describe_scene
 
-__all__ = ["RUN_COLORS", "Focus", "Run", "RunState", "RunView"]
+__all__ = ["RUN_COLORS", "Focus", "Probe", "Run", "RunState", "RunView"]
 
 # Run colours: far apart in hue and lightness, none close to the red used for clip bounds.
 RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -100,6 +100,17 @@ class Run:
                        self.evaluation, self.scene.input_scale)
 
 
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """The input Try it shows (a drawing or a test image), for panels that explain it.
+
+    ``x`` is one dataset input, (H, W, C) in [0, 1] for images; ``label`` says what it is.
+    """
+
+    x: Any
+    label: str
+
+
 @dataclass(frozen=True)
 class Focus:
     """What the panels show at one moment: every run (for overlays), the selected run with
@@ -114,4 +125,5 @@ class Focus:
     results: tuple[dict, ...] = ()  # results.result_rows of every run
     evaluating: bool = False  # an evaluation is running
     comparison: Any = None  # seeds.Comparison, the newest comparison over seeds
+    probe: Probe | None = None  # Try it's current input
     version: int = 0

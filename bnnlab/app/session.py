@@ -22,7 +22,7 @@ from .editing import SceneEditing
 from .opened import OpenedModels
 from .results import result_rows, seed_result_rows
 from .jobs import TrainingJob, WarmUpJob
-from .runs import RUN_COLORS, Focus, Run, RunState, RunView
+from .runs import RUN_COLORS, Focus, Probe, Run, RunState, RunView
 from .seeds import SeedComparisons
 
 __all__ = ["DEFAULT_PRESET", "EVENTS", "Session"]
@@ -57,6 +57,7 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
         self.allow_download = True
         self.runs: list[Run] = []
         self.selected: Run | None = None
+        self.probe: Probe | None = None  # Try it's current input
         self.version = 0  # bumped on every change the views draw
         self.kernels_ready = threading.Event()
         self.preview_config: tuple | None = None  # (config, fp_config) of the current scene
@@ -436,12 +437,18 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
                      twin=twin.view(False) if twin is not None else None,
                      prepared=run.prepared if run is not None else None,
                      model_config=config, fp_config=fp, results=tuple(self.result_table()),
-                     evaluating=self.evaluating, comparison=self.comparison,
+                     evaluating=self.evaluating, comparison=self.comparison, probe=self.probe,
                      version=self.version)
 
     def result_table(self) -> list[dict]:
         """The results table: every run, then every training of every comparison over seeds."""
         return result_rows(self.runs) + seed_result_rows(self.comparisons)
+
+    def set_probe(self, x, label: str) -> None:
+        """Try it's current input (one dataset input, e.g. (28, 28, 1) in [0, 1]) and what
+        it is, for the panels that explain it (Bits)."""
+        self.probe = Probe(x, label)
+        self.version += 1
 
     def run_by_number(self, number: int) -> Run | None:
         return next((r for r in self.runs if r.number == number), None)

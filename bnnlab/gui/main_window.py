@@ -83,7 +83,7 @@ class MainWindow(QMainWindow):
         self.pages: list[PanelPage] = []
         for title, module, cls, heavy in PAGES:
             factory = {"ResultsPanel": self._make_results, "EvaluatePanel": self._make_evaluate,
-                       "SeedsPanel": self._make_seeds}.get(
+                       "SeedsPanel": self._make_seeds, "TryItPanel": self._make_tryit}.get(
                 cls, _panel_factory(module, cls))
             page = PanelPage(title, factory, heavy=heavy)
             self.pages.append(page)
@@ -163,6 +163,11 @@ class MainWindow(QMainWindow):
         panel.evaluate_requested.connect(lambda name: s.selected and s.evaluate(s.selected, name))
         panel.cancel_requested.connect(s.cancel_evaluation)
         panel.fine_tune_requested.connect(lambda: s.selected and s.fine_tune(s.selected))
+        return panel
+
+    def _make_tryit(self):
+        panel = _panel_factory("tryit", "TryItPanel")()
+        panel.input_changed.connect(self.session.set_probe)  # what the Bits panel explains
         return panel
 
     # ------------------------------------------------------------------ files dropped on the window

@@ -1,11 +1,20 @@
-"""The Bits panel: a binary model as its ``.bnn`` file stores it, and one output unit
-computed step by step on a test image.
+"""The Bits panel: a binary model as its ``.bnn`` file stores it, run on Try it's input.
 
-For the selected run (its latest weights folded into the ``.bnn`` form) or an opened
-model: each block's packed weights as a bit plane (filters x taps, in the file's packing
-order), the folded per-channel thresholds, which bytes of the file hold what, and for a
-chosen output unit: the input bits, weight bits, XNOR, popcount, ``K - 2 popcount``,
-pooling, the threshold and the output bit, next to the bit the runtime computed.
+For the selected run (its final weights folded into the ``.bnn`` form) or an opened model,
+in three tabs:
+
+* **Activations · one unit**: the chosen block's input and output for the current Try-it
+  input (a drawing or a test image), computed by the packed runtime: one ±1 tile per
+  channel, or a strip of bits for a dense block. Clicking a unit of the output selects it
+  and shades its receptive field in the input; beside it, the unit's computation step by
+  step (input bits, weight bits, XNOR, popcount, ``K - 2 popcount``, pooling, threshold,
+  output bit) and whether the runtime computed the same bit;
+* **Weight bits · thresholds**: the block's packed kernel as a bit plane (filters x taps,
+  in the file's packing order) and the folded per-channel thresholds;
+* **File bytes**: which bytes of the file hold what.
+
+The layout and the text are in :mod:`bnnlab.app.bits`; the numbers in
+:mod:`bnnlab.deploy.explain`.
 """
 
 from __future__ import annotations
@@ -15,59 +24,53 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QComboBox,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QSpinBox,
+    QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from ...deploy.explain import explain_unit, file_layout, kernel_bits, thresholds
+from ...app.bits import Mosaic, block_input, block_output, probe, receptive_field, unit_text
+from ...deploy.explain import kernel_bits, thresholds
 from ..views.background import LatestOnly
+from ..views.bitmap import BitMap
 from ..views.picture import Picture
 
-__all__ = ["BitsPanel", "unit_text"]
+__all__ = ["BitsPanel"]
+
+TRY_IT, TEST_IMAGE = 0, 1
 
 
-def _bits(a) -> str:
-    return "".join("1" if v else "0" for v in np.asarray(a).ravel())
-
-
-def unit_text(e) -> str:
-    """The step-by-step computation of one output unit, as plain text."""
-    c, y, x = e.unit
-    lines = [f"block {e.block}, output channel {c} at row {y}, column {x} ({e.kind} inputs)"]
-    for w in e.windows:
-        lines.append(f"window at {w.position}: K = {w.k} taps")
-        if w.input_bits is not None:
-            lines += [f"  input bits   {_bits(w.input_bits)}",
-                      f"  weight bits  {_bits(w.weight_bits)}",
-                      f"  XNOR         {_bits(w.xnor)}   (1 = signs agree)",
-                      f"  popcount of disagreements d = {w.popcount}",
-                      f"  dot = K - 2d = {w.k} - 2*{w.popcount} = {w.dot:g}"]
-        else:
-            lines.append(f"  dot = sum(inputs * weights) = {w.dot:g}")
-    if len(e.windows) > 1:
-        lines.append(f"max pool: m = {e.m:g}")
-    lines += [f"threshold: {e.rule}  ->  output {e.output:+g}",
-              f"runtime computed {e.runtime_output:+g}: "
-              + ("the same" if e.agrees else "DIFFERENT")]
-    return "\n".join(lines)
-
-
-def _analyse(opened, x):
-    """Everything the panel draws, off the GUI thread."""
+def _analyse(opened):
+    """Everything about the model the panel draws, off the GUI thread."""
     mf = opened.model_file()
     blocks = []
     for i, b in enumerate(mf.blocks):
         kb = kernel_bits(mf, i) if b.kernel == "bits" else None
         th = thresholds(mf, i) if b.output == "bits" else []
         blocks.append((b, kb, th))
-    return blocks, opened.bnn_layout(), opened.runtime(), opened.raw_inputs(x[None])[0]
+    opened.runtime()  # built here, not on the GUI thread
+    return opened, mf, blocks, opened.bnn_layout()
+
+
+def _probe(generation, opened, x, block, unit):
+    return generation, probe(opened, x, block, unit)
+
+
+def _table(headers: list[str]) -> QTableWidget:
+    t = QTableWidget(0, len(headers))
+    t.setHorizontalHeaderLabels(headers)
+    t.verticalHeader().setVisible(False)
+    t.horizontalHeader().setStretchLastSection(True)
+    t.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+    return t
 
 
 class BitsPanel(QWidget):
@@ -77,66 +80,124 @@ class BitsPanel(QWidget):
         super().__init__(parent)
         self.heading = QLabel("Select a run with a binary network, or open a .bnn file.")
         self.heading.setWordWrap(True)
+        self.heading.setTextFormat(Qt.TextFormat.RichText)
         self.block = QComboBox()
+        self.block.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.block.setMinimumContentsLength(24)
         self.block.currentIndexChanged.connect(self._show_block)
-        self.plane = Picture("weight bits (rows: filters · columns: taps)", (0.0, 1.0),
-                             caption="black: bit 1 (weight −1) · white: bit 0 (+1)")
-        self.plane.setMinimumSize(280, 180)
-        self.thresholds = QTableWidget(0, 2)
-        self.thresholds.setHorizontalHeaderLabels(["channel", "output bit"])
-        self.thresholds.verticalHeader().setVisible(False)
-        self.thresholds.horizontalHeader().setStretchLastSection(True)
-        self.layout_table = QTableWidget(0, 3)
-        self.layout_table.setHorizontalHeaderLabels(["offset", "bytes", "holds"])
-        self.layout_table.verticalHeader().setVisible(False)
-        self.layout_table.horizontalHeader().setStretchLastSection(True)
-        self.channel, self.row, self.col, self.image = (QSpinBox() for _ in range(4))
-        for spin in (self.channel, self.row, self.col, self.image):
-            spin.valueChanged.connect(self._explain)
+        self.source = QComboBox()
+        self.source.addItems(["Try it's input", "test image #"])
+        self.source.currentIndexChanged.connect(self._ask)
+        self.image = QSpinBox()
+        self.image.valueChanged.connect(self._image_changed)
+        self.channel, self.row, self.col = (QSpinBox() for _ in range(3))
+        for spin in (self.channel, self.row, self.col):
+            spin.valueChanged.connect(self._ask)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("block"))
+        top.addWidget(self.block, 1)
+        top.addSpacing(8)
+        top.addWidget(QLabel("input"))
+        top.addWidget(self.source)
+        top.addWidget(self.image)
+        self.input_label = QLabel("")
+        self.input_label.setStyleSheet("color: #555;")
+        self.input_label.setWordWrap(True)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._build_activations(), "Activations · one unit")
+        self.tabs.addTab(self._build_weights(), "Weight bits · thresholds")
+        self.byte_table = _table(["offset", "bytes", "holds"])
+        self.tabs.addTab(self.byte_table, "File bytes")
+        self.layout_table = self.byte_table
+
+        content = QWidget()
+        col = QVBoxLayout(content)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addLayout(top)
+        col.addWidget(self.input_label)
+        col.addWidget(self.tabs, 1)
+        self.waiting = QLabel("")
+        self.waiting.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.waiting.setWordWrap(True)
+        self.pages = QStackedWidget()  # nothing drawn (no empty plots) before a model is there
+        self.pages.addWidget(self.waiting)
+        self.pages.addWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.heading)
+        layout.addWidget(self.pages, 1)
+
+        self._worker = LatestOnly(self)
+        self._worker.finished.connect(self._on_result)
+        self._worker.failed.connect(self._on_failed)
+        self._source = None
+        self._opened = self._mf = None
+        self._raw_x = None
+        self._probe_x = None
+        self._probe_label = ""
+        self._generation = 0
+        self.blocks = []
+        self.probe = None
+        self.explanation = None
+        self._waiting("Select a finished run with a binary network, or open a .bnn file "
+                      "(File > Open model).")
+
+    def _build_activations(self) -> QWidget:
+        self.input_map = BitMap("block input")
+        self.output_map = BitMap("block output (click a unit)")
+        self.output_map.unit_clicked.connect(self.select_unit)
+        for m in (self.input_map, self.output_map):
+            m.setMinimumSize(200, 110)
+        maps = QSplitter(Qt.Orientation.Vertical)
+        maps.addWidget(self.input_map)
+        maps.addWidget(self.output_map)
+        maps.setChildrenCollapsible(False)
+        unit = QHBoxLayout()
+        unit.addWidget(QLabel("<b>Unit</b>"))
+        for label, spin in (("channel", self.channel), ("row", self.row), ("column", self.col)):
+            unit.addWidget(QLabel(label))
+            unit.addWidget(spin)
+        unit.addStretch(1)
         self.steps = QPlainTextEdit()
         self.steps.setReadOnly(True)
         self.steps.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.steps.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        unit = QHBoxLayout()
-        for label, spin in (("test image", self.image), ("channel", self.channel),
-                            ("row", self.row), ("column", self.col)):
-            unit.addWidget(QLabel(label))
-            unit.addWidget(spin)
-        unit.addStretch(1)
-        grid = QGridLayout()
-        grid.addWidget(self.plane, 0, 0)
-        grid.addWidget(self.thresholds, 0, 1)
-        grid.addWidget(QLabel("<b>The .bnn file, byte by byte</b>"), 1, 0)
-        grid.addWidget(QLabel("<b>One output unit, step by step</b>"), 1, 1)
-        grid.addWidget(self.layout_table, 2, 0)
-        right = QVBoxLayout()
-        right.addLayout(unit)
-        right.addWidget(self.steps, 1)
-        grid.addLayout(right, 2, 1)
-        grid.setColumnStretch(0, 1)
-        grid.setColumnStretch(1, 1)
-        grid.setRowStretch(0, 1)
-        grid.setRowStretch(2, 1)
-        top = QHBoxLayout()
-        top.addWidget(QLabel("block"))
-        top.addWidget(self.block, 1)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(self.heading)
-        layout.addLayout(top)
-        layout.addLayout(grid, 1)
-        self._worker = LatestOnly(self)
-        self._worker.finished.connect(self._on_result)
-        self._worker.failed.connect(lambda key, msg: self.heading.setText(
-            f"<b>This model has no .bnn form:</b> {msg}"))
-        self._source = None
-        self._x_test = None
-        self.blocks = []
-        self._runtime = self._raw = None
-        self.explanation = None
+        self.verdict = QLabel("")
+        self.verdict.setWordWrap(True)
+        right = QWidget()
+        rcol = QVBoxLayout(right)
+        rcol.setContentsMargins(0, 0, 0, 0)
+        rcol.addLayout(unit)
+        rcol.addWidget(self.verdict)
+        rcol.addWidget(self.steps, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(maps)
+        split.addWidget(right)
+        split.setChildrenCollapsible(False)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+        return split
+
+    def _build_weights(self) -> QWidget:
+        self.plane = Picture("weight bits (rows: filters · columns: taps)", (0.0, 1.0),
+                             caption="black: bit 1 (weight −1) · white: bit 0 (+1)")
+        self.plane.setMinimumSize(240, 150)
+        self.thresholds = _table(["channel", "output bit from m (the pooled dot product)"])
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.plane)
+        split.addWidget(self.thresholds)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 1)
+        return split
+
+    def _waiting(self, text: str) -> None:
+        self.waiting.setText(text)
+        self.pages.setCurrentIndex(0)
 
     # ------------------------------------------------------------------ focus
     def show_focus(self, focus) -> None:
+        self._take_probe(focus.probe)
         run = focus.run
         opened = None
         if run is not None and run.opened is not None:
@@ -147,23 +208,32 @@ class BitsPanel(QWidget):
             return
         self._source = opened
         self.blocks = []
+        self._opened = None
+        self.heading.setText("")
         if opened is None:
-            self.heading.setText("Select a finished run with a binary network, or open a "
-                                 ".bnn file (File > Open model).")
+            self._waiting("Select a finished run with a binary network, or open a .bnn file "
+                          "(File > Open model)." if run is None or run.opened is None else "")
             return
         prepared = focus.prepared
         if prepared is None:
-            self.heading.setText("Waiting for the test images…")
+            self._waiting("Waiting for the test images…")
             self._source = None
             return
         ds = prepared.dataset
-        self._x_test = ds.x_test if run.opened is not None else prepared.x_test
-        self._raw_x = ds.x_test
+        self._raw_x = ds.x_test  # dataset units (images in [0, 1]), as Try it draws them
+        self.image.blockSignals(True)
         self.image.setRange(0, max(0, len(ds.x_test) - 1))
-        self.heading.setText(f"<b style='color:{run.color}'>{run.title}</b> as a .bnn file "
-                             "stores it: computing…")
-        self._title = run.title
-        self._worker.submit("model", _analyse, self._as_opened(run, focus), ds.x_test[0])
+        self.image.blockSignals(False)
+        self._title = f"<b style='color:{run.color}'>{run.title}</b>"
+        self._waiting(f"{run.title} as a .bnn file stores it: computing…")
+        self._worker.submit("model", _analyse, self._as_opened(run, focus))
+
+    def _take_probe(self, p) -> None:
+        if p is None or p.x is self._probe_x:
+            return
+        self._probe_x, self._probe_label = p.x, p.label
+        if self.source.currentIndex() == TRY_IT:
+            self._ask()
 
     @staticmethod
     def _as_opened(run, focus):
@@ -178,30 +248,46 @@ class BitsPanel(QWidget):
                                       input_scale=run.input_scale,
                                       class_names=ds.class_names, dataset=ds.name)
 
+    def _on_failed(self, key, msg: str) -> None:
+        if key == "model":
+            self._waiting(f"This model has no .bnn form, so it has no bits to show: {msg}")
+        else:
+            self.verdict.setText(f"<b>Cannot compute this unit:</b> {msg}")
+
     def _on_result(self, key, result) -> None:
         if key == "model":
-            self.blocks, spans, self._runtime, self._raw = result
-            self._opened_inputs = None
-            self.heading.setText(f"<b>{self._title}</b>: {len(self.blocks)} blocks, "
-                                 f"{sum(s.size for s in spans):,} bytes as a .bnn file.")
-            self.layout_table.setRowCount(len(spans))
-            for i, sp in enumerate(spans):
-                for j, v in enumerate((f"{sp.offset:,}", f"{sp.size:,}", sp.what)):
-                    self.layout_table.setItem(i, j, QTableWidgetItem(v))
-            self.block.blockSignals(True)
-            self.block.clear()
-            for i, (b, kb, _th) in enumerate(self.blocks):
-                kind = "binary" if kb is not None else "float32"
-                self.block.addItem(f"{i}: {b.kind} {b.in_shape} -> {b.out_channels} "
-                                   f"({kind} weights, {b.fan_in} inputs each)", i)
-            self.block.blockSignals(False)
-            # Open on the first XNOR-popcount block (binary inputs and weights), if any.
-            xnor = [i for i, (b, kb, _t) in enumerate(self.blocks) if kb and b.input == "bits"]
-            self.block.setCurrentIndex(xnor[0] if xnor else 0)
-            self._show_block()
-        elif key == "unit":
-            self.explanation = result
-            self.steps.setPlainText(unit_text(result))
+            self._show_model(*result)
+        elif key == "probe":
+            generation, p = result
+            if generation == self._generation:
+                self._show_probe(p)
+
+    def _show_model(self, opened, mf, blocks, spans) -> None:
+        self._opened, self._mf, self.blocks = opened, mf, blocks
+        self.pages.setCurrentIndex(1)
+        binary = sum(kb is not None for _b, kb, _t in blocks)
+        self.heading.setText(f"{self._title} as a .bnn file: {len(blocks)} blocks "
+                             f"({binary} with binary weights), {sum(s.size for s in spans):,} "
+                             f"bytes; computed on the packed integer runtime.")
+        self.byte_table.setRowCount(len(spans))
+        for i, sp in enumerate(spans):
+            for j, v in enumerate((f"{sp.offset:,}", f"{sp.size:,}", sp.what)):
+                self.byte_table.setItem(i, j, QTableWidgetItem(v))
+        self.byte_table.resizeColumnsToContents()
+        self.block.blockSignals(True)
+        self.block.clear()
+        for i, (b, kb, _th) in enumerate(blocks):
+            kind = "binary" if kb is not None else "float32"
+            inputs = "bits" if b.input == "bits" else "raw input"
+            out = "bits" if b.output == "bits" else "logits"
+            self.block.addItem(f"{i}: {b.kind} {'x'.join(map(str, b.in_shape))} → "
+                               f"{'x'.join(map(str, b.out_shape))} ({kind} weights on {inputs}, "
+                               f"{out} out)", i)
+        self.block.blockSignals(False)
+        # Open on the first XNOR-popcount block (binary inputs and weights), if any.
+        xnor = [i for i, (b, kb, _t) in enumerate(blocks) if kb is not None and b.input == "bits"]
+        self.block.setCurrentIndex(xnor[0] if xnor else 0)
+        self._show_block()
 
     def _show_block(self, *_args) -> None:
         i = self.block.currentData()
@@ -211,42 +297,88 @@ class BitsPanel(QWidget):
         if kb is not None:
             self.plane.set_image(1.0 - kb.bits.astype(np.float32))
             self.plane.set_title(f"{kb.filters} filters × {kb.fan_in} taps (dy, dx, channel), "
-                                 "stored in this order")
+                                 "in the file's order")
         else:
-            self.plane.set_image(np.zeros((1, 1), np.float32))
-            self.plane.set_title("float32 weights (no bits to show)")
+            self.plane.set_image(np.full((1, 1), 0.5, np.float32))
+            self.plane.set_title("float32 weights: no bits to show")
         self.thresholds.setRowCount(len(th))
         for r, t in enumerate(th):
             self.thresholds.setItem(r, 0, QTableWidgetItem(str(t.channel)))
             self.thresholds.setItem(r, 1, QTableWidgetItem(t.rule()))
-        out_h, out_w = _out_hw(b)
-        self.channel.setRange(0, b.out_channels - 1)
-        self.row.setRange(0, out_h - 1)
-        self.col.setRange(0, out_w - 1)
-        self._explain()
+        out_h, out_w, out_c = b.out_shape
+        for spin, top in ((self.channel, out_c), (self.row, out_h), (self.col, out_w)):
+            spin.blockSignals(True)
+            spin.setRange(0, top - 1)
+            spin.blockSignals(False)
+        self._ask()
 
-    def _explain(self, *_args) -> None:
+    # ------------------------------------------------------------------ the unit
+    def select_unit(self, row: int, column: int, channel: int) -> None:
+        """Explain output unit (row, column, channel) of the chosen block (a click on it)."""
+        for spin, v in ((self.row, row), (self.col, column), (self.channel, channel)):
+            spin.blockSignals(True)
+            spin.setValue(v)
+            spin.blockSignals(False)
+        self._ask()
+
+    def selected_unit(self) -> tuple[int, int, int]:
+        return self.row.value(), self.col.value(), self.channel.value()
+
+    def _image_changed(self, *_args) -> None:
+        if self.source.currentIndex() != TEST_IMAGE:
+            self.source.setCurrentIndex(TEST_IMAGE)  # asks
+        else:
+            self._ask()
+
+    def _input(self):
+        """(x, label): Try it's input when it has one that fits, else the chosen test image."""
+        shape = self._opened.input_shape
+        if self.source.currentIndex() == TRY_IT and self._probe_x is not None \
+                and tuple(np.shape(self._probe_x)) == shape:
+            return self._probe_x, f"Try it's input: {self._probe_label}"
+        i = self.image.value()
+        note = "" if self.source.currentIndex() == TEST_IMAGE else \
+            " (Try it has no input for this model yet)"
+        return self._raw_x[i], f"test image #{i}{note}"
+
+    def _ask(self, *_args) -> None:
         i = self.block.currentData()
-        if i is None or self._runtime is None:
+        if i is None or self._opened is None or self._raw_x is None:
             return
-        from ...deploy.runtime import raw_from_unit
+        x, label = self._input()
+        self.input_label.setText(f"Input: {label}. The maps are what the packed runtime "
+                                 "computes for it; click a unit of the output.")
+        self._generation += 1
+        self._worker.submit("probe", _probe, self._generation, self._opened, x, i,
+                            self.selected_unit())
 
-        spec = self._runtime.model_file.input
-        x = self._raw_x[self.image.value()][None]
-        raw = raw_from_unit(x, spec.encoding)[0] if x.ndim == 4 else x[0]
-        unit = (self.channel.value(), self.row.value(), self.col.value())
-        self._worker.submit("unit", explain_unit, self._runtime, raw, i, unit)
-
-
-def _out_hw(b) -> tuple[int, int]:
-    if b.kind != "conv2d":
-        return 1, 1
-    h, w, _ = b.in_shape
-    kh, kw = b.kernel_size
-    top, bottom, left, right = b.pads
-    oh = (h + top + bottom - kh) // b.stride + 1
-    ow = (w + left + right - kw) // b.stride + 1
-    if b.pool != (0, 0):
-        size, stride = b.pool
-        oh, ow = (oh - size) // stride + 1, (ow - size) // stride + 1
-    return oh, ow
+    def _show_probe(self, p) -> None:
+        self.probe, self.explanation = p, p.explanation
+        e, mf = p.explanation, self._mf
+        i = e.block
+        b = mf.blocks[i]
+        inp, out = block_input(p, mf, i), block_output(p, mf, i)
+        in_mosaic, out_mosaic = Mosaic.for_shape(inp.shape), Mosaic.for_shape(out.shape)
+        self.input_map.set_values(inp, in_mosaic)
+        self.output_map.set_values(out, out_mosaic)
+        h, w, c = b.in_shape
+        what = "pixels" if i == 0 and mf.input.encoding == "uint8" else \
+            ("inputs" if i == 0 else f"bits of block {i - 1}")
+        self.input_map.set_title(f"input: {what}, {c} channel{'s' * (c != 1)} of {h}×{w}; "
+                                 "shaded: the unit's receptive field")
+        oh, ow, oc = b.out_shape
+        if b.output == "bits":
+            shape = f"a strip of {oc} bits" if (oh, ow) == (1, 1) else f"{oc} channels of {oh}×{ow}"
+            self.output_map.set_title(f"output bits: {shape} (white +1, black −1); click a unit")
+        else:
+            self.output_map.set_title(f"output: {oc} logits (grey scale: black lowest, white "
+                                      "highest); click one")
+        self.input_map.shade(receptive_field(b, e.unit))
+        self.output_map.select(e.unit)
+        self.input_map.select(None)
+        color = "#2ca02c" if e.agrees else "#d62728"
+        verdict = "the same" if e.agrees else "a different value"
+        self.verdict.setText(f"Unit (row {e.unit[0]}, column {e.unit[1]}, channel {e.unit[2]}): "
+                             f"by hand {e.output:+g}; the runtime computed "
+                             f"<b style='color:{color}'>{verdict}</b> ({e.runtime_output:+g}).")
+        self.steps.setPlainText(unit_text(e))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QGridLayout,
@@ -145,6 +145,9 @@ class TryItPanel(QWidget):
     four times a second (and only while the panel is visible) asks the worker for fresh
     results.
     """
+
+    # The image input changed: (H, W, 1) in [0, 1], and what it is ("your drawing", ...).
+    input_changed = Signal(object, str)
 
     def __init__(self, parent: QWidget | None = None, seed: int = 0):
         super().__init__(parent)
@@ -456,6 +459,7 @@ class TryItPanel(QWidget):
     def _predict_drawing(self) -> None:
         self._input = to_mnist(self.canvas.ink())
         self.source_label.setText("Input: your drawing")
+        self.input_changed.emit(self._input[:, :, None].copy(), "your drawing")
         self._ask_image()
 
     def show_test_image(self, index: int) -> None:
@@ -472,6 +476,9 @@ class TryItPanel(QWidget):
         label = "" if self._y_test is None else \
             f" — true class <b>{self._class_names[int(self._y_test[index])]}</b>"
         self.source_label.setText(f"Input: test image #{index}{label}<br>(drawing starts a fresh canvas)")
+        true = "" if self._y_test is None else \
+            f" (true class {self._class_names[int(self._y_test[index])]})"
+        self.input_changed.emit(self._input[:, :, None].copy(), f"test image #{index}{true}")
         self._ask_image()
 
     def pick_random_test_image(self) -> None:
