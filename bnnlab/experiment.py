@@ -27,17 +27,18 @@ def scale_inputs(x: np.ndarray, input_scale: str, kind: str) -> np.ndarray:
 
 def build_model(scene: Scene, input_shape: tuple[int, ...], num_classes: int) -> Sequential:
     """The scene's model, checked against the data's input shape and class count."""
+    where = f"scene {scene.name!r}" + (f" ({scene.source})" if scene.source else "")
     try:
         model = Sequential.from_config(
             {"name": scene.name, "input_shape": list(input_shape), "layers": scene.resolved_layers()},
             seed=scene.seed,
         )
     except ModelTooLarge as exc:
-        raise SceneError(f"scene {scene.name!r}: on data of shape {input_shape}, {exc}") from None
+        raise SceneError(f"{where}: on data of shape {input_shape}, {exc}") from None
     except ValueError as exc:
-        raise SceneError(f"scene {scene.name!r}: the model does not fit the data {input_shape}: {exc}") from None
+        raise SceneError(f"{where}: the model does not fit the data {input_shape}: {exc}") from None
     if model.output_shape != (num_classes,):
-        raise SceneError(f"scene {scene.name!r}: the model outputs {model.output_shape} but the "
+        raise SceneError(f"{where}: the model outputs {model.output_shape} but the "
                          f"dataset has {num_classes} classes; make the last layer's units {num_classes}")
     return model
 

@@ -122,9 +122,14 @@ def test_unsupported_quantizer_is_named(tmp_path):
 
 def test_functional_and_weights_only_files_are_refused(tmp_path):
     def functional(cfg):
-        cfg["class_name"] = "Functional"
-    with pytest.raises(LarqImportError, match="only Sequential"):
+        cfg["class_name"] = "Functional"  # a Functional model lists its input and output
+    with pytest.raises(LarqImportError, match="input_layers must name exactly one layer"):
         import_larq(_edit_config(tmp_path, functional))
+
+    def subclassed(cfg):
+        cfg["class_name"] = "MyModel"
+    with pytest.raises(LarqImportError, match="only Sequential and Functional models"):
+        import_larq(_edit_config(tmp_path, subclassed))
     with pytest.raises(LarqImportError, match="weights-only"):
         import_larq(f"{LARQ}/larq_mnist_bnn.weights.h5")
 

@@ -50,9 +50,12 @@ class Layer:
 
     type_name = "Layer"
     keras_name = "layer"  # the name stem Keras gives such a layer, for summaries
+    merge = False  # True for layers that join several inputs (bnnlab.core.merge_layers)
 
     def __init__(self, name: str | None = None):
         self.name = name
+        # names of the layers this one reads (bnnlab.core.graph); None: the previous layer
+        self.inputs: tuple[str, ...] | None = None
         self.input_shape: tuple[int, ...] | None = None
         self.output_shape: tuple[int, ...] | None = None
         self.need_input_grad = True

@@ -54,6 +54,8 @@ LAYER_TYPES: dict[str, LayerType] = {t.name: t for t in (
     LayerType("MaxPool2D", ("MaxPooling2D",), False, "MaxPool2D", "free"),
     LayerType("Flatten", ("Flatten",), False, "Flatten", "free"),
     LayerType("Activation", ("Activation",), False, "Activation", "unknown"),
+    LayerType("Add", ("Add",), False, "Add", "free"),
+    LayerType("Concatenate", ("Concatenate",), False, "Concatenate", "free"),
 )}
 _BY_ALIAS = {alias: t for t in LAYER_TYPES.values() for alias in t.keras}
 

@@ -20,6 +20,8 @@ from . import kernels as K
 from .binarizers import ApproxSign, Binarizer, Sign, SteSign, SwishSign, get_binarizer
 from .layer_types import canonical_type
 from .layer_base import ACTIVATIONS, CONSTRAINTS, Layer, Param, _count  # noqa: F401 (re-exported)
+from .graph import check_inputs_value
+from .merge_layers import Add, Concatenate
 from .plain_layers import Activation, BatchNorm, Flatten, MaxPool2D
 from .shapes import conv_output_size
 
@@ -34,6 +36,8 @@ __all__ = [
     "MaxPool2D",
     "Flatten",
     "Activation",
+    "Add",
+    "Concatenate",
     "layer_from_config",
     "layer_types",
 ]
@@ -418,7 +422,8 @@ class Dense(QuantDense):
 
 _LAYERS = {
     cls.type_name: cls
-    for cls in (QuantConv2D, Conv2D, QuantDense, Dense, BatchNorm, MaxPool2D, Flatten, Activation)
+    for cls in (QuantConv2D, Conv2D, QuantDense, Dense, BatchNorm, MaxPool2D, Flatten, Activation,
+                Add, Concatenate)
 }
 
 
@@ -427,8 +432,10 @@ def layer_types() -> list[str]:
 
 
 def layer_from_config(cfg: dict[str, Any]) -> Layer:
-    """Make a layer from ``{"type": name, **arguments}``; errors name the bad field."""
+    """Make a layer from ``{"type": name, "inputs": [...], **arguments}``; errors name the
+    bad field. ``inputs`` (optional) names the layers it reads (:mod:`bnnlab.core.graph`)."""
     cfg = dict(cfg)
+    inputs = check_inputs_value(cfg.pop("inputs", None))
     t = cfg.pop("type", None)
     if t is None:
         raise ValueError(f"layer {cfg!r} has no 'type'")
@@ -438,6 +445,8 @@ def layer_from_config(cfg: dict[str, Any]) -> Layer:
     if t not in _LAYERS:
         raise ValueError(f"unknown layer type {t!r}; valid: {', '.join(sorted(_LAYERS))}")
     try:
-        return _LAYERS[t](**cfg)
+        layer = _LAYERS[t](**cfg)
     except TypeError as exc:
         raise ValueError(f"layer {t}: {exc}") from None
+    layer.inputs = inputs
+    return layer

@@ -1,4 +1,5 @@
-"""A Sequential model and softmax cross-entropy (checkpoint files: :mod:`bnnlab.io.checkpoints`)."""
+"""The model (a stack of layers, or a graph of them) and softmax cross-entropy (checkpoint
+files: :mod:`bnnlab.io.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .graph import INPUT, assign_names, wire
 from .layers import Layer, Param, _QuantBase, layer_from_config
 
 __all__ = ["MAX_WEIGHT_BYTES", "ModelTooLarge", "Sequential", "softmax", "softmax_cross_entropy", "model_from_state"]
@@ -43,40 +45,75 @@ def _gb(n: int) -> str:
 
 
 class Sequential:
-    """A stack of layers. ``forward`` returns logits; a final softmax lives in the loss."""
+    """Layers run in order; ``forward`` returns logits (a final softmax lives in the loss).
+
+    Despite its Keras name the model may be a graph: a layer whose ``inputs`` name other
+    layers (:mod:`bnnlab.core.graph`) reads their outputs, merge layers (``Add``,
+    ``Concatenate``) join branches. ``layers`` holds them in the order they run (a
+    topological order that keeps the listed order where it can); ``sources[i]`` are the
+    indices in ``layers`` of layer i's inputs, -1 for the model input. Backward sums the
+    gradients of an output read by several layers.
+    """
 
     def __init__(self, layers: Iterable[Layer], input_shape: tuple[int, ...], name="sequential",
                  seed: int = 0, max_weight_bytes: int = MAX_WEIGHT_BYTES):
-        self.layers = list(layers)
-        if not self.layers:
+        layers = list(layers)
+        if not layers:
             raise ValueError("a model needs at least one layer")
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1:
             raise ValueError(f"the input shape must be positive sizes, got {self.input_shape}")
         self.name = name
+        assign_names(layers)
+        order, sources = wire(layers)
+        position = {old: new for new, old in enumerate(order)}
+        self.layers = [layers[i] for i in order]
+        self.sources = [tuple(-1 if s < 0 else position[s] for s in sources[i]) for i in order]
         self._check_softmax()
-        self._name_layers()
         self._check_size(max_weight_bytes)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"the seed must be a non-negative integer, got {seed!r}")
         rng = np.random.default_rng(seed)
-        shape = self.input_shape
-        for layer in self.layers:
+        shapes: list[tuple[int, ...]] = []
+        for layer, src in zip(self.layers, self.sources):
             try:
-                shape = layer.build(shape, rng)
+                ins = [self.input_shape if s < 0 else shapes[s] for s in src]
+                shapes.append(layer.build_many(ins, rng) if layer.merge else layer.build(ins[0], rng))
             except ValueError as exc:
                 raise ValueError(f"layer {layer.name}: {exc}") from None
-        self.output_shape = shape
-        # The first layer's input is data: computing its gradient would be wasted work.
-        self.layers[0].need_input_grad = False
+        self.output_shape = shapes[-1]
+        # A layer reading only the data: computing its input gradient would be wasted work.
+        for layer, src in zip(self.layers, self.sources):
+            if all(s < 0 for s in src):
+                layer.need_input_grad = False
+        # how many layers read each output, so forward can drop what no one needs anymore
+        self._readers = [0] * len(self.layers)
+        for src in self.sources:
+            for s in src:
+                if s >= 0:
+                    self._readers[s] += 1
+
+    @property
+    def is_graph(self) -> bool:
+        """True unless each layer reads the one before it (the first, the model input)."""
+        return any(src != (i - 1,) for i, src in enumerate(self.sources))
+
+    def input_names(self, i: int) -> tuple[str, ...]:
+        """The names of layer i's inputs (:data:`bnnlab.core.graph.INPUT` for the data)."""
+        return tuple(INPUT if s < 0 else self.layers[s].name for s in self.sources[i])
 
     def _check_size(self, max_weight_bytes: int) -> None:
         """Refuse a model too large for memory from its shapes alone, before any allocation."""
-        shape, count = self.input_shape, 0
-        for layer in self.layers:
+        shapes: list[tuple[int, ...]] = []
+        count = 0
+        for layer, src in zip(self.layers, self.sources):
+            ins = [self.input_shape if s < 0 else shapes[s] for s in src]
             try:
-                count += layer.weight_count(shape)
-                shape = layer.compute_output_shape(shape)
+                if layer.merge:
+                    shapes.append(layer.compute_output_shape_many(ins))
+                else:
+                    count += layer.weight_count(ins[0])
+                    shapes.append(layer.compute_output_shape(ins[0]))
             except ValueError as exc:
                 raise ValueError(f"layer {layer.name}: {exc}") from None
         nbytes = 4 * count
@@ -91,22 +128,6 @@ class Sequential:
             if getattr(layer, "activation", None) == "softmax" and i != len(self.layers) - 1:
                 raise ValueError(f"softmax is only allowed on the last layer (found on layer {i})")
 
-    def _name_layers(self):
-        counts: dict[str, int] = {}
-        taken = {layer.name for layer in self.layers if layer.name}
-        for layer in self.layers:
-            if layer.name:
-                continue
-            stem = layer.keras_name
-            while True:
-                k = counts.get(stem, 0)
-                counts[stem] = k + 1
-                name = stem if k == 0 else f"{stem}_{k}"
-                if name not in taken:
-                    break
-            layer.name = name
-            taken.add(name)
-
     # -- structure
     @property
     def quant_layers(self) -> list[_QuantBase]:
@@ -119,8 +140,14 @@ class Sequential:
         return {
             "name": self.name,
             "input_shape": list(self.input_shape),
-            "layers": [dict(layer.config(), name=layer.name) for layer in self.layers],
+            "layers": [self._layer_config(i) for i in range(len(self.layers))],
         }
+
+    def _layer_config(self, i: int) -> dict[str, Any]:
+        d = dict(self.layers[i].config(), name=self.layers[i].name)
+        if self.sources[i] != (i - 1,):  # the default: the layer before (or the data)
+            d["inputs"] = list(self.input_names(i))
+        return d
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], seed: int = 0) -> "Sequential":
@@ -146,16 +173,32 @@ class Sequential:
             raise ValueError(f"model expects input (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        for layer in self.layers:
-            x = layer.forward(x, training=training, rng=rng)
-        return x
+        outs: dict[int, np.ndarray] = {}
+        left = list(self._readers)
+        for i, (layer, src) in enumerate(zip(self.layers, self.sources)):
+            xs = [x if s < 0 else outs[s] for s in src]
+            for s in src:
+                if s >= 0:
+                    left[s] -= 1
+                    if not left[s]:
+                        del outs[s]  # its last reader has it
+            outs[i] = (layer.forward_many(xs, training=training, rng=rng) if layer.merge
+                       else layer.forward(xs[0], training=training, rng=rng))
+        return outs[len(self.layers) - 1]
 
     def backward(self, dlogits: np.ndarray) -> None:
-        g = dlogits
-        for layer in reversed(self.layers):
-            g = layer.backward(g)
+        """Gradients into every parameter; an output read by several layers gets their sum."""
+        grads: dict[int, np.ndarray] = {len(self.layers) - 1: dlogits}
+        for i in range(len(self.layers) - 1, -1, -1):
+            g = grads.pop(i, None)
             if g is None:
-                break
+                continue  # nothing downstream needs this layer (no trainable path)
+            layer = self.layers[i]
+            gin = layer.backward_many(g) if layer.merge else [layer.backward(g)]
+            for s, gs in zip(self.sources[i], gin):
+                if s < 0 or gs is None:
+                    continue
+                grads[s] = grads[s] + gs if s in grads else gs
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]

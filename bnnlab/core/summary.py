@@ -39,6 +39,8 @@ class LayerProfile:
     trainable_params: int
     macs_1bit: int | None  # None = not countable for this layer type ("?")
     macs_32bit: int | None
+    inputs: tuple[str, ...] = ()  # the layers it reads ("input": the data), as Keras shows
+
 
     @property
     def memory_bits(self) -> int:
@@ -53,6 +55,7 @@ class LayerProfile:
 class ModelProfile:
     name: str
     layers: tuple[LayerProfile, ...]
+    is_graph: bool = False  # some layer does not simply read the one before it
 
     @property
     def params_1bit(self) -> int:
@@ -122,7 +125,7 @@ class ModelProfile:
         return self.macs * ENERGY_PJ["mac32"]
 
 
-def _layer_profile(layer) -> LayerProfile:
+def _layer_profile(layer, inputs: tuple[str, ...]) -> LayerProfile:
     out = tuple(layer.output_shape)
     p1 = p32 = trainable = 0
     macs1 = macs32 = 0
@@ -154,12 +157,15 @@ def _layer_profile(layer) -> LayerProfile:
         name=layer.name, type_name=layer.type_name, input_precision=in_prec, output_shape=out,
         params_1bit=p1, params_32bit=p32, trainable_params=trainable,
         macs_1bit=macs1 if countable else None, macs_32bit=macs32 if countable else None,
+        inputs=inputs,
     )
 
 
 def profile_model(model: Sequential) -> ModelProfile:
     """Count parameters, memory and MACs per layer, as Larq's summary does."""
-    return ModelProfile(model.name, tuple(_layer_profile(layer) for layer in model.layers))
+    return ModelProfile(model.name, tuple(_layer_profile(layer, model.input_names(i))
+                                          for i, layer in enumerate(model.layers)),
+                        is_graph=model.is_graph)
 
 
 def _si(n: float) -> str:
@@ -193,7 +199,8 @@ def _table(title: str, header: list[list[str]], rows: list[list[str]], footer: l
 
 
 def format_summary(profile: ModelProfile, energy: bool = True) -> str:
-    """Larq-style text: a per-layer table, then the model totals."""
+    """Larq-style text: a per-layer table, then the model totals. A graph model's table
+    ends with a "Connected to" column naming each layer's inputs, as Keras prints it."""
     has1 = profile.params_1bit > 0
     mac1 = profile.macs_1bit > 0 or has1
     pcols = ([1] if has1 else []) + [32]
@@ -208,6 +215,10 @@ def format_summary(profile: ModelProfile, energy: bool = True) -> str:
     head1 = ["Layer", "Input prec.", "Outputs", *[f"# {b}-bit" for b in pcols], "Memory",
              *[f"{b}-bit MACs" for b in mcols]]
     head2 = ["", "(bit)", "", *["x 1" for _ in pcols], "(kB)", *["" for _ in mcols]]
+    graph = profile.is_graph
+    if graph:
+        head1.append("Connected to")
+        head2.append("")
     rows = []
     for lp in profile.layers:
         shape = "(-1, " + ", ".join(str(s) for s in lp.output_shape) + ")"
@@ -215,12 +226,17 @@ def format_summary(profile: ModelProfile, energy: bool = True) -> str:
         r += [str(lp.params_1bit if b == 1 else lp.params_32bit) for b in pcols]
         r.append(kib(lp.memory_kib))
         r += [mac(lp.macs_1bit if b == 1 else lp.macs_32bit) for b in mcols]
+        if graph:
+            r.append(", ".join(lp.inputs))
         rows.append(r)
     total = ["Total", "", ""]
     total += [str(profile.params_1bit if b == 1 else profile.params_32bit) for b in pcols]
     total.append(kib(profile.memory_kib))
     total += [str(profile.macs_1bit if b == 1 else profile.macs_32bit) for b in mcols]
-    stats = _table(f"{profile.name} stats", [head1, head2], rows, [total])
+    if graph:
+        total.append("")
+    stats = _table(f"{profile.name} stats", [head1, head2], rows, [total],
+                   align_left=(0, len(head1) - 1) if graph else (0,))
     items = [
         ("Total params", _si(profile.total_params)),
         ("Trainable params", _si(profile.trainable_params)),

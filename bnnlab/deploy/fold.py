@@ -93,6 +93,9 @@ def _segments(model: Sequential) -> list[_Segment]:
         raise ExportError("the model has no conv or dense layer")
     for idx, layer in enumerate(model.layers):
         where = f"layer {layer.name} ({layer.type_name})"
+        if layer.merge:
+            raise ExportError(f"{where}: the .bnn format holds stacks of layers; a model whose "
+                              "branches join (Add, Concatenate) cannot be written to it")
         if isinstance(layer, _QuantBase):
             segs.append(_Segment(layer))
             continue

@@ -25,8 +25,11 @@ import os
 
 import numpy as np
 
+from ..core.graph import INPUT
 from ..core.layers import (
     Activation,
+    Add,
+    Concatenate,
     BatchNorm,
     Conv2D,
     Dense,
@@ -145,6 +148,11 @@ def _layer_config(layer: Layer, names: _Names) -> dict:
     if isinstance(layer, Activation):
         cfg["activation"] = layer.activation
         return _object("keras.layers", "Activation", cfg)
+    if isinstance(layer, Add):
+        return _object("keras.layers", "Add", cfg)
+    if isinstance(layer, Concatenate):
+        cfg["axis"] = -1
+        return _object("keras.layers", "Concatenate", cfg)
     raise LarqExportError(f"layer {layer.name!r}: {layer.type_name} has no Keras counterpart here")
 
 
@@ -163,6 +171,8 @@ def _weights(layer: Layer) -> list[tuple[str, np.ndarray]]:
 
 def keras_config(model: Sequential) -> dict:
     """The Keras 2 configuration of ``model`` as ``model.save`` stores it in ``model_config``."""
+    if model.is_graph:
+        return _functional_config(model)
     names = _Names()
     first = model.layers[0].name if model.layers else "input"
     shape = [None, *model.input_shape]
@@ -175,6 +185,24 @@ def keras_config(model: Sequential) -> dict:
             cfg["config"]["batch_input_shape"] = shape
         layers.append(cfg)
     return {"class_name": "Sequential", "config": {"name": model.name, "layers": layers}}
+
+
+def _functional_config(model: Sequential) -> dict:
+    """A graph model as a Keras 2 Functional configuration: each layer lists the layers it
+    is called on in ``inbound_nodes`` (one call, single-output layers: indices 0, 0)."""
+    names = _Names()
+    taken = {layer.name for layer in model.layers}
+    source = next(n for n in ("input_1", *(f"input_{k}" for k in range(2, len(taken) + 3)))
+                  if n not in taken)
+    layers = [dict(_object("keras.layers", "InputLayer", {
+        "batch_input_shape": [None, *model.input_shape], "dtype": "float32", "sparse": False,
+        "ragged": False, "name": source}), name=source, inbound_nodes=[])]
+    for i, layer in enumerate(model.layers):
+        calls = [[source if n == INPUT else n, 0, 0, {}] for n in model.input_names(i)]
+        layers.append(dict(_layer_config(layer, names), name=layer.name, inbound_nodes=[calls]))
+    return {"class_name": "Functional", "config": {
+        "name": model.name, "trainable": True, "layers": layers,
+        "input_layers": [[source, 0, 0]], "output_layers": [[model.layers[-1].name, 0, 0]]}}
 
 
 def _check_names(model: Sequential) -> None:

@@ -2,8 +2,9 @@
 
 The file's root attribute ``model_config`` holds the Keras JSON configuration; weights
 live under ``model_weights/<layer>/`` with the names listed in each group's
-``weight_names`` attribute. Only ``Sequential`` models of the layer types bnnlab has are
-accepted; anything else is named in the error. ``h5py`` is an optional dependency (the
+``weight_names`` attribute. ``Sequential`` models and ``Functional`` ones (one input, one
+output, each layer called once, so branches joined by ``Add`` or ``Concatenate``) of the
+layer types bnnlab has are accepted; anything else is named in the error. ``h5py`` is an optional dependency (the
 ``larq`` extra) and is imported only here.
 """
 
@@ -15,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.graph import INPUT
 from ..core.layers import (
     Activation,
+    Add,
+    Concatenate,
     BatchNorm,
     Conv2D,
     Dense,
@@ -148,6 +152,10 @@ def _layer(cls: str, cfg: dict, last: bool, path) -> Layer | None:
         return Flatten(name=name)
     if cls == "Activation":
         return Activation(act, name=name)
+    if cls == "Add":
+        return Add(name=name)
+    if cls == "Concatenate":  # its axis is checked once the input's rank is known
+        return Concatenate(name=name)
     if cls == "InputLayer":
         return None
     _fail(path, f"{where}: layer type {cls!r} is not supported; supported: "
@@ -245,12 +253,12 @@ def _import(f, path: str) -> Sequential:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, UnicodeDecodeError) as exc:
         _fail(path, f"model_config is not valid JSON ({exc})")
-    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
-        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-        _fail(path, f"only Sequential models are supported, this is {kind!r}")
+    kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+    if kind not in ("Sequential", "Functional", "Model"):
+        _fail(path, f"only Sequential and Functional models are supported, this is {kind!r}")
     body = config.get("config", {})
     if not isinstance(body, dict):
-        _fail(path, f"model_config: the Sequential's config must be an object, not "
+        _fail(path, f"model_config: the {kind}'s config must be an object, not "
                     f"{type(body).__name__}")
     layers_cfg = body.get("layers", [])
     if not isinstance(layers_cfg, list) or not layers_cfg:
@@ -262,7 +270,10 @@ def _import(f, path: str) -> Sequential:
                         "class_name and a config object)")
     shape = _input_shape(layers_cfg, path)
     real = [lc for lc in layers_cfg if lc["class_name"] != "InputLayer"]
-    layers, bn_axes = [], {}
+    wiring = _functional_wiring(body, layers_cfg, path) if kind != "Sequential" else None
+    if wiring is not None:  # the output goes last: bnnlab's model output is its last layer
+        real.sort(key=lambda lc: lc.get("name") == wiring[1])
+    layers, axes = [], {}
     for i, lc in enumerate(real):
         cfg = dict(lc.get("config") or {})
         try:
@@ -272,9 +283,11 @@ def _import(f, path: str) -> Sequential:
         except (KeyError, TypeError, ValueError) as exc:
             _fail(path, f"layer {cfg.get('name')!r} ({lc['class_name']}): {exc}")
         if layer is not None:
+            if wiring is not None:
+                layer.inputs = wiring[0][lc.get("name")]
             layers.append(layer)
-            if isinstance(layer, BatchNorm):
-                bn_axes[id(layer)] = cfg.get("axis", -1)
+            if isinstance(layer, (BatchNorm, Concatenate)):
+                axes[id(layer)] = cfg.get("axis", -1)
     name = body.get("name") or "sequential"
     try:
         # The size limit is checked from the shapes, before any weight is allocated.
@@ -282,8 +295,8 @@ def _import(f, path: str) -> Sequential:
     except ValueError as exc:
         _fail(path, str(exc))
     for layer in model.layers:
-        if id(layer) in bn_axes:
-            _check_bn_axis(layer, bn_axes[id(layer)], path)
+        if id(layer) in axes:
+            _check_axis(layer, axes[id(layer)], path)
     for layer in model.layers:
         arrays = _read_weights(f, layer, path)
         if arrays:
@@ -291,10 +304,56 @@ def _import(f, path: str) -> Sequential:
     return model
 
 
-def _check_bn_axis(layer: BatchNorm, axis, path) -> None:
-    """bnnlab normalizes over the last (channel) axis; Keras counts the batch axis as 0."""
+def _check_axis(layer: BatchNorm | Concatenate, axis, path) -> None:
+    """bnnlab normalizes and concatenates over the last (channel) axis; Keras counts the
+    batch axis as 0."""
     axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
     last = len(layer.input_shape)  # the channel axis, counting the batch axis
+    keras = "BatchNormalization" if isinstance(layer, BatchNorm) else "Concatenate"
     if axis not in (-1, last):
-        _fail(path, f"layer {layer.name!r} (BatchNormalization): axis {axis!r} of a "
+        _fail(path, f"layer {layer.name!r} ({keras}): axis {axis!r} of a "
                     f"{last + 1}-D tensor; only the channel axis ({last} or -1) is supported")
+
+
+def _functional_wiring(body: dict, layers_cfg: list, path) -> tuple[dict[str, tuple[str, ...]], str]:
+    """({layer name: names of its inputs}, output name) of a Functional configuration.
+
+    Keras 2 lists each layer's calls in ``inbound_nodes``: one list per call of
+    ``[layer name, call index, output index, keyword arguments]``, one per input tensor.
+    bnnlab models have one input and one output, and call every layer once.
+    """
+    def ends(key):
+        v = body.get(key)
+        if isinstance(v, list) and len(v) == 3 and isinstance(v[0], str):
+            v = [v]  # Keras writes a single tensor without the outer list
+        if not isinstance(v, list) or len(v) != 1 or not isinstance(v[0], list) \
+                or not v[0] or not isinstance(v[0][0], str):
+            _fail(path, f"model_config: {key} must name exactly one layer, got {v!r}")
+        return v[0][0]
+
+    source, output = ends("input_layers"), ends("output_layers")
+    inputs: dict[str, tuple[str, ...]] = {}
+    for lc in layers_cfg:
+        name = lc.get("name", (lc.get("config") or {}).get("name"))
+        if not isinstance(name, str):
+            _fail(path, f"a {lc['class_name']} layer has no name")
+        nodes = lc.get("inbound_nodes")
+        if lc["class_name"] == "InputLayer":
+            if name != source:
+                _fail(path, f"input layer {name!r} is not the model input {source!r}; only "
+                            "models with one input are supported")
+            continue
+        if not isinstance(nodes, list) or len(nodes) != 1 or not isinstance(nodes[0], list) \
+                or not nodes[0]:
+            _fail(path, f"layer {name!r}: it must be called exactly once (shared layers are not "
+                        f"supported), its inbound_nodes are {nodes!r}")
+        names = []
+        for t in nodes[0]:
+            if not isinstance(t, list) or len(t) < 3 or not isinstance(t[0], str) \
+                    or t[1:3] != [0, 0]:
+                _fail(path, f"layer {name!r}: cannot read the inbound tensor {t!r}")
+            names.append(INPUT if t[0] == source else t[0])
+        inputs[name] = tuple(names)
+    if output not in inputs:
+        _fail(path, f"model_config: the output layer {output!r} is not among the layers")
+    return inputs, output

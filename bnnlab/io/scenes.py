@@ -23,6 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 
 from ..core.binarizers import get_binarizer
+from ..core.graph import assign_names, wire
 from ..core.layer_types import is_quantized
 from ..core.layers import layer_from_config
 from ..core.optimizers import make_optimizer, optimizer_names, schedule_names
@@ -76,6 +77,8 @@ class Scene:
     activation_binarizer: Any = None
     kernel_binarizer: Any = None
     weight_clip: bool | None = None
+    # the file the scene was read from ("" if none), for messages; not part of the scene
+    source: str = field(default="", compare=False, repr=False)
 
     def copy(self) -> "Scene":
         return copy.deepcopy(self)
@@ -163,13 +166,19 @@ class Scene:
             fail("binarization.weight_clip", f"must be true or false, got {self.weight_clip!r}")
         if not self.layers:
             fail("model.layers", "the model has no layers")
+        built = []
         for i, lc in enumerate(self.resolved_layers()):
             if not isinstance(lc, dict):
                 fail(f"model.layers[{i}]", "must be a table")
             try:
-                layer_from_config(lc)
+                built.append(layer_from_config(lc))
             except (ValueError, TypeError) as exc:
                 fail(f"model.layers[{i}]", str(exc))
+        try:  # the wiring (inputs, cycles); shapes are checked once the data is known
+            assign_names(built)
+            wire(built)
+        except ValueError as exc:
+            fail("model.layers", str(exc))
 
 
 # --------------------------------------------------------------------------- reading
@@ -244,7 +253,9 @@ def load_scene(path: str | os.PathLike) -> Scene:
         raise SceneError(f"{path}: not valid TOML ({exc})") from None
     except OSError as exc:
         raise SceneError(f"{path}: cannot read ({exc.strerror})") from None
-    return scene_from_dict(doc, where=path)
+    scene = scene_from_dict(doc, where=path)
+    scene.source = path
+    return scene
 
 
 # --------------------------------------------------------------------------- writing
