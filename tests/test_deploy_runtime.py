@@ -1,8 +1,11 @@
 """The runtime on trained models, `bnnlab train --out .bnn`, `export`, `run`, and odd but valid files."""
 
 import json
+import multiprocessing
+import os
 import re
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -123,6 +126,36 @@ def test_threads_do_not_change_results(trained, digits_test):
     rt = load_runtime(trained[1])
     raw = raw_from_unit(digits_test[0], "uint8")
     np.testing.assert_array_equal(rt.logits(raw, threads=1), rt.logits(raw, threads=2))
+
+
+def _runtime_threads():
+    return {t.ident for t in threading.enumerate() if t.name.startswith("bnn-runtime")}
+
+
+def test_threads_are_started_once_and_one_image_runs_alone(trained, digits_test):
+    rt = load_runtime(trained[1])
+    raw = raw_from_unit(digits_test[0][:64], "uint8")
+    want = reference_logits(rt.model_file, raw)
+    np.testing.assert_array_equal(rt.logits(raw, threads=2), want)
+    started = _runtime_threads()
+    assert len(started) == 2
+    for _ in range(3):
+        np.testing.assert_array_equal(rt.logits(raw, threads=2), want)
+    assert _runtime_threads() == started  # the same threads, not new ones per call
+    one = rt.logits(raw[5:6], threads=2)
+    assert one.shape == (1, rt.n_outputs) and one.flags.c_contiguous
+    np.testing.assert_array_equal(one, want[5:6])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threads_work_in_a_forked_child(trained, digits_test):
+    rt = load_runtime(trained[1])
+    raw = raw_from_unit(digits_test[0][:32], "uint8")
+    want = rt.logits(raw, threads=2)  # the parent's pool exists before the fork
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(rt.logits, (raw, 2)).get(timeout=120)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_opened_bnn_model_predicts_like_runtime(trained, digits_test):

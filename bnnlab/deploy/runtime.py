@@ -7,14 +7,16 @@ with its thresholds (bits out) or maps it to logits with a float scale and offse
 first block on float input and the final logits touch floating point.
 
 The kernels are plain compiled loops that release the GIL; :meth:`Runtime.logits` runs
-slices of a batch on Python threads (Numba's ``prange`` stopped LLVM from vectorizing the
-loop bodies and was slower here). The NumPy oracle of all this is
+slices of a batch on Python threads of a pool kept for the process, one slice per thread
+through the whole network (Numba's ``prange`` stopped LLVM from vectorizing the loop
+bodies and was slower here; the serial kernels inside never start threads of their own). The NumPy oracle of all this is
 :mod:`bnnlab.deploy.reference`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -293,6 +295,8 @@ class Runtime:
         once; the kernels release the GIL, so plain Python threads share the work.
         """
         raw = np.asarray(raw)
+        if len(raw) == 1:  # one image: no slicing, threads or copies (latency)
+            return self._run(raw)
         threads = available_cpus() if threads is None else max(1, int(threads))
         # Slices of at most 256 images, and at least one slice per thread.
         step = max(1, min(self.batch_size, 256, -(-len(raw) // threads)))
@@ -300,8 +304,9 @@ class Runtime:
         if threads == 1 or len(slices) < 2:
             outs = [self._run(s) for s in slices]
         else:
-            with ThreadPoolExecutor(max_workers=min(threads, len(slices))) as pool:
-                outs = list(pool.map(self._run, slices))
+            outs = list(_pool(min(threads, len(slices))).map(self._run, slices))
+        if len(outs) == 1:
+            return outs[0]
         return np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), np.float32)
 
     def predict(self, raw: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -318,6 +323,23 @@ class Runtime:
         """Compile (or load from Numba's cache) the kernels this model uses."""
         shape = (1, *self.input.shape)
         self.logits(np.zeros(shape, np.uint8 if self.input.encoding == "uint8" else np.float32))
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads, started once per process and kept: starting and
+    joining threads on every call costs a noticeable part of a batch's time. Keyed by
+    process id too, since a forked child inherits the pool but not its threads."""
+    key = (os.getpid(), workers)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=workers,
+                                                    thread_name_prefix="bnn-runtime")
+        return pool
 
 
 def available_cpus() -> int:
