@@ -33,15 +33,21 @@ def _load_scene_arg(arg: str):
     return open_arg(arg, "scene")
 
 
-def _model_from_arg(arg: str):
+def _model_from_arg(arg):
     """A model from a scene or preset (freshly initialized, "scene") or from a model file
-    (.bnn, .h5, .npz: trained weights, "checkpoint")."""
+    (.bnn, .h5, .npz: trained weights, "checkpoint"). ``arg`` is a path or preset name, or
+    what :func:`open_arg` made of one."""
     from .data import DatasetError, dataset_info
     from .experiment import build_model
     from .io.scenes import Scene, SceneError
 
-    opened = open_arg(arg)
+    opened = open_arg(arg) if isinstance(arg, str) else arg
     if not isinstance(opened, Scene):
+        if opened.model is None:  # a .bnn the engine cannot represent
+            try:
+                opened.require_engine("This command")
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
         return opened.model, "checkpoint"
     try:
         info = dataset_info(opened.dataset)
@@ -207,8 +213,11 @@ def _print_passes(model, data, scene, ks, as_json) -> None:
 def cmd_summary(args) -> int:
     from .core.summary import format_summary, profile_model
 
-    model, _ = _model_from_arg(args.target)
-    prof = profile_model(model)
+    target = open_arg(args.target)
+    if getattr(target, "model", True) is None:  # a .bnn the engine cannot represent
+        prof = target.profile()  # counted from the file's blocks
+    else:
+        prof = profile_model(_model_from_arg(target)[0])
     if args.json:
         print(json.dumps({
             "name": prof.name,

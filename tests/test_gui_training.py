@@ -316,3 +316,36 @@ def test_tryit_on_an_opened_bnn_agrees_with_bnnlab_run(window, qtbot, tmp_path, 
     assert main(["run", str(path), "--data", "digits", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["accuracy"] == pytest.approx(float(np.mean(run_pred == ds.y_test)))
+
+
+def test_a_bnn_the_engine_cannot_build_opens_in_every_panel(window, qtbot, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_app_engineless import _files
+
+    _, path = _files(tmp_path)
+    s = window.session
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: (window._refresh(), len(s.runs) == 1
+                             and s.runs[0].prepared is not None)[1], timeout=WAIT_MS)
+    opened = s.runs[0].opened
+    assert opened.model is None and s.runs[0].snapshot is None
+    for page in window.pages:
+        _show(window, page.title)  # asserts no panel error
+    summary = _show(window, "Model summary")
+    assert summary.profile is not None and summary.profile.name == "odd"
+    assert summary.profile.total_params == opened.profile().total_params
+    filters = _show(window, "Filters")
+    assert "Not available for this file" in filters.stats.text() and "padding" in filters.stats.text()
+    weights = _show(window, "Latent weights")
+    assert "keeps only the signs" in weights.caption.text()
+    tryit = _show(window, "Try it")
+    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
+                             and tryit.probabilities() is not None)[1], timeout=WAIT_MS)
+    x = s.runs[0].prepared.x_test[:1]
+    assert np.allclose(tryit.probabilities(), opened.predict_proba(x)[0], atol=1e-6)
+    bits = _show(window, "Bits")
+    qtbot.waitUntil(lambda: (window._push_current_tab(), bits._worker.idle()
+                             and bits.explanation is not None)[1], timeout=WAIT_MS)
+    assert len(bits.blocks) == 3 and bits.explanation.agrees

@@ -37,12 +37,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Evaluation", "FineTune", "IncompatibleModel", "LatentLayer", "NoLatentWeights",
-           "OpenedModel"]
+__all__ = ["EngineUnavailable", "Evaluation", "FineTune", "IncompatibleModel", "LatentLayer",
+           "NoLatentWeights", "OpenedModel"]
 
 
 class IncompatibleModel(ValueError):
     """The model does not fit a dataset or scene (input shape or class count)."""
+
+
+class EngineUnavailable(ValueError):
+    """A ``.bnn`` file the float engine cannot represent (e.g. padding that is neither Keras
+    'valid' nor 'same'): the packed runtime runs it, the engine-based views cannot."""
 
 
 class NoLatentWeights(ValueError):
@@ -118,12 +123,14 @@ class OpenedModel:
 
     path: str  # the file; for kind "run", the run's label
     kind: str  # "bnn" | "keras" | "checkpoint" | "run"
-    model: Any  # bnnlab.core.model.Sequential (for a .bnn: the file unfolded)
+    model: Any  # bnnlab.core.model.Sequential (for a .bnn: the file unfolded; None when the
+    # engine cannot represent the file, see engine_error)
     input_spec: Any  # bnnlab.deploy.format.InputSpec: how raw inputs map to model inputs
     input_scale: str  # "unit" or "symmetric": how images in [0, 1] were scaled in training
     class_names: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     bnn: Any = None  # bnnlab.deploy.format.ModelFile of a .bnn file
+    engine_error: str | None = None  # why ``model`` is None (a .bnn the engine cannot build)
     _runtime: Any = field(default=None, repr=False)
     _folded: Any = field(default=None, repr=False)
 
@@ -136,6 +143,7 @@ class OpenedModel:
         from ..deploy.fold import input_spec_for
         from ..deploy.format import ModelFileError, read_file
         from ..deploy.larq_import import import_larq
+        from ..deploy.limits import check_runtime_cost
         from ..deploy.unfold import model_from_file
         from ..io.checkpoints import load_checkpoint
 
@@ -143,13 +151,17 @@ class OpenedModel:
         if kind not in ("bnn", "keras", "checkpoint"):
             raise ValueError(f"{kind!r} is not a model kind (bnn, keras, checkpoint)")
         meta: dict[str, Any] = {}
-        mf = None
+        mf = engine_error = None
         if kind == "bnn":
             mf = read_file(path)
             try:
-                model = model_from_file(mf, name=mf.metadata.get("name") or Path(path).stem)
+                check_runtime_cost(mf)
             except ModelFileError as exc:  # beyond the runtime limits: name the file
                 raise ModelFileError(f"{path}: {exc}") from None
+            try:
+                model = model_from_file(mf, name=mf.metadata.get("name") or Path(path).stem)
+            except ModelFileError as exc:  # the runtime runs it; the engine cannot
+                model, engine_error = None, str(exc)
             meta = dict(mf.metadata)
         elif kind == "keras":
             model = import_larq(path)
@@ -174,7 +186,7 @@ class OpenedModel:
                         names = tuple(info.class_names)
                 except DatasetError:
                     pass
-        return cls(path, kind, model, spec, scale, names, meta, mf)
+        return cls(path, kind, model, spec, scale, names, meta, mf, engine_error)
 
     @classmethod
     def from_model(cls, model, label: str, *, input_scale: str = "unit", class_names=(),
@@ -200,15 +212,30 @@ class OpenedModel:
 
     @property
     def name(self) -> str:
+        if self.model is None:
+            return self.metadata.get("name") or Path(self.path).stem
         return self.model.name
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        if self.model is None:
+            return tuple(int(v) for v in self.input_spec.shape)
         return tuple(self.model.input_shape)
 
     @property
     def num_classes(self) -> int:
+        if self.model is None:
+            return int(self.bnn.blocks[-1].out_channels)
         return int(np.prod(self.model.output_shape))
+
+    def require_engine(self, what: str) -> None:
+        """Raise :class:`EngineUnavailable` (saying what needs it and why) when the float
+        engine cannot represent the file."""
+        if self.model is None:
+            raise EngineUnavailable(
+                f"{what} needs the float engine, which cannot represent {self.source}: "
+                f"{self.engine_error}. The packed runtime runs it: the summary, Bits, "
+                "Try it and Evaluate work.")
 
     @property
     def input_kind(self) -> str:
@@ -236,6 +263,8 @@ class OpenedModel:
     @property
     def is_binary(self) -> bool:
         """True when some conv/dense layer has a binary kernel."""
+        if self.model is None:
+            return any(b.kernel == "bits" for b in self.bnn.blocks)
         return any(q.kernel_binary for q in self.model.quant_layers)
 
     def label(self) -> str:
@@ -244,9 +273,23 @@ class OpenedModel:
     # ------------------------------------------------------------------ reports
     def profile(self):
         """The Larq-style summary (:class:`bnnlab.core.summary.ModelProfile`)."""
+        if self.model is None:  # counted from the file's blocks
+            from ..deploy.profile import profile_from_file
+
+            return profile_from_file(self.bnn, name=self.name)
         from ..core.summary import profile_model
 
         return profile_model(self.model)
+
+    def twin_profile(self):
+        """For a ``.bnn`` file, the summary of the same network with every weight and MAC in
+        float32 (counted from its blocks); None for the other kinds (their twin is built
+        from the model's layers)."""
+        if self.bnn is None:
+            return None
+        from ..deploy.profile import profile_from_file
+
+        return profile_from_file(self.bnn, float_twin=True, name=self.name)
 
     def summary_text(self) -> str:
         from ..core.summary import format_summary
@@ -257,6 +300,7 @@ class OpenedModel:
         """Duplicate binary 3x3 filters per layer (:class:`bnnlab.core.filters.FilterReport`)."""
         from ..core.filters import analyze_filters
 
+        self.require_engine("Filters")
         return analyze_filters(self.model, top=top)
 
     def describe(self) -> dict[str, Any]:
@@ -290,7 +334,9 @@ class OpenedModel:
         else:
             size = f"cannot be exported as .bnn: {info['export_error']}"
         lines = [self.path, size, "", self.summary_text(), ""]
-        for r in self.filters():
+        if self.model is None:
+            lines.append(f"duplicate filters: not counted ({self.engine_error})")
+        for r in (self.filters() if self.model is not None else []):
             lines.append(f"{r.layer}: {r.unique} unique 3x3 patterns of {r.total} filters "
                          f"({r.unique_up_to_sign} up to sign); reuse would save "
                          f"{100 * r.saving:.1f}% of the work")
@@ -383,6 +429,7 @@ class OpenedModel:
         """Dataset inputs -> the engine model's inputs (the training-time scaling)."""
         from ..experiment import scale_inputs
 
+        self.require_engine("The engine")
         x = np.asarray(x, np.float32)
         self.check_fits(x.shape[1:], what="the input")
         return scale_inputs(x, self.input_scale, self.input_kind)

@@ -39,7 +39,8 @@ class OpenJob(_Job):
 
 def model_snapshot(opened):
     """A training snapshot of an opened model as it is (no curves): what the per-layer,
-    filter and try-it views read. A .bnn file has no latent weights: no layer telemetry."""
+    filter and try-it views read. A .bnn file has no latent weights: no layer telemetry;
+    a .bnn the engine cannot represent has no snapshot (None)."""
     import dataclasses
     import time
 
@@ -48,6 +49,8 @@ def model_snapshot(opened):
     from ..core.trainer import Trainer
 
     model = opened.model
+    if model is None:  # a .bnn the engine cannot represent: the runtime-backed views only
+        return None
     probe = Trainer(model, np.zeros((1, *model.input_shape), np.float32), np.zeros(1, np.int64),
                     epochs=1, batch_size=1, telemetry=opened.has_latent_weights)
     snap = probe._snapshot("done", 0, 1, 0, 0.0, 0, 0, None, None, 0.0, time.perf_counter())
@@ -116,7 +119,8 @@ class OpenedModels:
         scene.name = model.name
         self._numbers += 1
         run = Run(number=self._numbers, scene=scene, color=self._next_color(),
-                  state=RunState.OPENED, opened=model, model_config=model.model.config(),
+                  state=RunState.OPENED, opened=model,
+                  model_config=model.model.config() if model.model is not None else None,
                   snapshot=snapshot, saved=True,  # its file keeps it
                   parameters=model.profile().total_params)
         self.runs.append(run)

@@ -429,8 +429,8 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
         run = self.selected
         twin = self.twin_of(run)
         config = fp = None
-        if run is not None and run.model_config is not None:
-            config, fp = run.model_config, run.fp_config
+        if run is not None and (run.model_config is not None or run.opened is not None):
+            config, fp = run.model_config, run.fp_config  # None: no engine model (a .bnn)
         elif self.preview_config is not None:
             config, fp = self.preview_config
         return Focus(runs=self.run_views(), run=run.view(True) if run is not None else None,

@@ -104,10 +104,11 @@ def _blocks(mf: ModelFile) -> list[dict[str, Any]]:
     return rows
 
 
-def _profile(model) -> dict[str, Any]:
+def _profile(model, model_file: ModelFile | None = None) -> dict[str, Any]:
     from ..core.summary import profile_model
+    from .profile import profile_from_file
 
-    p = profile_model(model)
+    p = profile_model(model) if model is not None else profile_from_file(model_file)
     return {"name": p.name, "params_1bit": p.params_1bit, "params_32bit": p.params_32bit,
             "memory_kib": p.memory_kib, "float32_kib": p.float32_kib,
             "float32_bytes": p.total_params * 4, "macs_1bit": p.macs_1bit,
@@ -122,13 +123,13 @@ def describe_model(model, input_spec: InputSpec | None = None, class_names=(),
     """Plain data about exporting ``model``: the ``.bnn`` size against the float-32 equivalent.
 
     ``model_file`` is the model's ``.bnn`` record when it came from one (``model`` is then
-    that file unfolded); otherwise the model is folded here. ``bnn_bytes`` is None (and
+    that file unfolded, or None when the engine cannot represent the file); otherwise the model is folded here. ``bnn_bytes`` is None (and
     ``export_error`` says why) when the model cannot be exported.
     """
     from .fold import ExportError
     from .format import encode
 
-    summary = _profile(model)
+    summary = _profile(model, model_file)
     out: dict[str, Any] = {"summary": summary, "float32_bytes": summary["float32_bytes"],
                            "bnn_bytes": None, "export_error": None, "blocks": []}
     mf = model_file

@@ -72,6 +72,16 @@ class FiltersPanel(QWidget):
     def show_focus(self, focus) -> None:
         """The filters of the selected run's latest weights."""
         run = focus.run
+        opened = run.opened if run is not None else None
+        if opened is not None and opened.model is None:  # a .bnn the engine cannot build
+            if self._signature != ("no engine", opened):
+                self._signature, self._pending = ("no engine", opened), None
+                self.set_reports([])
+                try:
+                    opened.require_engine("Filters")
+                except ValueError as exc:
+                    self.stats.setText(f"<b>Not available for this file.</b> {exc}")
+            return
         if run is not None and run.snapshot is not None:
             self.set_snapshot(run.snapshot)
 

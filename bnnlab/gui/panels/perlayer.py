@@ -55,7 +55,15 @@ class PerLayerPanel(QWidget):
             self._focus_config = focus.model_config
             self.set_layers(layer_specs_from_config(focus.model_config) if focus.model_config else ())
         run = focus.run
-        self.set_caption("" if run is None else
-                         f"Run <b style='color:{run.color}'>{run.title}</b> ({run.state}) · "
-                         f"select another run in the list on the left to compare")
+        caption = "" if run is None else (f"Run <b style='color:{run.color}'>{run.title}</b> "
+                                          f"({run.state}) · select another run in the list on "
+                                          "the left to compare")
+        opened = run.opened if run is not None else None
+        if opened is not None and not opened.has_latent_weights:
+            caption = (f"<b style='color:{run.color}'>{run.title}</b>: a .bnn file keeps only "
+                       "the signs of the weights, not the latent weights and training signals "
+                       "this page shows; open the .npz or .h5 it came from.")
+            if opened.model is None:
+                caption += f" (The float engine cannot represent it either: {opened.engine_error}.)"
+        self.set_caption(caption)
         self.set_snapshot(run.snapshot if run is not None else None)

@@ -74,6 +74,13 @@ class SummaryPanel(QWidget):
 
     def show_focus(self, focus) -> None:
         """The selected run's model (the scene's before any run) and its twin."""
+        opened = focus.run.opened if focus.run is not None else None
+        if opened is not None and opened.model is None:  # counted from the .bnn's blocks
+            key = (opened,)
+            if key != getattr(self, "_focus_key", None):
+                self._focus_key = key
+                self.set_profiles(opened.profile(), opened.twin_profile())
+            return
         key = (focus.model_config, focus.fp_config)
         if key != getattr(self, "_focus_key", None):
             self._focus_key = key
@@ -169,12 +176,17 @@ class SummaryPanel(QWidget):
         if fp_config is None:
             fp_config = full_precision_config(config)
         try:
-            self.profile = profile_model(Sequential.from_config(config))
-            self.twin_profile = profile_model(Sequential.from_config(fp_config))
+            profile = profile_model(Sequential.from_config(config))
+            twin = profile_model(Sequential.from_config(fp_config))
         except (KeyError, ValueError, TypeError) as exc:
             self.profile = self.twin_profile = None
             self.headline.setText(f"<b>Cannot summarize this model:</b> {exc}")
             return
+        self.set_profiles(profile, twin)
+
+    def set_profiles(self, profile: ModelProfile, twin: ModelProfile) -> None:
+        """Show a model's summary and its full-precision twin's."""
+        self.profile, self.twin_profile = profile, twin
         self._fill_table(self.table, self.profile, binary=True)
         self._fill_table(self.twin_table, self.twin_profile, binary=False)
         self.table_title.setText(f"<b>Binary network</b> — {self.profile.name}")
