@@ -9,6 +9,8 @@ still a fact of the file; for the others it gives what profiling the unfolded mo
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..core.summary import LayerProfile, ModelProfile
 from .format import ModelFile
 
@@ -57,6 +59,9 @@ def profile_from_file(mf: ModelFile, *, float_twin: bool = False, name: str | No
         flat = b.kind == "dense"
     n = mf.blocks[-1].out_channels if mf.blocks else 0
     layers.append(LayerProfile(named("activation"), "Activation", None, (n,), 0, 0, 0, None, None))
+    # A chain: each layer reads the one before it, the first reads the input.
+    layers = [replace(lp, inputs=(layers[i - 1].name if i else "input",))
+              for i, lp in enumerate(layers)]
     title = name or mf.metadata.get("name") or "bnn-model"
     return ModelProfile(f"{title} (float twin)" if float_twin else title, tuple(layers))
 
