@@ -24,7 +24,8 @@ import numpy as np
 from ..core.kernels import offset_tables, pad_input, padded_extent, xnor_gemm_serial
 from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError, read_file
 from .limits import check_runtime_cost
-from .runtime_kernels import (_CHUNK_BYTES, _conv_bits, _conv_raw, _conv_raw_exact_f32, _conv_c1_pm1, _dense_raw, _threshold_pack)
+from .runtime_kernels import (_CHUNK_BYTES, _conv_bits, _conv_c1_pm1, _conv_raw,
+                              _conv_raw_exact_f32, _dense_raw, _scale_offset, _threshold_pack)
 
 __all__ = ["Runtime", "available_cpus", "load_runtime", "pack_activations", "raw_from_unit",
            "unpack_activations"]
@@ -117,6 +118,16 @@ class _Prepared:
         else:
             self.wt = np.ascontiguousarray(b.kernel_data.T.astype(dtype))
         self.dtype = dtype
+        # Empty stand-ins for the arrays a block's kernel takes but does not use.
+        self._no_bits = np.empty((0, 0, 1), np.uint64)
+        self._no_acc = np.empty((0, 0, self.f), np.int32 if b.input == "bits" else dtype)
+        self._no_sgn = np.zeros(0, np.int32)
+        if b.output == "logits":  # scale and offset per accumulator of the flat output
+            pos = self.hp * self.wp
+            self.scale = np.ascontiguousarray(np.broadcast_to(
+                np.asarray(b.scale, np.float32), (pos, self.f)).reshape(-1))
+            self.offset = np.ascontiguousarray(np.broadcast_to(
+                np.asarray(b.offset, np.float32), (pos, self.f)).reshape(-1))
         if b.output == "bits":
             m = b.modes
             sgn = np.select([m == MODE_GE, m == MODE_LE], [1, -1], 0)
@@ -177,12 +188,6 @@ class _Prepared:
         b, n = self.b, x.shape[0]
         bits_out = b.output == "bits"
         acc_dtype = np.int32 if b.input == "bits" else self.dtype
-        out_bits = np.empty((n, self.hp * self.wp, -(-self.f // 64)) if bits_out else (0, 0, 1),
-                            np.uint64)
-        out_acc = np.empty((0, 0, self.f) if bits_out else (n, self.hp * self.wp, self.f),
-                           acc_dtype)
-        sgn = self.sgn if bits_out else np.zeros(0, np.int32)
-        thr = self.thr if bits_out else np.zeros(0, np.int32)
         if b.kind == "dense":
             acc = np.empty((n, 1, self.f), acc_dtype)
             if b.input == "bits":
@@ -191,9 +196,14 @@ class _Prepared:
             else:
                 _dense_raw(np.ascontiguousarray(x.reshape(n, -1)), self.wt, acc)
             if bits_out:
-                return _threshold_pack(acc, sgn, thr, out_bits)
+                return _threshold_pack(acc, self.sgn, self.thr, self._new_bits(n))
             out_acc = acc
         else:
+            out_bits = self._new_bits(n) if bits_out else self._no_bits
+            out_acc = self._no_acc if bits_out else np.empty((n, self.hp * self.wp, self.f),
+                                                             acc_dtype)
+            sgn = self.sgn if bits_out else self._no_sgn
+            thr = self.thr if bits_out else self._no_sgn
             h, w, c = b.in_shape
             kh, kw = b.kernel_size
             pt, _, pl, _ = b.pads
@@ -232,10 +242,11 @@ class _Prepared:
                 return out_bits
         # Float32 multiply then add, unfused, as the engine's batch norm and the C do it;
         # a logit beyond float32 becomes infinite there as here, without a warning.
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = out_acc.astype(np.float32) * b.scale
-            z += b.offset
-        return z.reshape(n, -1)
+        acc2 = out_acc.reshape(n, -1)
+        return _scale_offset(acc2, self.scale, self.offset, np.empty(acc2.shape, np.float32))
+
+    def _new_bits(self, n: int) -> np.ndarray:
+        return np.empty((n, self.hp * self.wp, -(-self.f // 64)), np.uint64)
 
 
 class Runtime:

@@ -354,6 +354,17 @@ def _threshold_pack(acc, sgn, thr, out):
     return out
 
 
+@nb.njit(**_JIT)
+def _scale_offset(acc, scale, offset, out):
+    """out[n, j] = float32(acc[n, j]) * scale[j] + offset[j], rounded after the multiply
+    and after the add (no fused multiply-add): the logits. acc: (N, J); scale, offset:
+    (J,) float32; out: (N, J) float32."""
+    for n in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            out[n, j] = np.float32(acc[n, j]) * scale[j] + offset[j]
+    return out
+
+
 # --------------------------------------------------------------------------- packing helpers
 
 
