@@ -87,17 +87,25 @@ def cmd_train(args) -> int:
     if args.out and (problem := output_problem(args.out)):
         raise CliError(f"--out: {problem}")
     to_bnn = bool(args.out) and args.out.lower().endswith(".bnn")
-    tty = sys.stderr.isatty() and not args.json
+    show = not args.json  # progress bars: on a terminal only (see cli_base.progress_bar)
+    bars = []
 
     def dl_progress(done, total):
-        if tty:
-            sys.stderr.write(_progress_bar(done, max(total, 1), f"downloading {scene.dataset}"))
+        if not bars:
+            bars.append(_progress_bar(None, f"downloading {scene.dataset}", show, unit="B",
+                                      unit_scale=True, unit_divisor=1024))
+        if done == 0:  # a new file, or a new attempt at one
+            bars[0].reset(total if total >= 0 else None)
+        bars[0].update(done - bars[0].n)
 
     try:
         data = prepare_data(scene, args.data_dir, progress=dl_progress)
         model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)
     except (DatasetError, SceneError) as exc:
         raise CliError(str(exc)) from None
+    finally:
+        for bar in bars:
+            bar.close()
     if to_bnn:  # find out before training whether the model can be exported at all
         from .cli_deploy import check_exportable
 
@@ -112,22 +120,24 @@ def cmd_train(args) -> int:
               f"{len(data.x_test)} test images), {scene.epochs} epochs, seed {scene.seed}")
     epoch_start = time.perf_counter()
     results = []
+    bar = None
     try:
         for snap in trainer:
-            if tty:
-                sys.stderr.write(_progress_bar(
-                    snap.batch, snap.batches_per_epoch,
-                    f"epoch {snap.epoch}/{snap.epochs} loss {snap.loss:.4f} acc {snap.accuracy:.4f} "
-                    f"{snap.images_per_second:,.0f} img/s"))
-                sys.stderr.flush()
+            figures = (f"loss {snap.loss:.4f} acc {snap.accuracy:.4f} "
+                       f"{snap.images_per_second:,.0f} img/s")
+            if bar is None:
+                bar = _progress_bar(snap.batches_per_epoch, f"epoch {snap.epoch}/{snap.epochs}",
+                                    show, unit="batch", postfix=figures)
+            bar.set_postfix_str(figures, refresh=False)
+            bar.update(snap.batch - bar.n)
             if snap.event in ("epoch", "done"):
+                bar.close()  # erases itself: the epoch's line follows
+                bar = None
                 now = time.perf_counter()
                 seconds = now - epoch_start
                 epoch_start = now
                 row = epoch_record(snap, seconds, len(data.x_train))
                 results.append(row)
-                if tty:
-                    sys.stderr.write("\r" + " " * 100 + "\r")
                 if args.json:
                     print(json.dumps(row), flush=True)
                 else:
@@ -146,6 +156,9 @@ def cmd_train(args) -> int:
         trainer.stop()
         print("\nbnnlab train: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if bar is not None:
+            bar.close()
     if passes:
         _print_passes(model, data, scene, passes, args.json)
     if args.out:

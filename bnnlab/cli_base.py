@@ -14,11 +14,16 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def progress_bar(done: int, total: int, text: str, width: int = 28) -> str:
-    """A one-line text progress bar that redraws itself (starts with a carriage return)."""
-    frac = done / total if total else 1.0
-    n = int(round(frac * width))
-    return f"\r[{'#' * n}{'.' * (width - n)}] {100 * frac:5.1f}% {text}"
+def progress_bar(total: int | None, desc: str, enabled: bool = True, **options):
+    """A progress bar on stderr (``tqdm``), drawn only when stderr is a terminal: it fits the
+    terminal's width, shows the rate and the time left, and erases itself when closed so
+    the lines printed meanwhile stay clean. ``total`` None means unknown."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
+                mininterval=0.1, disable=not (enabled and sys.stderr.isatty()), **options)
 
 
 def open_arg(arg: str, want: str | None = None):

@@ -43,15 +43,15 @@ def cmd_compare(args) -> int:
         raise CliError("--epochs must be at least 1")
     passes = parse_passes(args.passes) if args.passes else ()
     scenes = [(arg, open_arg(arg, "scene")) for arg in args.scenes]
-    tty = sys.stderr.isatty()
     total = len(scenes) * args.seeds
+    bars = []
 
     def progress(label, seed, epoch, epochs):
-        if tty:
-            done = seed * len(scenes) + [lb for lb, _ in scenes].index(label)
-            sys.stderr.write(progress_bar(done * epochs + epoch, total * epochs,
-                                          f"{label} seed {seed} epoch {epoch}/{epochs}"))
-            sys.stderr.flush()
+        if not bars:
+            bars.append(progress_bar(total * epochs, "compare", unit="epoch"))
+        done = seed * len(scenes) + [lb for lb, _ in scenes].index(label)
+        bars[0].set_description_str(f"{label} seed {seed} epoch {epoch}/{epochs}", refresh=False)
+        bars[0].update(done * epochs + epoch - bars[0].n)
 
     try:
         results = run_seeds(scenes, args.seeds, epochs=args.epochs, data_dir=args.data_dir,
@@ -64,8 +64,9 @@ def cmd_compare(args) -> int:
     except (KeyboardInterrupt, CompareCancelled):
         print("\nbnnlab compare: interrupted", file=sys.stderr)
         return 130
-    if tty:
-        sys.stderr.write("\r" + " " * 100 + "\r")
+    finally:
+        for bar in bars:
+            bar.close()
     doc = comparison_json(results)
     if args.json:
         print(json.dumps(doc))

@@ -1,5 +1,7 @@
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -149,3 +151,55 @@ def test_bench_epoch_runs_a_whole_epoch():
     assert row["threads"] == 1 and row["epoch_s"] > 0
     assert row["images_per_s"] == pytest.approx(640 / row["epoch_s"])
     assert row["fraction_of_roofline"] > 0
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal would be (the progress bars draw only on one); ``fileno`` is a
+    pseudo-terminal of ``columns`` columns, for the width."""
+
+    def __init__(self, columns: int = 80):
+        super().__init__()
+        import fcntl
+        import struct
+        import termios
+
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+    def isatty(self):
+        return True
+
+    def fileno(self):
+        return self.slave
+
+    def close_pty(self):
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_train_draws_a_progress_bar_that_fits_the_terminal(monkeypatch, capsys):
+    err = _Terminal(columns=60)
+    monkeypatch.setattr(sys, "stderr", err)
+    try:
+        assert main(["train", "quickstart", "--epochs", "2", "--limit-train", "3000"]) == 0
+    finally:
+        err.close_pty()
+    drawn = [seg for seg in re.split(r"[\r\n]", err.getvalue()) if seg.strip()]
+    assert any(seg.startswith("epoch 1/2") and "loss" in seg and "batch" in seg for seg in drawn)
+    assert max(len(seg) for seg in drawn) <= 60  # never wraps, so redrawing never scrolls
+    assert err.getvalue().rstrip(" ").endswith("\r")  # erased at the end
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in out if ln.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_no_progress_bar_off_a_terminal_or_with_json(monkeypatch, capsys):
+    err = _Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    try:
+        assert main(["train", "toy-xor", "--epochs", "1", "--json"]) == 0
+    finally:
+        err.close_pty()
+    assert err.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert main(["train", "toy-xor", "--epochs", "1"]) == 0
+    assert sys.stderr.getvalue() == ""

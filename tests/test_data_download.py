@@ -286,6 +286,31 @@ def test_load_downloads_into_cache(server, monkeypatch):
     np.testing.assert_array_equal(again.x_train, ds.x_train)
 
 
+def test_train_shows_the_download_on_a_terminal(server, monkeypatch, capsys):
+    import io
+    import re
+    import sys
+
+    from bnnlab.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    base, folder, _ = server
+    md5s = write_fake_files(folder / "mnist", n_train=64, n_test=20)
+    monkeypatch.setitem(FILE_DATASETS, "mnist", fake_spec("mnist", md5s))
+    monkeypatch.setenv("BNNLAB_MIRROR", base)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert main(["train", "larq-mnist-bnn", "--epochs", "1"]) == 0
+    drawn = sys.stderr.getvalue()
+    # one bar for the four files, restarting at 0 with each file's size, then the training's
+    assert re.search(r"downloading mnist: +0%\|", drawn)
+    assert drawn.index("downloading") < drawn.index("epoch 1/1") and drawn.endswith("\r")
+    assert len(re.findall(r"downloading mnist: +0%", drawn)) == len(FILES)
+    assert "epoch 1/1" in capsys.readouterr().out
+
+
 def test_download_fetches_only_missing_files(server, monkeypatch):
     base, folder, requests = server
     md5s = write_fake_files(folder / "kmnist")

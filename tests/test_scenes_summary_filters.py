@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bnnlab.core.filters import analyze_filters, analyze_kernel, canonical, pattern_grid
 from bnnlab.core.summary import format_summary, profile_model
@@ -166,3 +168,32 @@ def test_filters_only_on_binary_3x3_convs():
     assert [r.layer for r in reports] == ["quant_conv2d", "quant_conv2d_1", "quant_conv2d_2"]
     assert reports[1].total == 32 * 64 and reports[1].unique <= 512
     assert analyze_filters(build_model(load_preset("larq-mnist-fp"), (28, 28, 1), 10)) == []
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(exclude_categories=("Cs",)), max_size=40))
+def test_any_text_survives_saving_and_loading(tmp_path, text):
+    """Names and descriptions with quotes, backslashes and every control character (TOML
+    allows none raw but tab) are written escaped and read back equal."""
+    scene = load_preset("quickstart")
+    scene.name, scene.description = text or "x", text + "\r\x00\x1b\x7f\b\f\t\"\\"
+    path = tmp_path / "s.toml"
+    save_scene(scene, path)
+    back = load_scene(path)
+    assert (back.name, back.description) == (scene.name, scene.description)
+
+
+@given(key=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12))
+def test_any_key_is_written_as_toml_reads_it(key):
+    from bnnlab.io.scenes import _toml_key, tomllib
+
+    assert tomllib.loads(f"{_toml_key(key)} = 1") == {key: 1}
+
+
+def test_a_lone_surrogate_is_refused_with_the_reason(tmp_path):
+    scene = load_preset("quickstart")
+    scene.description = "half \ud800 a pair"
+    with pytest.raises(SceneError, match="surrogate"):
+        save_scene(scene, tmp_path / "s.toml")
+    assert not (tmp_path / "s.toml").exists()

@@ -12,6 +12,7 @@ import copy
 import importlib.resources
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,23 @@ def load_scene(path: str | os.PathLike) -> Scene:
 # --------------------------------------------------------------------------- writing
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_string(v: str) -> str:
+    """A TOML basic string: every control character escaped (TOML allows none raw but tab)."""
+    if any("\ud800" <= ch <= "\udfff" for ch in v):
+        raise SceneError(f"cannot write {v!r} to a scene: it holds half of a surrogate pair")
+    return '"' + "".join(_ESCAPES.get(ch) or (f"\\u{ord(ch):04X}" if ord(ch) < 0x20 or ch == "\x7f"
+                                              else ch) for ch in v) + '"'
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.fullmatch(k) else _toml_string(k)
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -271,12 +289,11 @@ def _toml_value(v: Any) -> str:
             raise SceneError(f"cannot write the number {v} to a scene")
         return repr(v)
     if isinstance(v, str):
-        esc = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        return f'"{esc}"'
+        return _toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        items = [f"{k} = {_toml_value('none' if x is None else x)}" for k, x in v.items()]
+        items = [f"{_toml_key(k)} = {_toml_value('none' if x is None else x)}" for k, x in v.items()]
         return "{ " + ", ".join(items) + " }"
     raise SceneError(f"cannot write {v!r} to a scene")
 
@@ -303,7 +320,7 @@ def scene_to_toml(scene: Scene) -> str:
         for key, v in lc.items():
             if v is None:
                 continue  # a missing key means None (no quantizer, no constraint)
-            lines.append(f"{key} = {_toml_value(v)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"
 
 
