@@ -114,3 +114,24 @@ def test_cli_summary_counts_the_file_and_filters_says_why(files, capsys):
     assert "Total params" in odd and odd.split("stats")[1] == capsys.readouterr().out.split("stats")[1]
     assert main(["filters", str(path)]) != 0
     assert "needs the float engine" in capsys.readouterr().err
+
+
+def test_exporting_it_for_larq_says_why_it_cannot(files, tmp_path):
+    import time
+
+    from bnnlab.app.session import Session
+
+    _, path = files
+    session = Session(warm_up=False)
+    try:
+        session.open_model(path)
+        end = time.monotonic() + 120
+        while not session.runs and time.monotonic() < end:
+            session.wait_idle(0.05)
+            time.sleep(0.01)
+        run = session.runs[0]
+        with pytest.raises(ValueError, match="no layer-by-layer form.*neither Keras"):
+            session.export_run_h5(run, tmp_path / "odd.h5")
+        assert not (tmp_path / "odd.h5").exists()
+    finally:
+        session.shutdown()

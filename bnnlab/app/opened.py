@@ -254,6 +254,9 @@ class OpenedModels:
         from ..core.model import model_from_state
 
         s = run.snapshot
+        if s is None and run.opened is not None and run.opened.model is None:
+            raise ValueError(f"{run.title} has no layer-by-layer form to export: "
+                             f"{run.opened.engine_error}")
         if s is None:
             raise ValueError(f"{run.title} has no weights to export; train it first")
         return model_from_state(s.model_config, s.model_state)

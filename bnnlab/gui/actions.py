@@ -288,8 +288,13 @@ class WindowActions:
     def export_h5(self, path: str | None = None) -> bool:
         """Write the selected run as a Keras 2 / Larq ``.h5`` model (atomically)."""
         run = self.w.session.selected
-        if run is None or run.snapshot is None:
+        if run is None:
             self.w.banner.show_error("Nothing to export", "Train a run first (Start), then export it.")
+            return False
+        try:
+            self.w.session.run_model(run)  # before asking where: a reason not to export
+        except ValueError as exc:
+            self.w.banner.show_error("Cannot export the model for Larq", str(exc))
             return False
         path = path or self._save_path("Export model for Larq", f"{run.scene.name}.h5",
                                        "Keras/Larq model (*.h5)")
