@@ -1,6 +1,6 @@
 """The two AVX2 ways of counting bits in the binary GEMM, interleaved in one process.
 
-    python benchmarks/popcount_ab.py [--rounds 9] [--shapes 1024x4608x256,4096x4096x4096]
+    python benchmarks/popcount_ab.py [--rounds 9] [--shapes MxKxN,...] [--force]
 
 Per-word byte tables ("bytes") against Harley-Seal carry-save adders ("csa"): in each
 round, in alternating order, the register-only probe of each method and the 1-thread
@@ -30,6 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--shapes", default="5184x576x64,1024x4608x256,4096x4096x4096")
+    ap.add_argument("--force", action="store_true",
+                    help="carry-save adders on every row length (the kernels use them on "
+                         "rows of at least xnor.CSA_MIN_WORDS words)")
     args = ap.parse_args()
 
     import numba
@@ -52,7 +55,7 @@ def main() -> None:
         a = rng.integers(0, 2**63, (m, kw), dtype=np.uint64)
         bt = rng.integers(0, 2**63, (kw, n), dtype=np.uint64)
         cases.append((spec, m, k, n, a, bt, np.empty((m, n), np.int32)))
-    csa_arg = {"bytes": np.int64(0), "csa": np.int64(xnor.CSA_MIN_WORDS)}
+    csa_arg = {"bytes": np.int64(0), "csa": np.int64(1 if args.force else xnor.CSA_MIN_WORDS)}
     load0 = open("/proc/loadavg").read().split()[:3]
     for fn, _ in probes.values():  # compile or load
         fn()
