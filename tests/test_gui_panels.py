@@ -484,3 +484,20 @@ def test_dashboard_warns_when_running_and_batch_statistics_disagree(qtbot):
     assert panel.bn_warning.isHidden()
     panel._show_selected(None)
     assert panel.bn_warning.isHidden()
+
+
+def test_evaluate_panel_says_what_it_will_show_before_any_evaluation(qtbot):
+    from bnnlab.gui.panels.evaluate import EvaluatePanel
+
+    panel = EvaluatePanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    assert "confusion matrix" in panel.result.text()
+    assert not panel.matrix.isVisible() and not panel.matrix_title.isVisible()
+    e = SimpleNamespace(complete=True, n=4, total=4, accuracy=0.5, dataset="digits",
+                        computed_on="engine", seconds=0.1,
+                        confusion=np.array([[1, 1], [1, 1]]), class_names=("0", "1"),
+                        per_class_accuracy=np.array([0.5, 0.5]))
+    panel.show_evaluation(e)
+    assert panel.matrix.isVisible() and panel.matrix.rowCount() == 2
+    assert "50.00%" in panel.result.text()

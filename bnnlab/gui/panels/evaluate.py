@@ -79,11 +79,15 @@ class EvaluatePanel(QWidget):
         layout.addWidget(self.heading)
         layout.addLayout(row)
         layout.addWidget(self.result)
-        layout.addWidget(QLabel("<b>Confusion matrix</b> (rows: true class, columns: predicted)"))
+        self.matrix_title = QLabel("<b>Confusion matrix</b> (rows: true class, columns: "
+                                   "predicted)")
+        layout.addWidget(self.matrix_title)
         layout.addWidget(self.matrix, 1)
+        layout.addStretch(0)  # takes the room while the matrix is hidden
         self._run_key = None
         self._shown = None
         self.busy = False
+        self.show_evaluation(None)
 
     def show_focus(self, focus) -> None:
         run = focus.run
@@ -134,8 +138,14 @@ class EvaluatePanel(QWidget):
             self.dataset.addItem(name, name)
 
     def show_evaluation(self, e) -> None:
+        self.matrix_title.setVisible(e is not None)
+        self.matrix.setVisible(e is not None)
         if e is None:
-            self.result.setText("")
+            self.result.setText(
+                "<span style='color:#555'>Evaluate runs every test image of the chosen dataset "
+                "through the model, off the window's thread, with a Cancel button; the "
+                "accuracy, each class's accuracy and the confusion matrix then show here."
+                "</span>")
             self.matrix.setRowCount(0)
             self.matrix.setColumnCount(0)
             return

@@ -130,7 +130,7 @@ class FiltersPanel(QWidget):
         self.sort_box.setChecked(True)
         grid.addWidget(self.sort_box, 0, 1, Qt.AlignRight)
         self.histogram = pg.PlotWidget()
-        style_plot(self.histogram.getPlotItem(), "How often each of the 512 patterns occurs",
+        style_plot(self.histogram.getPlotItem(), "Uses of each of the 512 patterns",
                    "pattern id", "filters", mouse=True)
         self.histogram_bars = pg.BarGraphItem(x=np.arange(N_PATTERNS), height=np.zeros(N_PATTERNS),
                                               width=1.0, brush=pg.mkBrush("#1c7ed6"),
@@ -255,7 +255,7 @@ class FiltersPanel(QWidget):
         hist.setYRange(0, top_count * 1.08, padding=0)
         # Counts are whole numbers: no 0.5 ticks when they are small.
         hist.getAxis("left").setTickSpacing(*((1, 1) if top_count <= 8 else (None, None)))
-        hist.setTitle(f"How often each of the 512 patterns occurs ({r.unique} used)", size="10pt")
+        hist.setTitle(f"Uses of each pattern ({r.unique} of 512 used)", size="10pt")
 
         top = [(int(p), int(c)) for p, c in r.top[:TOP_SHOWN]]
         if top:

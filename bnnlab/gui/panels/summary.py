@@ -120,7 +120,7 @@ class SummaryPanel(QWidget):
         self.memory_chart = BarChart("Parameter memory", "", "memory (KiB)",
                                      [("memory", [BNN_COLOR, TWIN_COLOR])],
                                      value_format=lambda v: f"{v:,.2f} KiB")
-        self.energy_chart = BarChart("Arithmetic energy per inference (45 nm)", "", "energy",
+        self.energy_chart = BarChart("Energy per inference (45 nm)", "", "energy",
                                      [("energy", [BNN_COLOR, TWIN_COLOR])],
                                      value_format=lambda v: f"{v:,.1f}")
         self.macs_chart = BarChart("Multiply-accumulates per inference", "", "MACs",
