@@ -194,41 +194,49 @@ def unit_text(e, *, detail: bool = True) -> str:
 
     ``detail`` writes every tap's input bit, weight bit and XNOR (one line per kernel
     position, channels across, ``·`` for a padding tap that takes no part) for the window
-    that gives the maximum; the other pooling windows get one line each.
+    that gives the maximum, after the summary (every pooling window in one line each).
     """
     y, x, c = e.unit
     kinds = {"xnor": "binary inputs: XNOR and popcount",
              "integer": "integer pixels times ±1 weights", "float": "float inputs"}
-    lines = [f"block {e.block}, output channel {c} at row {y}, column {x} ({kinds[e.kind]})"]
+    lines = [f"block {e.block}, unit (row {y}, column {x}, channel {c})", f"{kinds[e.kind]}"]
     best = max(range(len(e.windows)), key=lambda i: e.windows[i].dot)
-    for i, w in enumerate(e.windows):
-        where = f"window at row {w.position[0]}, column {w.position[1]}"
-        if w.input_bits is not None:
-            head = f"{where}: K = {w.k}, d = {w.popcount}, dot = K - 2d = {w.dot:g}"
-        else:
-            head = f"{where}: K = {w.k}, dot = sum(input * weight) = {w.dot:g}"
-        lines.append(head + ("   <- max" if len(e.windows) > 1 and i == best else ""))
-        if detail and i == best:
-            if w.input_bits is not None:
-                lines += ["  (bit 1 = -1, bit 0 = +1; rows: kernel position (dy,dx), "
-                          "then channels)"]
-                lines += _rows(e, w, w.input_bits, "input bits (the receptive field)")
-                lines += _rows(e, w, w.weight_bits, "weight bits")
-                lines += _rows(e, w, w.xnor, "XNOR (1 = signs agree)")
-                lines += [f"  popcount of disagreements d = {w.popcount} of K = {w.k} taps",
-                          f"  dot = K - 2d = {w.k} - 2*{w.popcount} = {w.dot:g}"]
-            else:
-                shown = np.asarray(w.inputs)[w.counted][:16]
-                vals = " ".join(f"{v:g}" for v in shown)
-                more = " …" if int(w.counted.sum()) > 16 else ""
-                lines.append(f"  inputs {vals}{more}")
-                lines.append(f"  weight bits {_bits((np.asarray(w.weights) < 0)[w.counted][:64])}"
-                             + (" …" if int(w.counted.sum()) > 64 else ""))
     if len(e.windows) > 1:
-        lines.append(f"max pool over {len(e.windows)} windows: m = {e.m:g}")
+        lines.append(f"max pool of {len(e.windows)} dot products, at (row, column) "
+                     "before pooling:")
+    for i, w in enumerate(e.windows):
+        where = f"  at ({w.position[0]},{w.position[1]})" if len(e.windows) > 1 else "dot"
+        if w.input_bits is not None:
+            head = f"{where}: K={w.k} d={w.popcount} dot=K-2d={w.dot:g}"
+        else:
+            head = f"{where}: K={w.k} dot=sum(input*weight)={w.dot:g}"
+        lines.append(head + ("   <- max" if len(e.windows) > 1 and i == best else ""))
+    if len(e.windows) > 1:
+        lines.append(f"max pool: m = {e.m:g}")
     else:
         lines.append(f"m = {e.m:g}")
-    lines.append(f"threshold: {e.rule}  ->  output {e.output:+g}")
+    lines.append(f"threshold: {e.rule}")
+    lines.append(f"output {e.output:+g}")
     verdict = "the same" if e.agrees else "DIFFERENT (a bug: please report it)"
-    lines.append(f"the runtime computed {e.runtime_output:+g} for this unit: {verdict}")
+    lines.append(f"the runtime computed {e.runtime_output:+g}: {verdict}")
+    w = e.windows[best]
+    if detail:
+        lines.append("")
+        lines.append("step by step" + (f", the maximum at ({w.position[0]},{w.position[1]})"
+                                       if len(e.windows) > 1 else ""))
+        if w.input_bits is not None:
+            lines += ["  bit 1 = -1, bit 0 = +1; a row per kernel",
+                      "  position (dy,dx), channels across"]
+            lines += _rows(e, w, w.input_bits, "input bits (the receptive field)")
+            lines += _rows(e, w, w.weight_bits, "weight bits")
+            lines += _rows(e, w, w.xnor, "XNOR (1 = signs agree)")
+            lines += [f"  popcount of disagreements d = {w.popcount} of K = {w.k} taps",
+                      f"  dot = K - 2d = {w.k} - 2*{w.popcount} = {w.dot:g}"]
+        else:
+            shown = np.asarray(w.inputs)[w.counted][:16]
+            vals = " ".join(f"{v:g}" for v in shown)
+            more = " …" if int(w.counted.sum()) > 16 else ""
+            lines.append(f"  inputs {vals}{more}")
+            lines.append(f"  weight bits {_bits((np.asarray(w.weights) < 0)[w.counted][:64])}"
+                         + (" …" if int(w.counted.sum()) > 64 else ""))
     return "\n".join(lines)

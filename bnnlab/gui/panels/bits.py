@@ -68,6 +68,7 @@ def _table(headers: list[str]) -> QTableWidget:
     t = QTableWidget(0, len(headers))
     t.setHorizontalHeaderLabels(headers)
     t.verticalHeader().setVisible(False)
+    t.verticalHeader().setDefaultSectionSize(22)
     t.horizontalHeader().setStretchLastSection(True)
     t.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
     return t
@@ -87,8 +88,9 @@ class BitsPanel(QWidget):
         self.block.currentIndexChanged.connect(self._show_block)
         self.source = QComboBox()
         self.source.addItems(["Try it's input", "test image #"])
-        self.source.currentIndexChanged.connect(self._ask)
+        self.source.currentIndexChanged.connect(self._source_changed)
         self.image = QSpinBox()
+        self.image.setVisible(False)  # the test image number, when that is the input
         self.image.valueChanged.connect(self._image_changed)
         self.channel, self.row, self.col = (QSpinBox() for _ in range(3))
         for spin in (self.channel, self.row, self.col):
@@ -177,19 +179,31 @@ class BitsPanel(QWidget):
         split.setChildrenCollapsible(False)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 1)
+        split.setSizes([500, 500])  # the steps need the width as much as the maps do
         return split
 
     def _build_weights(self) -> QWidget:
         self.plane = Picture("weight bits (rows: filters · columns: taps)", (0.0, 1.0),
                              caption="black: bit 1 (weight −1) · white: bit 0 (+1)")
         self.plane.setMinimumSize(240, 150)
-        self.thresholds = _table(["channel", "output bit from m (the pooled dot product)"])
+        self.thresholds = _table(["channel", "output bit from m, the (pooled) dot product"])
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.plane)
         split.addWidget(self.thresholds)
-        split.setStretchFactor(0, 2)
-        split.setStretchFactor(1, 1)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([600, 400])
         return split
+
+    def heightForWidth(self, width: int) -> int:
+        # Word-wrapped labels give the layout a height-for-width, which a scroll area
+        # would honour with the panel's preferred height, taller than the window; -1
+        # lets it fit the panel to the view (never below the minimum size).
+        return -1
+
+    def _source_changed(self, *_args) -> None:
+        self.image.setVisible(self.source.currentIndex() == TEST_IMAGE)
+        self._ask()
 
     def _waiting(self, text: str) -> None:
         self.waiting.setText(text)
@@ -305,6 +319,7 @@ class BitsPanel(QWidget):
         for r, t in enumerate(th):
             self.thresholds.setItem(r, 0, QTableWidgetItem(str(t.channel)))
             self.thresholds.setItem(r, 1, QTableWidgetItem(t.rule()))
+        self.thresholds.resizeColumnToContents(0)
         out_h, out_w, out_c = b.out_shape
         for spin, top in ((self.channel, out_c), (self.row, out_h), (self.col, out_w)):
             spin.blockSignals(True)
@@ -364,12 +379,11 @@ class BitsPanel(QWidget):
         h, w, c = b.in_shape
         what = "pixels" if i == 0 and mf.input.encoding == "uint8" else \
             ("inputs" if i == 0 else f"bits of block {i - 1}")
-        self.input_map.set_title(f"input: {what}, {c} channel{'s' * (c != 1)} of {h}×{w}; "
-                                 "shaded: the unit's receptive field")
+        self.input_map.set_title(f"input: {what} ({c} × {h}×{w}); shaded: receptive field")
         oh, ow, oc = b.out_shape
         if b.output == "bits":
             shape = f"a strip of {oc} bits" if (oh, ow) == (1, 1) else f"{oc} channels of {oh}×{ow}"
-            self.output_map.set_title(f"output bits: {shape} (white +1, black −1); click a unit")
+            self.output_map.set_title(f"output: {shape} (white +1, black −1); click one")
         else:
             self.output_map.set_title(f"output: {oc} logits (grey scale: black lowest, white "
                                       "highest); click one")

@@ -20,7 +20,8 @@ from .perlayer import PerLayerPanel, layer_specs_from_snapshot
 __all__ = ["GatingPanel"]
 
 COLUMNS = 3
-_EMPTY = "Pre-activations appear here once a model with binary activations is loaded."
+_EMPTY = ("Pre-activations appear here for a run with binary activations, or a model file "
+          "with latent weights (.npz, .h5).")
 _NOTHING_GATED = "No layer binarizes its input: nothing is gated."
 _PASS_COLOR = "#2a9d8f"
 _GATED_COLOR = "#9a9a9a"
@@ -91,6 +92,7 @@ class GatingPanel(PerLayerPanel):
         self.view = pg.GraphicsLayoutWidget()
         self.caption = QLabel()
         self.caption.setStyleSheet("font-size: 10pt; padding: 2px 4px;")
+        self.caption.setWordWrap(True)  # a long caption must not widen the page
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(2)

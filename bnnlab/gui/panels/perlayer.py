@@ -27,6 +27,11 @@ class PerLayerPanel(QWidget):
     ``caption`` (a QLabel), and implement ``_sync_layout``.
     """
 
+    def heightForWidth(self, width: int) -> int:
+        # A word-wrapped caption gives the layout a height-for-width, which a scroll area
+        # would honour with the panel's preferred height; -1 fits the panel to the view.
+        return -1
+
     def set_layers(self, specs) -> None:
         """Lay the plots out for these (name, type, binary input) layers ahead of training,
         so the first snapshot only fills them in (building six plots takes a few hundred
@@ -51,14 +56,16 @@ class PerLayerPanel(QWidget):
 
     def show_focus(self, focus) -> None:
         """The selected run's layers and latest snapshot (one run at a time)."""
-        if focus.model_config is not getattr(self, "_focus_config", None):
-            self._focus_config = focus.model_config
-            self.set_layers(layer_specs_from_config(focus.model_config) if focus.model_config else ())
         run = focus.run
+        opened = run.opened if run is not None else None
+        # A .bnn keeps no latent weights: no plots to fill (empty axes would mislead).
+        config = None if opened is not None and not opened.has_latent_weights else focus.model_config
+        if config is not getattr(self, "_focus_config", None):
+            self._focus_config = config
+            self.set_layers(layer_specs_from_config(config) if config else ())
         caption = "" if run is None else (f"Run <b style='color:{run.color}'>{run.title}</b> "
                                           f"({run.state}) · select another run in the list on "
                                           "the left to compare")
-        opened = run.opened if run is not None else None
         if opened is not None and not opened.has_latent_weights:
             caption = (f"<b style='color:{run.color}'>{run.title}</b>: a .bnn file keeps only "
                        "the signs of the weights, not the latent weights and training signals "

@@ -80,6 +80,7 @@ class WeightsPanel(PerLayerPanel):
         self.view = pg.GraphicsLayoutWidget()
         self.caption = QLabel()
         self.caption.setStyleSheet("font-size: 10pt; padding: 2px 4px;")
+        self.caption.setWordWrap(True)  # a long caption must not widen the page
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.setSpacing(2)
@@ -98,8 +99,8 @@ class WeightsPanel(PerLayerPanel):
     def _show_placeholder(self) -> None:
         self.view.clear()
         self.histograms, self.flip_curves, self.flip_plot = [], [], None
-        self.view.addLabel("Latent weights appear here once a model with binary weights is "
-                           "loaded.", color="#888", size="12pt")
+        self.view.addLabel("Latent weights appear here for a run with binary weights, or a "
+                           "model file that holds them (.npz, .h5).", color="#888", size="12pt")
 
     def _build(self, specs) -> None:
         self.view.clear()
