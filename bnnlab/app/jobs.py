@@ -41,6 +41,19 @@ class Cancelled(Exception):
     """Raised inside a progress callback to abandon loading when the run is stopped."""
 
 
+def _failure(exc: Exception, doing: str, bad_request: str, requests: tuple) -> tuple[str, str]:
+    """(title, message) of a job's failure: a person's mistake (missing data, a setting of
+    one of the ``requests`` types, divergence) in one line, anything else with its trace."""
+    if isinstance(exc, DatasetError):
+        return "The dataset is not available", str(exc)
+    if isinstance(exc, requests):
+        return bad_request, str(exc)
+    if isinstance(exc, TrainingDiverged):
+        return "Training diverged", str(exc)
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return f"Unexpected error while {doing}", f"{detail}\n\n{traceback.format_exc(limit=-3)}"
+
+
 class _Job:
     def __init__(self, tag: int, events: queue.Queue, name: str):
         self.tag = tag
@@ -189,16 +202,9 @@ class TrainingJob(_Job):
             self._train()
         except Cancelled:
             pass
-        except DatasetError as exc:
-            self.post("failed", "The dataset is not available", str(exc))
-        except SceneError as exc:
-            self.post("failed", "The scene cannot be trained", str(exc))
-        except TrainingDiverged as exc:
-            self.post("failed", "Training diverged", str(exc))
         except Exception as exc:  # noqa: BLE001 - shown in the window, never a silent dead thread
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self.post("failed", "Unexpected error while training",
-                      f"{detail}\n\n{traceback.format_exc(limit=-3)}")
+            self.post("failed", *_failure(exc, "training", "The scene cannot be trained",
+                                          (SceneError,)))
         finally:
             # Drop the data and the model now: the job object may outlive the run.
             self.prepared = None
@@ -331,13 +337,6 @@ class SeedsJob(_Job):
                       on_run=lambda run: self.post("seed_run", run))
         except CompareCancelled:
             self.post("cancelled")
-        except DatasetError as exc:
-            self.post("failed", "The dataset is not available", str(exc))
-        except (SceneError, ValueError) as exc:
-            self.post("failed", "The comparison cannot run", str(exc))
-        except TrainingDiverged as exc:
-            self.post("failed", "Training diverged", str(exc))
         except Exception as exc:  # noqa: BLE001 - shown in the window, never a silent dead thread
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self.post("failed", "Unexpected error while comparing seeds",
-                      f"{detail}\n\n{traceback.format_exc(limit=-3)}")
+            self.post("failed", *_failure(exc, "comparing seeds", "The comparison cannot run",
+                                          (SceneError, ValueError)))
