@@ -214,6 +214,7 @@ class MainWindow(QMainWindow):
         self.state_label = QLabel()
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(240)
+        self.progress.setMinimumWidth(200)  # its text ("compiling kernels 3/40") stays on one line
         self.progress.setTextVisible(True)
         self.progress.hide()
         self.ips_label = QLabel()

@@ -94,6 +94,8 @@ class SeedsPanel(QWidget):
                    "epoch", "validation accuracy (%)", legend=True)
         style_plot(self.loss_plot, "Training loss: mean over seeds, band ±1 sd",
                    "epoch", "training loss (epoch mean)", legend=True)
+        # Accuracy climbs to the top right: its legend sits bottom right instead.
+        self.acc_plot.legend.anchor(itemPos=(1, 1), parentPos=(1, 1), offset=(-8, -8))
         self._items: list = []
 
         self.summary = QTableWidget(0, len(_SUMMARY_COLUMNS))
