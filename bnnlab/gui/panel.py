@@ -16,13 +16,13 @@ import traceback
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
 from ..app.runs import Focus
 from .views.banner import ErrorBanner
 
-__all__ = ["Panel", "PanelPage"]
+__all__ = ["FitScrollArea", "Panel", "PanelPage"]
 
 
 @runtime_checkable
@@ -31,6 +31,51 @@ class Panel(Protocol):
 
     def show_focus(self, focus: Focus) -> None:
         """Show the selected run (or model) and whatever else of ``focus`` the panel draws."""
+
+
+class FitScrollArea(QScrollArea):
+    """A scroll area that gives its widget the whole viewport and scrolls only when the
+    viewport is smaller than the widget's minimum size.
+
+    QScrollArea's own resizing (``widgetResizable``) gives a widget whose layout holds
+    word-wrapped labels its *preferred* height for the width (``heightForWidth``), so on a
+    small screen plots that could shrink were pushed below the fold instead.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWidgetResizable(False)
+
+    def setWidget(self, widget: QWidget) -> None:
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+        self.fit()
+
+    def fit(self) -> None:
+        w = self.widget()
+        if w is None:
+            return
+        view = self.maximumViewportSize()  # the viewport without scroll bars
+        hint = w.minimumSizeHint().expandedTo(w.minimumSize())
+        width = max(view.width(), hint.width())
+        layout = w.layout()
+        need = hint.height()
+        if layout is not None and layout.hasHeightForWidth():
+            need = max(need, layout.minimumHeightForWidth(width))
+        if need > view.height():  # a vertical scroll bar takes its width from the widget
+            width = max(view.width() - self.verticalScrollBar().sizeHint().width(), hint.width())
+            if layout is not None and layout.hasHeightForWidth():
+                need = max(hint.height(), layout.minimumHeightForWidth(width))
+        w.resize(width, max(view.height(), need))
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit()
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.fit()
+        return super().eventFilter(obj, event)
 
 
 class PanelPage(QWidget):
@@ -48,9 +93,8 @@ class PanelPage(QWidget):
         self._factory = factory
         self.panel: QWidget | None = None
         self.error = ErrorBanner()
-        self.scroll = QScrollArea()
+        self.scroll = FitScrollArea()
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.scroll.setWidgetResizable(True)
         col = QVBoxLayout(self)
         col.setContentsMargins(0, 0, 0, 0)
         col.setSpacing(2)

@@ -110,6 +110,8 @@ class ResultsPanel(QWidget):
         for i, row in enumerate(rows):
             for j, (key, _) in enumerate(RESULT_COLUMNS):
                 cell = _Cell(_text(key, row[key]), row[key])
+                if key == "differs" and row[key]:
+                    cell.setToolTip(row[key])  # the column may be too narrow for it
                 if key not in ("scene", "differs", "state"):
                     cell.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(i, j, cell)

@@ -96,6 +96,11 @@ class SeedsPanel(QWidget):
                    "epoch", "training loss (epoch mean)", legend=True)
         # Accuracy climbs to the top right: its legend sits bottom right instead.
         self.acc_plot.legend.anchor(itemPos=(1, 1), parentPos=(1, 1), offset=(-8, -8))
+        self.acc_plot.setYRange(0, 100, padding=0.02)
+        self.empty_note = pg.TextItem("Choose a variant and press Compare over seeds",
+                                      color="#888", anchor=(0.5, 0.5))
+        self.acc_plot.addItem(self.empty_note, ignoreBounds=True)
+        self.empty_note.setPos(0.5, 50)
         self._items: list = []
 
         self.summary = QTableWidget(0, len(_SUMMARY_COLUMNS))
@@ -205,9 +210,15 @@ class SeedsPanel(QWidget):
         self._items = []
         for plot in (self.acc_plot, self.loss_plot):
             plot.legend.clear()
+        self.empty_note.setVisible(c is None or not any(c.runs.values()))
+        for plot in (self.acc_plot, self.loss_plot):  # no empty legend box
+            plot.legend.setVisible(not self.empty_note.isVisible())
         if c is None:
             return
         acc, loss = c.bands("val_accuracy"), c.bands("loss")
+        longest = max((b.epochs.size for b in acc.values()), default=0)
+        for plot in (self.acc_plot, self.loss_plot):  # whole epochs on the axis
+            plot.getAxis("bottom").setTickSpacing(*((1, 1) if longest <= 20 else (5, 1)))
         for i, label in enumerate(c.labels):
             color = palette_color(i)
             for plot, bands, scale in ((self.acc_plot, acc, 100.0), (self.loss_plot, loss, 1.0)):
