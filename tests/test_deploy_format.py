@@ -99,7 +99,8 @@ def test_write_is_atomic(tmp_path, model_file, monkeypatch):
     (lambda d: d[:-1], "truncated|header says"),
     (lambda d: d + b"\0", "trailing bytes"),
     (lambda d: b"PK" + d[2:], "bad magic"),
-    (lambda d: recrc(bytearray(d[:8] + struct.pack("<H", 2) + d[10:])), "version 2"),
+    (lambda d: recrc(bytearray(d[:8] + struct.pack("<H", 3) + d[10:])), "version 3"),
+    (lambda d: recrc(bytearray(d[:8] + struct.pack("<H", 2) + d[10:])), "node 1: 0 sources"),
     (lambda d: d[:20] + bytes([d[20] ^ 1]) + d[21:], "checksum"),
     (lambda d: recrc(bytearray(d[:10] + struct.pack("<H", 1) + d[12:])), "flags"),
 ])

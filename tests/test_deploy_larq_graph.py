@@ -84,9 +84,11 @@ def test_bad_functional_models_are_refused_with_the_reason(tmp_path, change, mes
     assert str(path) in str(err.value) and message in str(err.value)
 
 
-def test_graph_models_are_refused_by_the_bnn_writer_with_the_layer():
+def test_graph_the_bnn_format_cannot_hold_is_refused_with_the_layer():
     model = Sequential.from_config({"input_shape": [4], "layers": [
-        {"type": "Dense", "units": 4, "name": "a"}, {"type": "Dense", "units": 4, "name": "b"},
-        {"type": "Add", "inputs": ["a", "b"], "name": "join"}, {"type": "Dense", "units": 2}]})
-    with pytest.raises(ExportError, match="layer join \\(Add\\).*stacks of layers"):
+        {"type": "QuantDense", "units": 4, "kernel_quantizer": "ste_sign", "name": "a"},
+        {"type": "Add", "inputs": ["a", "input"], "name": "join"},
+        {"type": "QuantDense", "units": 2, "input_quantizer": "ste_sign",
+         "kernel_quantizer": "ste_sign"}]})
+    with pytest.raises(ExportError, match="layer join \\(Add\\).*not the raw input"):
         fold_model(model)

@@ -493,6 +493,9 @@ def _c_string(s: str) -> str:
 def _check_for_c(mf: ModelFile) -> None:
     """Refuse what C cannot hold: the record must be valid, class names free of NUL bytes."""
     validate(mf)
+    if mf.nodes:
+        raise ModelFileError("the C export holds stacks of blocks (version 1 files); this is a "
+                             "graph (version 2), which runs with bnnlab run")
     for i, name in enumerate(mf.class_names):
         if "\0" in name:
             raise ModelFileError(f"class name {i} holds a NUL byte, which a C string cannot hold")

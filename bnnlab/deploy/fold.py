@@ -20,6 +20,7 @@ channel's weights are negated (min z = -max(-z)) and the block always max-pools.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ from .format import (
     InputSpec,
     ModelFile,
     ModelFileError,
+    Node,
     pack_signs,
     validate,
 )
@@ -93,9 +95,6 @@ def _segments(model: Sequential) -> list[_Segment]:
         raise ExportError("the model has no conv or dense layer")
     for idx, layer in enumerate(model.layers):
         where = f"layer {layer.name} ({layer.type_name})"
-        if layer.merge:
-            raise ExportError(f"{where}: the .bnn format holds stacks of layers; a model whose "
-                              "branches join (Add, Concatenate) cannot be written to it")
         if isinstance(layer, _QuantBase):
             segs.append(_Segment(layer))
             continue
@@ -373,6 +372,8 @@ def fold_model(model: Sequential, input_spec: InputSpec | None = None,
     if tuple(spec.shape) != tuple(model.input_shape):
         raise ExportError(f"input record shape {spec.shape} differs from the model's "
                           f"{model.input_shape}")
+    if model.is_graph:
+        return _checked(_fold_graph(model, spec), class_names, metadata)
     segs = _segments(model)
     for i, seg in enumerate(segs):
         _check_layer(seg, i, len(segs))
@@ -385,10 +386,115 @@ def fold_model(model: Sequential, input_spec: InputSpec | None = None,
         b = _fold_segment(seg, i, len(segs), in_shape, spec)
         blocks.append(b)
         in_shape = b.out_shape
+    return _checked(ModelFile(spec, tuple(blocks)), class_names, metadata)
+
+
+def _checked(mf: ModelFile, class_names, metadata) -> ModelFile:
     names = tuple(str(c) for c in class_names)
-    mf = ModelFile(spec, tuple(blocks), names, {str(k): str(v) for k, v in (metadata or {}).items()})
+    mf = dataclasses.replace(mf, class_names=names,
+                             metadata={str(k): str(v) for k, v in (metadata or {}).items()})
     try:
         validate(mf)
     except ModelFileError as exc:
         raise ExportError(str(exc)) from None
     return mf
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def _chain_after(model: Sequential, readers, idx: int, seg: _Segment, absorbed: set) -> int:
+    """Fold into ``seg`` the batch norms, max pool and flatten that only it feeds; returns
+    the index of the last layer folded (whose output is the block's)."""
+    last = idx
+    final = len(model.layers) - 1
+    while len(readers[last]) == 1:
+        nxt = readers[last][0]
+        layer = model.layers[nxt]
+        if model.sources[nxt] != (last,):
+            break
+        if isinstance(layer, BatchNorm) and not seg.flattened:
+            (seg.post if seg.pool is not None else seg.pre).append(layer)
+        elif (isinstance(layer, MaxPool2D) and seg.pool is None and not seg.flattened
+              and isinstance(seg.layer, QuantConv2D)):
+            seg.pool = layer
+        elif isinstance(layer, Flatten):
+            seg.flattened = True
+        elif isinstance(layer, Activation) and (layer.activation == "linear" or (
+                layer.activation == "softmax" and nxt == final)):
+            pass
+        else:
+            break
+        absorbed.add(nxt)
+        last = nxt
+    return last
+
+
+def _fold_graph(model: Sequential, spec: InputSpec) -> ModelFile:
+    """A graph model as version 2 nodes: each conv or dense layer with the batch norms and
+    pooling only it feeds is a block, whose output is bits when every reader binarizes it
+    and float values otherwise; Add, Concatenate and max pooling of float tensors are
+    nodes of their own; Flatten and a final softmax change nothing."""
+    n_layers = len(model.layers)
+    readers: list[list[int]] = [[] for _ in range(n_layers)]
+    for i, src in enumerate(model.sources):
+        for s in src:
+            if s >= 0:
+                readers[s].append(i)
+    shape0 = tuple(model.input_shape)
+    # per engine layer output: (node number, kind, shape); -1 is the input (node 0)
+    out = {-1: (0, "raw", shape0 if len(shape0) == 3 else (1, 1, shape0[0]))}
+    nodes: list[Node] = []
+    blocks = []
+    absorbed: set = set()
+    for idx, layer in enumerate(model.layers):
+        if idx in absorbed:
+            continue
+        where = f"layer {layer.name} ({layer.type_name})"
+        srcs = [out[s] for s in model.sources[idx]]
+        if isinstance(layer, _QuantBase):
+            seg = _Segment(layer)
+            last = _chain_after(model, readers, idx, seg, absorbed)
+            node_src, kind, in_shape = srcs[0]
+            bits_out = last != n_layers - 1 and all(
+                isinstance(model.layers[r], _QuantBase)
+                and _deterministic_binary(model.layers[r].input_quantizer) for r in readers[last])
+            pos = 0 if kind == "raw" else 1  # its place as _check_layer and _fold_segment see it
+            n = pos + (2 if bits_out else 1)
+            _check_layer(seg, pos, n)
+            if math.prod(in_shape) > MAX_ELEMENTS:
+                raise ExportError(f"{where}: input {in_shape} is too large")
+            b = _fold_segment(seg, pos, n, in_shape, spec)
+            if kind == "values":
+                b = dataclasses.replace(b, input="signs")
+            blocks.append(b)
+            nodes.append(Node("block", (node_src,), len(blocks) - 1))
+            out[last] = (len(nodes), "bits" if bits_out else "values", b.out_shape)
+            continue
+        if isinstance(layer, Flatten) or (isinstance(layer, Activation) and (
+                layer.activation == "linear" or (layer.activation == "softmax"
+                                                 and idx == n_layers - 1))):
+            out[idx] = srcs[0]  # NHWC order is already the flat order
+            continue
+        if any(kind != "values" for _, kind, _ in srcs):
+            raise ExportError(f"{where}: in a .bnn graph it must read float tensors (outputs of "
+                              "conv or dense layers and their batch norms, sums, poolings), "
+                              "not the raw input or binary activations")
+        shapes = [sh for _, _, sh in srcs]
+        if layer.merge:
+            op = "add" if layer.type_name == "Add" else "concatenate"
+            shape = shapes[0] if op == "add" else (*shapes[0][:2], sum(sh[2] for sh in shapes))
+            nodes.append(Node(op, tuple(nd for nd, _, _ in srcs)))
+        elif isinstance(layer, MaxPool2D):
+            nodes.append(Node("maxpool", (srcs[0][0],), pool=(layer.pool_size, layer.strides)))
+            shape = layer.output_shape
+        else:
+            raise ExportError(f"{where}: this layer type cannot be exported in a graph; "
+                              "a .bnn graph holds conv and dense blocks, Add, Concatenate, "
+                              "max pooling and Flatten")
+        out[idx] = (len(nodes), "values", tuple(shape))
+    final = out[n_layers - 1]
+    if final[0] != len(nodes) or nodes[-1].op != "block":
+        raise ExportError("the model must end with a conv or dense layer (and its batch norms) "
+                          "for the logits")
+    return ModelFile(spec, tuple(blocks), nodes=tuple(nodes))

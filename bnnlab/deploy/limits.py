@@ -18,6 +18,7 @@ under an address-space limit set from them), not of what NumPy or Numba may keep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -89,12 +90,43 @@ def _block_cost(b: Block) -> tuple[int, int]:
     return prepared + run + out, pos * f * k + epilogue
 
 
+def _graph_cost(mf: ModelFile) -> tuple[int, int]:
+    """(bytes, operations) a graph adds to its blocks: every tensor, kept as float32 (or
+    packed bits), the signs a block packs from a float tensor, the float operations."""
+    shapes: list = [None]
+    mem = work = 0
+    for node in mf.nodes:
+        src = [shapes[s] for s in node.sources]
+        if node.op == "block":
+            b = mf.blocks[node.block]
+            shape = b.out_shape
+            if b.input == "signs":
+                mem += 9 * math.prod(b.in_shape)  # the signs as bytes, bits and words
+        elif node.op == "add":
+            shape = src[0]
+            work += math.prod(shape) * (len(src) - 1)
+        elif node.op == "concatenate":
+            shape = (*src[0][:2], sum(sh[2] for sh in src))
+        else:
+            size, stride = node.pool
+            h, w, c = src[0]
+            shape = ((h - size) // stride + 1, (w - size) // stride + 1, c)
+            work += math.prod(shape) * size * size
+            mem += 4 * math.prod(shape)  # the window being compared
+        mem += 4 * math.prod(shape)
+        shapes.append(shape)
+    return mem, work
+
+
 def runtime_cost(mf: ModelFile) -> RuntimeCost:
     """Memory and work of running ``mf`` on one input with :class:`~bnnlab.deploy.runtime.Runtime`."""
-    per = [_block_cost(b) for b in mf.blocks]
+    # A block on the signs of a float tensor runs as a block on bits.
+    per = [_block_cost(dataclasses.replace(b, input="bits") if b.input == "signs" else b)
+           for b in mf.blocks]
     raw = 8 * math.prod(mf.input.shape)  # the raw input and its normalized copy
-    mem = raw + sum(m for m, _ in per)
-    return RuntimeCost(mem, sum(o for _, o in per), tuple(m for m, _ in per),
+    extra_mem, extra_work = _graph_cost(mf) if mf.nodes else (0, 0)
+    mem = raw + sum(m for m, _ in per) + extra_mem
+    return RuntimeCost(mem, sum(o for _, o in per) + extra_work, tuple(m for m, _ in per),
                        tuple(o for _, o in per))
 
 

@@ -66,10 +66,13 @@ def _threshold(m: np.ndarray, b: Block) -> np.ndarray:
 
 
 def reference_trace(mf: ModelFile, raw: np.ndarray) -> list[np.ndarray]:
-    """Every block's output (±1 as float, flattened per example), then the logits.
+    """Every block's output (±1 as float, flattened per example), then the logits (of a
+    stack of blocks; a graph has :func:`reference_logits` only).
 
     Float32 values that overflow become infinite (or NaN), as in the runtime and the C.
     """
+    if mf.nodes:
+        raise ValueError("a graph model has no chain of blocks to trace")
     with np.errstate(over="ignore", invalid="ignore"):
         return _trace(mf, raw)
 
@@ -100,4 +103,51 @@ def _trace(mf: ModelFile, raw: np.ndarray) -> list[np.ndarray]:
 
 
 def reference_logits(mf: ModelFile, raw: np.ndarray) -> np.ndarray:
+    if mf.nodes:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _graph(mf, raw)
     return reference_trace(mf, raw)[-1]
+
+
+def _graph(mf: ModelFile, raw: np.ndarray) -> np.ndarray:
+    """A version 2 graph, node by node; float tensors are float32 (N, H, W, C)."""
+    spec = mf.input
+    n = raw.shape[0]
+    shape = spec.shape if len(spec.shape) == 3 else (1, 1, spec.shape[0])
+    tensors: list = [None]  # 0: the input, normalized by each block that reads it
+    for node in mf.nodes:
+        src = [tensors[s] for s in node.sources]
+        if node.op == "block":
+            b = mf.blocks[node.block]
+            exact = b.acc == "int32"
+            if b.input == "raw":
+                x = (raw.astype(np.float64).reshape(n, *shape) if exact else
+                     (raw.astype(np.float32) * np.float32(spec.scale)
+                      + np.float32(spec.offset)).reshape(n, *shape))
+            elif b.input == "signs":
+                x = np.where(src[0] >= 0, 1.0, -1.0)  # sign(0) = +1; NaN gives -1
+            else:
+                x = src[0]
+            m = _pool(_accumulate(x, b, exact), b)
+            if b.output == "bits":
+                y = _threshold(m if exact else m.astype(np.float64), b)
+            else:
+                y = m.astype(np.float32) * b.scale
+                y += b.offset
+        elif node.op == "add":
+            y = src[0].astype(np.float32)
+            for t in src[1:]:
+                y = y + t  # float32, in the order of the sources
+        elif node.op == "concatenate":
+            y = np.concatenate(src, axis=-1)
+        else:  # max pooling of floats, windows spelled out
+            size, stride = node.pool
+            _, h, w, _ = src[0].shape
+            hp, wp = (h - size) // stride + 1, (w - size) // stride + 1
+            y = np.full((n, hp, wp, src[0].shape[3]), -np.inf, np.float32)
+            for dy in range(size):
+                for dx in range(size):
+                    y = np.maximum(y, src[0][:, dy:dy + stride * (hp - 1) + 1:stride,
+                                             dx:dx + stride * (wp - 1) + 1:stride, :])
+        tensors.append(y)
+    return tensors[-1].reshape(n, -1)

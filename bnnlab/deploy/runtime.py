@@ -11,10 +11,15 @@ slices of a batch on Python threads of a pool kept for the process, one slice pe
 through the whole network (Numba's ``prange`` stopped LLVM from vectorizing the loop
 bodies and was slower here; the serial kernels inside never start threads of their own). The NumPy oracle of all this is
 :mod:`bnnlab.deploy.reference`.
+
+A graph file (version 2) runs its nodes in order: blocks as above (a block reading a float
+tensor packs its signs first), and the float operations between them (add, concatenate,
+max pooling) on float32 (N, H, W, C) arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -265,7 +270,9 @@ class Runtime:
         self.input = mf.input
         self.class_names = mf.class_names
         self.metadata = dict(mf.metadata)
-        self._blocks = [_Prepared(b) for b in mf.blocks]
+        # A block on the signs of a float tensor runs as one on bits, once they are packed.
+        self._blocks = [_Prepared(dataclasses.replace(b, input="bits") if b.input == "signs"
+                                  else b) for b in mf.blocks]
         per_image = max(4 * (np.prod(b.conv_shape) + np.prod(b.in_shape)) for b in mf.blocks)
         # Keep a slice's buffers near 64 MiB however large the model's activations are.
         self.batch_size = int(max(1, min(1024, (64 << 20) // max(int(per_image), 1))))
@@ -274,13 +281,13 @@ class Runtime:
     def n_outputs(self) -> int:
         return self.model_file.n_outputs
 
-    def _normalize(self, raw: np.ndarray) -> np.ndarray:
+    def _normalize(self, raw: np.ndarray, b0: _Prepared | None = None) -> np.ndarray:
         spec = self.input
         if raw.shape[1:] != tuple(spec.shape):
             raise ValueError(f"the model reads inputs of shape {spec.shape}, got {raw.shape[1:]}")
         if spec.encoding == "uint8" and raw.dtype != np.uint8:
             raise ValueError(f"the model reads uint8 pixels, got {raw.dtype}")
-        b0 = self._blocks[0]
+        b0 = b0 or self._blocks[0]
         if b0.dtype != np.float32:
             x = raw.astype(b0.dtype)
         else:
@@ -291,6 +298,10 @@ class Runtime:
         return np.ascontiguousarray(x.reshape(raw.shape[0], *shape))
 
     def _run(self, raw: np.ndarray, trace: list | None = None) -> np.ndarray:
+        if self.model_file.nodes:
+            if trace is not None:
+                raise ValueError("a graph model has no chain of blocks to trace")
+            return self._run_graph(raw)
         x = self._normalize(raw)
         for pb in self._blocks:
             x = pb.run(x)
@@ -298,6 +309,37 @@ class Runtime:
                 trace.append(x if pb.b.output == "logits" else
                              unpack_activations(x, pb.f).reshape(x.shape[0], -1))
         return x
+
+    def _run_graph(self, raw: np.ndarray) -> np.ndarray:
+        n = raw.shape[0]
+        mf = self.model_file
+        tensors: list = [None]  # 0: the input, normalized by each block that reads it
+        for node in mf.nodes:
+            src = [tensors[s] for s in node.sources]
+            if node.op == "block":
+                b, pb = mf.blocks[node.block], self._blocks[node.block]
+                if b.input == "raw":
+                    x = self._normalize(raw, pb)
+                elif b.input == "signs":  # +1 where v >= 0 (NaN: -1), as the format says
+                    v = src[0]
+                    x = pack_activations(np.where(v >= 0, 1, -1).astype(np.int8)
+                                         .reshape(n, -1, v.shape[-1]))
+                else:
+                    x = src[0]
+                y = pb.run(x)
+                if b.output == "logits":
+                    y = y.reshape(n, *b.out_shape)
+            elif node.op == "add":
+                with np.errstate(over="ignore", invalid="ignore"):
+                    y = src[0] + src[1]
+                    for t in src[2:]:
+                        y += t
+            elif node.op == "concatenate":
+                y = np.concatenate(src, axis=-1)
+            else:
+                y = _max_pool(src[0], *node.pool)
+            tensors.append(y)
+        return tensors[-1].reshape(n, -1)
 
     def logits(self, raw: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, n_outputs) float32 logits of raw inputs (N, *input shape).
@@ -351,6 +393,18 @@ def _pool(workers: int) -> ThreadPoolExecutor:
             pool = _POOLS[key] = ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="bnn-runtime")
         return pool
+
+
+def _max_pool(x: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """'valid' max pooling of float32 (N, H, W, C); a window holding NaN pools to NaN."""
+    n, h, w, c = x.shape
+    hp, wp = (h - size) // stride + 1, (w - size) // stride + 1
+    y = None
+    for dy in range(size):
+        for dx in range(size):
+            t = x[:, dy:dy + stride * (hp - 1) + 1:stride, dx:dx + stride * (wp - 1) + 1:stride]
+            y = t.copy() if y is None else np.maximum(y, t)
+    return y
 
 
 def available_cpus() -> int:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.layers import Activation, BatchNorm, Flatten, MaxPool2D, QuantConv2D, QuantDense
+from ..core.layers import (Activation, Add, BatchNorm, Concatenate, Flatten, MaxPool2D,
+                           QuantConv2D, QuantDense)
 from ..core.model import Sequential
 from ..core.shapes import conv_output_size
 from .format import MODE_GE, MODE_PLUS, Block, ModelFile, ModelFileError
@@ -81,6 +82,78 @@ def _epilogue(mf: ModelFile, b: Block, first: bool) -> dict[str, np.ndarray]:
     return _bn_arrays(g, bias)
 
 
+def _block_layers(mf: ModelFile, b: Block, first: bool, flat: bool, tag: str = "",
+                  source: str | None = None) -> tuple[list, list]:
+    """The engine layers of one block (conv or dense, max pool, a batch norm computing its
+    epilogue) and their arrays. With ``tag`` the layers are named after it and the first
+    reads ``source`` (a graph); otherwise they are unnamed and read the layer before."""
+    def named(layer, suffix, inputs=None):
+        if tag:
+            layer.name = f"{tag}_{suffix}"
+            layer.inputs = inputs
+        return layer
+
+    spec = mf.input
+    layers, states = [], []
+    src = (source,) if tag else None
+    quant = dict(input_quantizer=None if first else "ste_sign",
+                 kernel_quantizer="ste_sign" if b.kernel == "bits" else None, use_bias=False)
+    w = b.weights() * np.float32(_kernel_sign(mf, b, first))
+    if b.kind == "conv2d":
+        pad = float(b.pad_value)
+        if first and b.acc == "int32":
+            pad = float(spec.offset)  # a raw zero, in model units
+            if pad not in (0.0, 1.0, -1.0):
+                if any(b.pads):
+                    raise ModelFileError(f"a first block pads with {pad}, which the engine cannot")
+                pad = 0.0
+        layer = named(QuantConv2D(b.out_channels, b.kernel_size, b.stride, _padding(b), pad,
+                                  **quant), "conv", src)
+        kh, kw = b.kernel_size
+        kernel = w.reshape(b.out_channels, kh, kw, b.in_shape[2]).transpose(1, 2, 3, 0)
+    else:
+        if not flat:
+            layers.append(named(Flatten(), "flatten", src))
+            src = None
+        layer = named(QuantDense(b.out_channels, **quant), "dense", src)
+        kernel = w.T
+    layers.append(layer)
+    states.append((layer, {"kernel": np.ascontiguousarray(kernel)}))
+    if b.pool[0]:
+        layers.append(named(MaxPool2D(b.pool[0], b.pool[1]), "pool"))
+    bn = named(BatchNorm(epsilon=_EPS, center=True, scale=True), "bn")
+    layers.append(bn)
+    states.append((bn, _epilogue(mf, b, first)))
+    return layers, states
+
+
+def _graph_layers(mf: ModelFile) -> tuple[list, list]:
+    """The engine layers of a graph (version 2), named after their nodes (n1_conv, n2_add...)."""
+    names, flats = ["input"], [len(mf.input.shape) == 1]
+    layers, states = [], []
+    for j, node in enumerate(mf.nodes, start=1):
+        src = [names[s] for s in node.sources]
+        tag = f"n{j}"
+        if node.op == "block":
+            b = mf.blocks[node.block]
+            more, st = _block_layers(mf, b, b.input == "raw", flats[node.sources[0]], tag, src[0])
+            states += st
+            flat = b.kind == "dense"
+        else:
+            if node.op == "add":
+                more = [Add(name=f"{tag}_add")]
+            elif node.op == "concatenate":
+                more = [Concatenate(name=f"{tag}_concatenate")]
+            else:
+                more = [MaxPool2D(node.pool[0], node.pool[1], name=f"{tag}_pool")]
+            more[0].inputs = tuple(src)
+            flat = flats[node.sources[0]]
+        layers += more
+        names.append(more[-1].name)
+        flats.append(flat)
+    return layers, states
+
+
 def model_from_file(mf: ModelFile, name: str | None = None) -> Sequential:
     """An engine :class:`Sequential` that computes what the file's runtime computes.
 
@@ -91,37 +164,16 @@ def model_from_file(mf: ModelFile, name: str | None = None) -> Sequential:
 
     check_runtime_cost(mf)
     spec = mf.input
-    layers, states = [], []
-    flat = len(spec.shape) == 1
-    for i, b in enumerate(mf.blocks):
-        first = i == 0
-        quant = dict(input_quantizer=None if first else "ste_sign",
-                     kernel_quantizer="ste_sign" if b.kernel == "bits" else None, use_bias=False)
-        w = b.weights() * np.float32(_kernel_sign(mf, b, first))
-        if b.kind == "conv2d":
-            pad = float(b.pad_value)
-            if first and b.acc == "int32":
-                pad = float(spec.offset)  # a raw zero, in model units
-                if pad not in (0.0, 1.0, -1.0):
-                    if any(b.pads):
-                        raise ModelFileError(f"block 0 pads with {pad}, which the engine cannot")
-                    pad = 0.0
-            layer = QuantConv2D(b.out_channels, b.kernel_size, b.stride, _padding(b), pad, **quant)
-            kh, kw = b.kernel_size
-            kernel = w.reshape(b.out_channels, kh, kw, b.in_shape[2]).transpose(1, 2, 3, 0)
-        else:
-            if not flat:
-                layers.append(Flatten())
-            layer = QuantDense(b.out_channels, **quant)
-            kernel = w.T
-        layers.append(layer)
-        states.append((layer, {"kernel": np.ascontiguousarray(kernel)}))
-        if b.pool[0]:
-            layers.append(MaxPool2D(b.pool[0], b.pool[1]))
-        bn = BatchNorm(epsilon=_EPS, center=True, scale=True)
-        layers.append(bn)
-        states.append((bn, _epilogue(mf, b, first)))
-        flat = b.kind == "dense"
+    if mf.nodes:
+        layers, states = _graph_layers(mf)
+    else:
+        layers, states = [], []
+        flat = len(spec.shape) == 1
+        for i, b in enumerate(mf.blocks):
+            more, st = _block_layers(mf, b, i == 0, flat)
+            layers += more
+            states += st
+            flat = b.kind == "dense"
     layers.append(Activation("softmax"))
     model = Sequential(layers, tuple(spec.shape), name=name or mf.metadata.get("name", "bnn-model"))
     for layer, state in states:

@@ -51,6 +51,9 @@ TRY_IT, TEST_IMAGE = 0, 1
 def _analyse(opened):
     """Everything about the model the panel draws, off the GUI thread."""
     mf = opened.model_file()
+    if mf.is_graph:  # the views follow one chain of blocks
+        raise ValueError("it is a graph (a version 2 .bnn file); this panel shows stacks of "
+                         "blocks only")
     blocks = []
     for i, b in enumerate(mf.blocks):
         kb = kernel_bits(mf, i) if b.kernel == "bits" else None
@@ -264,7 +267,7 @@ class BitsPanel(QWidget):
 
     def _on_failed(self, key, msg: str) -> None:
         if key == "model":
-            self._waiting(f"This model has no .bnn form, so it has no bits to show: {msg}")
+            self._waiting(f"No bits to show for this model: {msg}")
         else:
             self.verdict.setText(f"<b>Cannot compute this unit:</b> {msg}")
 
