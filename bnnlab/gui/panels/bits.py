@@ -77,6 +77,20 @@ def _table(headers: list[str]) -> QTableWidget:
     return t
 
 
+def _column(*parts) -> QWidget:
+    """A widget stacking layouts and widgets (``(widget, stretch)`` to stretch one)."""
+    box = QWidget()
+    col = QVBoxLayout(box)
+    col.setContentsMargins(0, 0, 0, 0)
+    for part in parts:
+        part, stretch = part if isinstance(part, tuple) else (part, 0)
+        if isinstance(part, QWidget):
+            col.addWidget(part, stretch)
+        else:
+            col.addLayout(part, stretch)
+    return box
+
+
 class BitsPanel(QWidget):
     title = "Bits"
 
@@ -116,12 +130,7 @@ class BitsPanel(QWidget):
         self.tabs.addTab(self.byte_table, "File bytes")
         self.layout_table = self.byte_table
 
-        content = QWidget()
-        col = QVBoxLayout(content)
-        col.setContentsMargins(0, 0, 0, 0)
-        col.addLayout(top)
-        col.addWidget(self.input_label)
-        col.addWidget(self.tabs, 1)
+        content = _column(top, self.input_label, (self.tabs, 1))
         self.waiting = QLabel("")
         self.waiting.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.waiting.setWordWrap(True)
@@ -170,12 +179,7 @@ class BitsPanel(QWidget):
         self.steps.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.verdict = QLabel("")
         self.verdict.setWordWrap(True)
-        right = QWidget()
-        rcol = QVBoxLayout(right)
-        rcol.setContentsMargins(0, 0, 0, 0)
-        rcol.addLayout(unit)
-        rcol.addWidget(self.verdict)
-        rcol.addWidget(self.steps, 1)
+        right = _column(unit, self.verdict, (self.steps, 1))
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(maps)
         split.addWidget(right)

@@ -10,6 +10,7 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import QGraphicsRectItem
 
 from ...app.bits import Mosaic
+from .picture import image_plot
 
 __all__ = ["BitMap"]
 
@@ -25,16 +26,7 @@ class BitMap(pg.PlotWidget):
 
     def __init__(self, title: str = "", parent=None):
         super().__init__(parent=parent)
-        item = self.getPlotItem()
-        item.setTitle(title, size="10pt")
-        item.hideAxis("left")
-        item.hideAxis("bottom")
-        item.setMouseEnabled(x=False, y=False)
-        item.hideButtons()
-        item.setMenuEnabled(False)
-        vb = item.getViewBox()
-        vb.invertY(True)
-        vb.setAspectLocked(True)
+        item = image_plot(self, title)
         self.image_item = pg.ImageItem(axisOrder="row-major")
         item.addItem(self.image_item)
         self.field_item = pg.ImageItem(axisOrder="row-major")

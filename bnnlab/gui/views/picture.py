@@ -5,7 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 
-__all__ = ["Picture"]
+__all__ = ["Picture", "image_plot"]
+
+
+def image_plot(widget: pg.PlotWidget, title: str):
+    """Make ``widget``'s plot a still picture: a title, no axes, buttons, menu or mouse
+    pan/zoom, row 0 at the top and square pixels. Returns its plot item."""
+    item = widget.getPlotItem()
+    item.setTitle(title, size="10pt")
+    item.hideAxis("left")
+    item.hideAxis("bottom")
+    item.setMouseEnabled(x=False, y=False)
+    item.hideButtons()
+    item.setMenuEnabled(False)
+    vb = item.getViewBox()
+    vb.invertY(True)
+    vb.setAspectLocked(True)
+    return item
 
 
 class Picture(pg.PlotWidget):
@@ -18,21 +34,12 @@ class Picture(pg.PlotWidget):
     def __init__(self, title: str, levels: tuple[float, float] = (0.0, 1.0), *,
                  colormap: str | None = None, caption: str = "", parent=None):
         super().__init__(parent=parent)
-        item = self.getPlotItem()
-        item.setTitle(title, size="10pt")
-        item.hideAxis("left")
-        item.hideAxis("bottom")
-        item.setMouseEnabled(x=False, y=False)
-        item.hideButtons()
-        item.setMenuEnabled(False)
+        item = image_plot(self, title)
         if caption:
             item.setLabel("bottom", caption)
             item.showAxis("bottom")
             item.getAxis("bottom").setStyle(showValues=False)
             item.getAxis("bottom").setPen(pg.mkPen(None))
-        vb = item.getViewBox()
-        vb.invertY(True)
-        vb.setAspectLocked(True)
         self.image_item = pg.ImageItem(axisOrder="row-major")
         self.image_item.setLevels(levels)
         if colormap is not None:
