@@ -339,7 +339,9 @@ def test_a_bnn_the_engine_cannot_build_opens_in_every_panel(window, qtbot, tmp_p
     filters = _show(window, "Filters")
     assert "Not available for this file" in filters.stats.text() and "padding" in filters.stats.text()
     weights = _show(window, "Latent weights")
-    assert "keeps only the signs" in weights.caption.text()
+    assert "keeps only the signs" in weights.caption.text() and not weights.histograms
+    gating = _show(window, "Gradient gating")
+    assert "keeps only the signs" in gating.caption.text() and not gating.gates
     tryit = _show(window, "Try it")
     qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
                              and tryit.probabilities() is not None)[1], timeout=WAIT_MS)
@@ -349,3 +351,15 @@ def test_a_bnn_the_engine_cannot_build_opens_in_every_panel(window, qtbot, tmp_p
     qtbot.waitUntil(lambda: (window._push_current_tab(), bits._worker.idle()
                              and bits.explanation is not None)[1], timeout=WAIT_MS)
     assert len(bits.blocks) == 3 and bits.explanation.agrees
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/work/shared/testdata/larq/larq_mnist_bnn.h5"),
+                    reason="Larq test model not available")
+def test_gating_of_an_opened_h5_says_it_shows_training(window, qtbot):
+    s = window.session
+    window.open_path("/work/shared/testdata/larq/larq_mnist_bnn.h5")
+    qtbot.waitUntil(lambda: (window._refresh(), len(s.runs) == 1)[1], timeout=WAIT_MS)
+    gating = _show(window, "Gradient gating")
+    assert "opened from a file, not trained here" in gating.caption.text() and not gating.gates
+    weights = _show(window, "Latent weights")
+    assert "keeps only the signs" not in weights.caption.text()

@@ -20,8 +20,7 @@ from .perlayer import PerLayerPanel, layer_specs_from_snapshot
 __all__ = ["GatingPanel"]
 
 COLUMNS = 3
-_EMPTY = ("Pre-activations appear here for a run with binary activations, or a model file "
-          "with latent weights (.npz, .h5).")
+_EMPTY = "Pre-activations and gated gradients appear here while a binary network trains."
 _NOTHING_GATED = "No layer binarizes its input: nothing is gated."
 _PASS_COLOR = "#2a9d8f"
 _GATED_COLOR = "#9a9a9a"
@@ -86,6 +85,7 @@ class GatingPanel(PerLayerPanel):
     """Per-layer pre-activation histograms and the gated fraction over time."""
 
     title = "Gradient gating"
+    training_only = True  # pre-activations and gradients exist only while a model trains
 
     def __init__(self, parent=None):
         super().__init__(parent)

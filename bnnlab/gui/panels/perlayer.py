@@ -27,6 +27,9 @@ class PerLayerPanel(QWidget):
     ``caption`` (a QLabel), and implement ``_sync_layout``.
     """
 
+    # True for a page that shows only what training records (nothing for an opened model).
+    training_only = False
+
     def heightForWidth(self, width: int) -> int:
         # A word-wrapped caption gives the layout a height-for-width, which a scroll area
         # would honour with the panel's preferred height; -1 fits the panel to the view.
@@ -58,8 +61,10 @@ class PerLayerPanel(QWidget):
         """The selected run's layers and latest snapshot (one run at a time)."""
         run = focus.run
         opened = run.opened if run is not None else None
-        # A .bnn keeps no latent weights: no plots to fill (empty axes would mislead).
-        config = None if opened is not None and not opened.has_latent_weights else focus.model_config
+        # A .bnn keeps no latent weights, and a model opened from a file has no training
+        # signals: no plots to fill (empty axes would mislead), a caption says why.
+        blank = opened is not None and (not opened.has_latent_weights or self.training_only)
+        config = None if blank else focus.model_config
         if config is not getattr(self, "_focus_config", None):
             self._focus_config = config
             self.set_layers(layer_specs_from_config(config) if config else ())
@@ -72,5 +77,9 @@ class PerLayerPanel(QWidget):
                        "this page shows; open the .npz or .h5 it came from.")
             if opened.model is None:
                 caption += f" (The float engine cannot represent it either: {opened.engine_error}.)"
+        elif blank:
+            caption = (f"<b style='color:{run.color}'>{run.title}</b> was opened from a file, "
+                       "not trained here: this page shows what happens during training. "
+                       "Continue training it (Evaluate > Continue training…) to see it.")
         self.set_caption(caption)
-        self.set_snapshot(run.snapshot if run is not None else None)
+        self.set_snapshot(run.snapshot if run is not None and not blank else None)
