@@ -215,6 +215,8 @@ class SeedsPanel(QWidget):
             plot.legend.setVisible(not self.empty_note.isVisible())
         if c is None:
             return
+        if any(c.runs.values()):  # the spread matters more than the distance from zero
+            self.acc_plot.enableAutoRange(axis="y")
         acc, loss = c.bands("val_accuracy"), c.bands("loss")
         longest = max((b.epochs.size for b in acc.values()), default=0)
         for plot in (self.acc_plot, self.loss_plot):  # whole epochs on the axis
