@@ -118,6 +118,33 @@ def run_ours(scene, data, epochs, every):
     return model, init, states, np.array(losses) / sizes, orders, checkpoints
 
 
+def keras_replay(larq_python, scene, model, data, init, states, orders, checkpoints):
+    """Train the Keras/Larq copy of ``model`` from ``init`` on the trainer's batch
+    ``orders`` in ``larq_python``; return what it saved (see KERAS_RUN) and the arrays
+    handed to it (``init/...`` and bnnlab's ``bnnlab/STEP/...``). RuntimeError on failure."""
+    spec = {"layers": [layer.config() for layer in model.layers],
+            "names": [layer.name for layer in model.layers],
+            "input_shape": list(model.input_shape), "batch_size": scene.batch_size,
+            "learning_rate": scene.learning_rate,
+            "epsilon": scene.optimizer_options.get("epsilon", 1e-7), "checkpoints": checkpoints}
+    arrays = {"init/" + k: v for k, v in init.items()}
+    for step, st in states.items():
+        arrays.update({f"bnnlab/{step}/{k}": v for k, v in st.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "bnnlab.npz", Path(tmp) / "keras.npz"
+        np.savez(src, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+                 y_test=data.y_test, orders=orders, spec=np.array(json.dumps(spec)), **arrays)
+        try:
+            proc = subprocess.run([larq_python, "-c", KERAS_RUN, str(src), str(dst)],
+                                  capture_output=True, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"error: cannot run {larq_python}: {exc}") from exc
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        with np.load(dst) as f:
+            return {k: f[k] for k in f.files}, arrays
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--larq-python", required=True, help="a Python with tensorflow and larq")
@@ -150,29 +177,12 @@ def main(argv=None) -> int:
         return 2
     every = args.every or max(1, -(-len(data.x_train) // scene.batch_size) // 4)
     model, init, states, losses, orders, checkpoints = run_ours(scene, data, args.epochs, every)
-    spec = {"layers": [layer.config() for layer in model.layers],
-            "names": [layer.name for layer in model.layers],
-            "input_shape": list(model.input_shape), "batch_size": scene.batch_size,
-            "learning_rate": scene.learning_rate,
-            "epsilon": scene.optimizer_options.get("epsilon", 1e-7), "checkpoints": checkpoints}
-    arrays = {"init/" + k: v for k, v in init.items()}
-    for step, st in states.items():
-        arrays.update({f"bnnlab/{step}/{k}": v for k, v in st.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "bnnlab.npz", Path(tmp) / "keras.npz"
-        np.savez(src, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                 y_test=data.y_test, orders=orders, spec=np.array(json.dumps(spec)), **arrays)
-        try:
-            proc = subprocess.run([args.larq_python, "-c", KERAS_RUN, str(src), str(dst)],
-                                  capture_output=True, text=True)
-        except OSError as exc:
-            print(f"error: cannot run {args.larq_python}: {exc}", file=sys.stderr)
-            return 2
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 2
-        with np.load(dst) as f:
-            theirs = {k: f[k] for k in f.files}
+    try:
+        theirs, arrays = keras_replay(args.larq_python, scene, model, data, init, states, orders,
+                                      checkpoints)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     keras_losses = theirs["losses"]
     keras_evals = {int(k): v for k, v in json.loads(str(theirs["evals"])).items()}
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from larq_run_check import KERAS_RUN, run_ours  # noqa: E402
+from larq_run_check import keras_replay, run_ours  # noqa: E402
 
 LEVELS = 15  # pixels are stored as k / 15, k in 0..15
 
@@ -57,25 +55,12 @@ def main(argv=None) -> int:
                     levels["x_test"].astype(np.float32) / LEVELS, raw.y_test)
     per_epoch = -(-len(data.x_train) // scene.batch_size)
     model, init, states, losses, orders, checkpoints = run_ours(scene, data, scene.epochs, per_epoch)
-    spec = {"layers": [layer.config() for layer in model.layers],
-            "names": [layer.name for layer in model.layers],
-            "input_shape": list(model.input_shape), "batch_size": scene.batch_size,
-            "learning_rate": scene.learning_rate,
-            "epsilon": scene.optimizer_options.get("epsilon", 1e-7), "checkpoints": checkpoints}
-    arrays = {"init/" + k: v for k, v in init.items()}
-    for step, st in states.items():
-        arrays.update({f"bnnlab/{step}/{k}": v for k, v in st.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "bnnlab.npz", Path(tmp) / "keras.npz"
-        np.savez(src, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
-                 y_test=data.y_test, orders=orders, spec=np.array(json.dumps(spec)), **arrays)
-        proc = subprocess.run([args.larq_python, "-c", KERAS_RUN, str(src), str(dst)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 2
-        with np.load(dst) as f:
-            theirs = {k: f[k] for k in f.files}
+    try:
+        theirs, arrays = keras_replay(args.larq_python, scene, model, data, init, states,
+                                      orders, checkpoints)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
     evals = json.loads(str(theirs["evals"]))
     out = {"scene": np.array(scene_text), "levels": np.array(LEVELS),
