@@ -9,6 +9,7 @@ from bnnlab.core.optimizers import make_optimizer
 from bnnlab.core.summary import format_summary, profile_model
 from bnnlab.experiment import build_model
 from bnnlab.io.scenes import SceneError, load_preset, load_scene, save_scene
+from test_layers import _numeric_grad  # central differences at random coordinates
 
 BIN = {"input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign"}
 
@@ -31,19 +32,6 @@ def _residual_layers(quant=True):
     ]
 
 
-def _numeric(f, arr, idx, eps=1e-3):
-    out = []
-    for i in idx:
-        old = arr[i]
-        arr[i] = old + eps
-        fp = f()
-        arr[i] = old - eps
-        fm = f()
-        arr[i] = old
-        out.append((fp - fm) / (2 * eps))
-    return np.array(out)
-
-
 def test_float_graph_gradients_match_central_differences():
     rng = np.random.default_rng(5)
     model = Sequential.from_config({"input_shape": [5, 5, 2], "layers": _residual_layers(False)})
@@ -58,8 +46,7 @@ def test_float_graph_gradients_match_central_differences():
     model.backward(g)
     for name, p in model.params():
         analytic = p.grad.copy()
-        idx = [tuple(rng.integers(0, s) for s in p.value.shape) for _ in range(6)]
-        num = _numeric(loss, p.value, idx)
+        idx, num = _numeric_grad(loss, p.value, n=6, rng=rng)
         np.testing.assert_allclose([analytic[i] for i in idx], num, rtol=5e-2, atol=2e-3,
                                    err_msg=name)
 
@@ -93,9 +80,9 @@ def test_binary_graph_gradient_is_the_sum_at_the_fan_out():
         return softmax_cross_entropy(model.forward(x, training=True), labels)[0]
 
     for key, p in (("bn1/gamma", bn1.gamma), ("bn1/beta", bn1.beta)):
-        idx = [(i,) for i in range(4)]
-        np.testing.assert_allclose([got[key][i] for i in idx], _numeric(loss, p.value, idx),
-                                   rtol=5e-2, atol=2e-3, err_msg=key)
+        idx, num = _numeric_grad(loss, p.value, n=4, rng=rng)
+        np.testing.assert_allclose([got[key][i] for i in idx], num, rtol=5e-2, atol=2e-3,
+                                   err_msg=key)
     assert add.output_shape == (6, 6, 4)
 
 
