@@ -214,6 +214,6 @@ def test_ablations_differ_from_quickstart_in_one_setting(name, field, value):
     base, other = load_preset("quickstart"), load_preset(name)
     assert getattr(other, field) == value
     for scene in (base, other):
-        scene.name = scene.description = ""
+        scene.name = scene.description = scene.source = ""  # source: the file it came from
         setattr(scene, field, None)
     assert vars(base) == vars(other)
