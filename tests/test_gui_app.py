@@ -336,3 +336,23 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_pages_fit_a_small_window(window, qtbot):
+    """At 1024x640 the Training page shrinks its plots to the window instead of pushing
+    their axes below the fold (word-wrapped labels once made the page its preferred height)."""
+    window.dock.hide()
+    window.resize(1008, 592)
+    for title in ("Training", "Compare seeds"):
+        page = window.page(title)
+        window.tabs.setCurrentWidget(page)
+        window._push_current_tab()
+        qtbot.wait(50)
+        panel, view = page.panel, page.scroll.viewport()
+        assert panel.height() <= view.height(), (title, panel.height(), view.height())
+        assert panel.width() <= view.width()
+    # A window smaller than a page's minimum scrolls rather than clipping it.
+    window.resize(640, 400)
+    qtbot.wait(50)
+    page = window.page("Compare seeds")
+    assert page.panel.height() >= page.panel.minimumSizeHint().height()
