@@ -20,20 +20,6 @@ import time
 import numpy as np
 
 
-def _build():
-    from bnnlab.bench import _larq_models
-    from bnnlab.deploy import to_model_file
-    from bnnlab.deploy.runtime import Runtime
-
-    bnn, _ = _larq_models()
-    rng = np.random.default_rng(4)
-    for layer in bnn.layers:
-        if hasattr(layer, "moving_mean"):
-            layer.moving_mean[...] = rng.normal(0, 3, layer.moving_mean.shape)
-            layer.moving_variance[...] = rng.uniform(5, 50, layer.moving_variance.shape)
-    return Runtime(to_model_file(bnn)), rng
-
-
 def _timed(fn, calls=1):
     w, c = time.perf_counter(), time.process_time()
     for _ in range(calls):
@@ -46,7 +32,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rt, rng = _build()
+    from bnnlab.bench import larq_runtime
+
+    rt, _, rng = larq_runtime()
     raw = rng.integers(0, 256, (256, 28, 28, 1), dtype=np.uint8)
     one = raw[:1]
     for nt in (1, 2):

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["run_bench", "cpu_features"]
+__all__ = ["run_bench", "cpu_features", "larq_runtime"]
 
 GEMM_SHAPES = [(64, 576, 64), (5184, 576, 64), (1024, 4608, 256), (4096, 4096, 4096)]
 
@@ -235,21 +235,28 @@ def _throughput(case, nt, batch, binary_fn, float_fn, repeats, roofline=False, m
                                                                batch * macs[1]), tb)
 
 
-def bench_runtime(repeats, roofline=False):
-    """The ``.bnn`` runtime (integer kernels, fused epilogues) against the float32 twin
-    that a float framework would run: im2col + BLAS sgemm, float batch norm and sign."""
+def larq_runtime():
+    """(runtime, model, rng): the ``.bnn`` runtime of ``larq-mnist-bnn`` with batch-norm
+    statistics as after training (so that the thresholds are not all alike), the model,
+    and the random generator that set them, to draw inputs from."""
     from .deploy import to_model_file
-    from .deploy.bench import FloatTwin
     from .deploy.runtime import Runtime
 
     bnn, _ = _larq_models()
-    # Batch-norm statistics as after training, so that the thresholds are not all alike.
     rng = np.random.default_rng(4)
     for layer in bnn.layers:
         if hasattr(layer, "moving_mean"):
             layer.moving_mean[...] = rng.normal(0, 3, layer.moving_mean.shape)
             layer.moving_variance[...] = rng.uniform(5, 50, layer.moving_variance.shape)
-    runtime = Runtime(to_model_file(bnn))
+    return Runtime(to_model_file(bnn)), bnn, rng
+
+
+def bench_runtime(repeats, roofline=False):
+    """The ``.bnn`` runtime (integer kernels, fused epilogues) against the float32 twin
+    that a float framework would run: im2col + BLAS sgemm, float batch norm and sign."""
+    from .deploy.bench import FloatTwin
+
+    runtime, bnn, rng = larq_runtime()
     twin = FloatTwin(bnn)
     rows = []
     for batch in (1, 256):

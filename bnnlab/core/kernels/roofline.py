@@ -26,9 +26,9 @@ import numba as nb
 import numpy as np
 
 from .jit import JIT, JIT_FLOAT, JIT_INLINE
-from .simd import (HOST_FEATURES, POPCOUNT_MODE, uadd, ubytesum, ucadd, ucsa, uopaque,
-                   upopadd, usplat, ustore, uxor, uxor_popadd, uzero, vadd, vfma, vopaque,
-                   vsplat, vstore)
+from .simd import (HOST_FEATURES, POPCOUNT_MODE, uadd, ubytesum, ucadd, ucsa, ucsa_rest,
+                   uopaque, upopadd, usplat, ustore, utimes8, uxor, uxor_popadd, uzero, vadd,
+                   vfma, vopaque, vsplat, vstore)
 
 __all__ = ["binary_probe", "binary_probe_csa", "float_probe", "probe", "measure_roofline", "popcount_method", "isa",
            "binary_probe_ref", "binary_probe_csa_ref", "float_probe_ref"]
@@ -137,13 +137,8 @@ def binary_probe_csa(iters, a, b, c):
             e1 = upopadd(e1, eights1)
         t0 = uadd(t0, ubytesum(e0))
         t1 = uadd(t1, ubytesum(e1))
-    t = uadd(t0, t1)
-    t = uadd(t, t)
-    t = uadd(t, t)
-    t = uadd(t, t)
-    r = upopadd(upopadd(uzero(), fours0), fours1)
-    r = upopadd(upopadd(ucadd(r, r), twos0), twos1)
-    r = upopadd(upopadd(ucadd(r, r), ones0), ones1)
+    t = utimes8(uadd(t0, t1))
+    r = ucadd(ucsa_rest(ones0, twos0, fours0), ucsa_rest(ones1, twos1, fours1))
     out = np.empty(4, np.uint64)
     ustore(out, 0, uadd(t, ubytesum(r)))
     return out.sum()

@@ -374,6 +374,23 @@ def ucadd(typingctx, a, b):
     return uint64x4(a, b), codegen
 
 
+@nb.njit(**JIT_INLINE)
+def ucsa_rest(ones, twos, fours):
+    """Counters (as :func:`upopadd` keeps them) of the bits that carry-save adders left
+    in their weight-1, -2 and -4 vectors: ones + 2 * twos + 4 * fours, at most 56 a byte."""
+    r = upopadd(uzero(), fours)
+    r = upopadd(ucadd(r, r), twos)
+    return upopadd(ucadd(r, r), ones)
+
+
+@nb.njit(**JIT_INLINE)
+def utimes8(t):
+    """8 * t, lane-wise."""
+    t = uadd(t, t)
+    t = uadd(t, t)
+    return uadd(t, t)
+
+
 @intrinsic
 def ubytesum(typingctx, v):
     """Sum of the eight bytes of each 64-bit lane (in "lanes" mode, v itself)."""

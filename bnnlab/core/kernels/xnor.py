@@ -13,8 +13,8 @@ import numpy as np
 
 from . import threads as _threads
 from .jit import JIT, JIT_INLINE
-from .simd import (POPCOUNT_MODE, popcount64, uadd, ubytesum, ucadd, ucsa, uld, uload,
-                   upopadd, usplat, ustore_dots, usub_dots, uxor, uxor_popadd, uzero)
+from .simd import (POPCOUNT_MODE, popcount64, uadd, ubytesum, ucsa, ucsa_rest, uld, uload,
+                   upopadd, usplat, ustore_dots, usub_dots, utimes8, uxor, uxor_popadd, uzero)
 
 __all__ = ["xnor_gemm", "xnor_gemm_serial", "xnor_gemm_parallel", "xnor_gemm_ref",
            "binary_dot_ref"]
@@ -134,20 +134,12 @@ def _xnor_tile1x8ucsa(a, i, bt, j0, n, nw, wa, wb):
             e1 = upopadd(e1, eights1)
         t0 = uadd(t0, ubytesum(e0))
         t1 = uadd(t1, ubytesum(e1))
-    t0 = uadd(t0, t0)
-    t0 = uadd(t0, t0)
-    t0 = uadd(t0, t0)
-    t1 = uadd(t1, t1)
-    t1 = uadd(t1, t1)
-    t1 = uadd(t1, t1)
-    # 4 * fours + 2 * twos + ones, then the last words one by one (at most 7 * 8 + 56
-    # per byte counter).
-    r0 = upopadd(uzero(), fours0)
-    r1 = upopadd(uzero(), fours1)
-    r0 = upopadd(ucadd(r0, r0), twos0)
-    r1 = upopadd(ucadd(r1, r1), twos1)
-    r0 = upopadd(ucadd(r0, r0), ones0)
-    r1 = upopadd(ucadd(r1, r1), ones1)
+    # The weight-8 counts, the bits left in the adders, then the last words one by one
+    # (at most 56 + 7 * 8 per byte counter).
+    t0 = utimes8(t0)
+    t1 = utimes8(t1)
+    r0 = ucsa_rest(ones0, twos0, fours0)
+    r1 = ucsa_rest(ones1, twos1, fours1)
     for w in range(wend, wb):
         p = w * n + j0
         s = usplat(uld(a, row + w))
