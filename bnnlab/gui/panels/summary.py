@@ -31,7 +31,7 @@ __all__ = ["SummaryPanel", "full_precision_config"]
 
 
 _COLUMNS = ("Layer", "Input\nbits", "Output", "1-bit\nparams", "32-bit\nparams", "Memory\n(KiB)",
-            "1-bit\nMACs", "32-bit\nMACs", "Connected\nto")
+            "1-bit\nMACs", "32-bit\nMACs")
 
 
 def full_precision_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -206,27 +206,24 @@ class SummaryPanel(QWidget):
              "-" if lp.input_precision is None else str(lp.input_precision),
              " × ".join(str(s) for s in lp.output_shape),
              _count(lp.params_1bit), _count(lp.params_32bit), f"{lp.memory_kib:.2f}",
-             _count(lp.macs_1bit), _count(lp.macs_32bit), ", ".join(lp.inputs))
+             _count(lp.macs_1bit), _count(lp.macs_32bit))
             for lp in p.layers
         ]
         rows.append(("Total", "", "", _count(p.params_1bit), _count(p.params_32bit),
-                     f"{p.memory_kib:.2f}", _count(p.macs_1bit), _count(p.macs_32bit), ""))
+                     f"{p.memory_kib:.2f}", _count(p.macs_1bit), _count(p.macs_32bit)))
         table.setRowCount(len(rows))
         bold = QFont(table.font())
         bold.setBold(True)
         for r, row in enumerate(rows):
             for c, text in enumerate(row):
                 item = QTableWidgetItem(text)
-                left = c in (0, len(_COLUMNS) - 1)
-                item.setTextAlignment((Qt.AlignLeft if left else Qt.AlignRight) | Qt.AlignVCenter)
+                item.setTextAlignment((Qt.AlignLeft if c == 0 else Qt.AlignRight) | Qt.AlignVCenter)
                 if r == len(rows) - 1:
                     item.setFont(bold)
                 table.setItem(r, c, item)
         # The twin has no binary parameters or MACs: hide the columns that would be all zero.
         for c in (3, 6):
             table.setColumnHidden(c, not binary)
-        # Which layers each one reads, as Keras shows it: only for graphs (a stack reads in order).
-        table.setColumnHidden(len(_COLUMNS) - 1, not p.is_graph)
 
     def _fill_charts(self) -> None:
         p, t = self.profile, self.twin_profile
