@@ -92,3 +92,28 @@ def test_lanes_mode_compiles_to_vpopcntq_on_zen4(tmp_path):
                      "NUMBA_CPU_FEATURES": ""}, tmp_path)
     assert got["mode"] == "lanes"
     assert got["vpopcntq"] > 0
+
+
+CACHING = textwrap.dedent("""
+    import json
+    from numba.core.caching import NullCache
+    from bnnlab.core.kernels import jit, xnor
+    from bnnlab.deploy import runtime_kernels
+    from numba.core.registry import CPUDispatcher
+    disps = [v for m in (xnor, runtime_kernels) for v in vars(m).values()
+             if isinstance(v, CPUDispatcher)]
+    print(json.dumps({"mode": jit.POPCOUNT_MODE, "auto": jit.automatic_popcount_mode(),
+                      "cached": sorted({not isinstance(d._cache, NullCache) for d in disps})}))
+""")
+
+
+def test_only_the_automatic_mode_uses_the_disk_cache(tmp_path):
+    """A kernel compiled in one popcount mode must never be loaded from disk in another:
+    the mode is a constant inside the compiled code and Numba's cache does not know it."""
+    auto = _run(CACHING, {}, tmp_path)
+    assert auto["mode"] == auto["auto"] and auto["cached"] == [True]
+    other = "bytes" if auto["auto"] != "bytes" else "lanes"
+    forced = _run(CACHING, {"BNNLAB_POPCOUNT": other}, tmp_path)
+    assert forced["mode"] == other and forced["cached"] == [False]
+    same = _run(CACHING, {"BNNLAB_POPCOUNT": auto["auto"]}, tmp_path)
+    assert same["cached"] == [True]

@@ -12,8 +12,9 @@ import numba as nb
 import numpy as np
 
 from ..core.kernels import gemm_offsets, pack_patches, xnor_gemm_serial
+from ..core.kernels.jit import JIT
 
-_JIT = dict(nogil=True, cache=True, error_model="numpy")
+_JIT = dict(JIT)  # cached only in the automatic popcount mode, like the kernels it calls
 # Helpers called per pixel are inlined: a real call passes every array as a struct and
 # pays atomic reference-count updates.
 _JIT_INLINE = dict(_JIT, inline="always")

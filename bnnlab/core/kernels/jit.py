@@ -1,6 +1,34 @@
-"""Numba compilation options shared by every kernel module, and what they are for."""
+"""Numba compilation options shared by every kernel module, and what they are for; and
+the popcount mode, which decides whether compiled kernels may be kept on disk."""
 
-JIT = dict(nogil=True, cache=True, error_model="numpy")
+from llvmlite import binding as llvm_binding
+
+from ..settings import popcount_setting
+
+HOST_FEATURES = llvm_binding.get_host_cpu_features()
+
+
+def automatic_popcount_mode() -> str:
+    """The popcount mode this CPU gets unless ``BNNLAB_POPCOUNT`` forces another (see
+    :mod:`.simd`): ``lanes`` with AVX-512 VPOPCNTDQ and VL, else ``csa``."""
+    has = all(HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
+    return "lanes" if has else "csa"
+
+
+def _popcount_mode() -> str:
+    forced = popcount_setting()
+    return automatic_popcount_mode() if forced == "auto" else forced
+
+
+POPCOUNT_MODE = _popcount_mode()
+# The mode is a constant inside the compiled kernels, and Numba's on-disk cache does not
+# know it: a kernel compiled in one mode would be loaded in another. The cache is keyed
+# on the CPU, and the automatic mode follows from the CPU, so kernels of the automatic
+# mode are cached; a forced other mode compiles afresh in each process and leaves the
+# cache alone.
+CACHE = POPCOUNT_MODE == automatic_popcount_mode()
+
+JIT = dict(nogil=True, cache=CACHE, error_model="numpy")
 JIT_FLOAT = dict(JIT, fastmath=True)
 JIT_PAR = dict(JIT_FLOAT, parallel=True)
 # Helpers called from hot loops are inlined in Numba's IR: a real call passes each array

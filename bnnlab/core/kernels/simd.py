@@ -14,14 +14,12 @@ How ``uxor_popadd`` counts bits is chosen once per process, from the CPU or from
 from __future__ import annotations
 
 import numba as nb
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from ..settings import popcount_setting
-from .jit import JIT_INLINE
+from .jit import HOST_FEATURES, JIT_INLINE, POPCOUNT_MODE
 
 _V8 = ir.VectorType(ir.FloatType(), 8)
 _I32 = ir.IntType(32)
@@ -153,24 +151,12 @@ def vadd(typingctx, a, b):
 #
 # All are plain LLVM vector operations, so each runs correctly on any x86-64 CPU;
 # ``BNNLAB_POPCOUNT=bytes|csa|lanes`` overrides the choice
-# (the tests run each). Numba's cache stores whichever was compiled first: the choice is
-# part of the cache directory's contents, so set NUMBA_CACHE_DIR when switching.
+# (the tests run each). Only kernels of the automatic choice are kept in Numba's on-disk
+# cache (see :data:`.jit.CACHE`): a forced mode is compiled afresh and never mixed up.
 
 _U4 = ir.VectorType(ir.IntType(64), 4)
 _B32 = ir.VectorType(ir.IntType(8), 32)
-HOST_FEATURES = llvm_binding.get_host_cpu_features()
 _HOST_AVX2 = bool(HOST_FEATURES.get("avx2", False))
-
-
-def _popcount_mode() -> str:
-    forced = popcount_setting()
-    if forced != "auto":
-        return forced
-    has = all(HOST_FEATURES.get(f, False) for f in ("avx512vpopcntdq", "avx512vl"))
-    return "lanes" if has else "csa"
-
-
-POPCOUNT_MODE = _popcount_mode()
 _LANES = POPCOUNT_MODE == "lanes"
 
 

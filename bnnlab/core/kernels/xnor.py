@@ -250,7 +250,7 @@ def xnor_gemm_serial(a, bt, k, out, csa=CSA):
     return out
 
 
-@nb.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+@nb.njit(parallel=True, **JIT)
 def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA):
     """Same as :func:`xnor_gemm_serial`, rows split in ``nch`` near-equal even blocks."""
     # The chunk count comes from the caller: asking Numba for the thread count inside a
