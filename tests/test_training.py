@@ -131,6 +131,25 @@ def test_pause_step_and_stop_from_another_thread():
     assert not worker.is_alive() and got[-1].event == "stopped"
 
 
+def test_resume_voids_single_steps_still_owed():
+    """Start paused, ask for three single steps, resume before they ran: the run goes on
+    to its end (the unspent step budget used to pause it again once it ran out)."""
+    x, y = _xor(64)
+    tr = Trainer(_toy_model(), x, y, epochs=3, batch_size=16, snapshot_every=1)
+    tr.pause()
+    for _ in range(3):
+        tr.step_once()
+    tr.resume()
+    got = []
+    worker = threading.Thread(target=lambda: got.extend(tr), daemon=True)
+    worker.start()
+    worker.join(60)
+    stuck = worker.is_alive()
+    tr.stop()
+    assert not stuck, f"the run paused itself after {len(got)} snapshots"
+    assert got[-1].event == "done" and got[-1].step == 12
+
+
 def test_nan_loss_stops_with_clear_error():
     x, y = _xor()
     model = Sequential([Dense(2)], (2,))

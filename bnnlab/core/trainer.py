@@ -292,10 +292,16 @@ class Trainer:
 
     # -- control (thread-safe)
     def pause(self) -> None:
-        self._run.clear()
+        with self._lock:
+            self._step_budget = 0
+            self._run.clear()
 
     def resume(self) -> None:
-        self._run.set()
+        # Single steps still owed are void: a budget left over would pause the run again
+        # once it ran out.
+        with self._lock:
+            self._step_budget = 0
+            self._run.set()
 
     def step_once(self) -> None:
         """While paused, let exactly one more batch run (and yield its snapshot)."""
