@@ -146,10 +146,12 @@ def cmd_export(args) -> int:
         report.update(c_dir=args.c, c_files=cx.files, c_table_bytes=cx.table_bytes,
                       c_ram_bytes=cx.ram_bytes)
         if not args.json:
+            planned = (f" (the peak of the graph's tensors placed by lifetime; "
+                       f"{cx.plan.unplanned_bytes:,} bytes with a buffer each)" if cx.plan else "")
             print(f"wrote C99 to {args.c}/ (bnn_model.c, bnn_model.h, main.c, bnn_entry.c, "
                   f"Makefile): {cx.table_bytes:,} bytes of const tables, {cx.ram_bytes:,} bytes "
-                  "of static activation buffers; build with `make`, `make cortex-m0plus`, "
-                  "`make cortex-m4`")
+                  f"of static activation buffers{planned}; build with `make`, "
+                  "`make cortex-m0plus`, `make cortex-m4`")
         report["c_sizes"] = _c_sizes(args.c, args.json)
     if h5:
         report.update(_export_h5(model, h5, args.json))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from bnnlab.core.model import Sequential
-from bnnlab.deploy.cexport import export_c
 from bnnlab.deploy.fold import fold_model
 from bnnlab.deploy.format import (GRAPH_VERSION, VERSION, ModelFileError, Node, decode, encode,
                                   read_file, validate)
@@ -85,7 +84,7 @@ def test_runtime_equals_the_oracle_and_the_engine_on_graphs(h, w, c, f, pad_valu
     np.testing.assert_allclose(rt.logits(raw), engine, rtol=1e-3, atol=1e-2 * np.abs(engine).max())
 
 
-def test_bireal_preset_folds_runs_and_is_refused_where_stacks_only_go(tmp_path):
+def test_bireal_preset_folds_runs_and_unfolds():
     model = _randomize(build_model(load_preset("bireal-mnist"), (28, 28, 1), 10),
                        np.random.default_rng(1))
     mf = fold_model(model)
@@ -95,8 +94,6 @@ def test_bireal_preset_folds_runs_and_is_refused_where_stacks_only_go(tmp_path):
     x = np.random.default_rng(2).random((5, 28, 28, 1)).astype(np.float32)
     raw = raw_from_unit(x, "uint8")
     np.testing.assert_array_equal(Runtime(mf).logits(raw), reference_logits(mf, raw))
-    with pytest.raises(ModelFileError, match="C export holds stacks"):
-        export_c(mf, tmp_path / "c")
     # back to an engine model that computes what the runtime computes
     engine = model_from_file(mf)
     assert engine.is_graph and [ly.type_name for ly in engine.layers].count("Add") == 3

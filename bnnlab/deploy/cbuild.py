@@ -17,10 +17,12 @@ The figures, for a linked image:
 * flash = ``text`` + ``data`` as ``size`` counts them: code, const tables (weights,
   thresholds, scales, class names) and the initial values of initialized variables
   (the model has none);
-* RAM = ``data`` + ``bss`` + a stack bound. ``bss`` holds the two activation buffers
-  (``bnn_buf0``/``bnn_buf1``, sized from the model: block i writes buffer i % 2, which
-  holds the largest output among its blocks, ceil(channels / 32) 32-bit words per pixel),
-  the input and the logits that the entry point holds for the caller. The stack bound is
+* RAM = ``data`` + ``bss`` + a stack bound. ``bss`` holds the activation buffers (a
+  stack's two, ``bnn_buf0``/``bnn_buf1``, sized from the model: block i writes buffer
+  i % 2, which holds the largest output among its blocks, ceil(channels / 32) 32-bit words
+  per pixel; a graph's two arenas ``bnn_bits``/``bnn_vals``, as large as the peak of its
+  tensor plan, see :mod:`bnnlab.deploy.cgraph`), the input and the logits that the entry
+  point holds for the caller. The stack bound is
   the sum of every function's frame as gcc's ``-fstack-usage`` reports it: the deepest
   call chain cannot exceed it (nothing recurses). libgcc's helpers are not compiled here
   and their few pushed registers are not counted.

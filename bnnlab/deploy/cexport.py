@@ -1,16 +1,23 @@
 """Generate dependency-free C99 from a ``.bnn`` model, for microcontrollers.
 
 The output is ``bnn_model.h`` / ``bnn_model.c`` (the network: const weight and threshold
-tables, two static activation buffers, no malloc, no libc beyond ``<stdint.h>``), a tiny
+tables, static activation buffers, no malloc, no libc beyond ``<stdint.h>``), a tiny
 ``main.c`` that classifies inputs read from a file, ``bnn_entry.c`` (a freestanding entry
 point for the Cortex-M size builds) and a ``Makefile`` (see :mod:`bnnlab.deploy.cbuild`).
 
 Activations are 32-bit words per pixel (channel c at bit c % 32 of word c / 32, bit 1 =
 -1), since 32 bits is the natural word of a Cortex-M. Binary blocks use only integer
 XOR, popcount, compare; a dense layer is a convolution whose kernel covers its whole
-input. Floats appear only where the model has them: a first layer on float input and the
-final scale/offset to logits, each computed in the same order as the Python runtime so
-the two agree bit for bit.
+input (the kernels' C is in :mod:`bnnlab.deploy.ckernels`). Floats appear only where the
+model has them: a first layer on float input, the scale/offset to logits and, in a
+graph, the real-valued tensors between blocks, each computed in the same order as the
+Python runtime so the two agree bit for bit.
+
+A stack (version 1) runs its blocks through two ping-pong buffers. A graph (version 2)
+keeps each tensor in one of two arenas for as long as a node reads it; the plan and the
+C of add, concatenate, max pooling and sign packing are in :mod:`bnnlab.deploy.cgraph`.
+Every name in the generated C is made here from numbers; text from the file (the model's
+name, class names) enters only escaped, in a comment or a string literal.
 """
 
 from __future__ import annotations
@@ -23,230 +30,16 @@ import numpy as np
 
 from ..io.atomic import atomic_folder
 from .cbuild import BUILD_PRODUCTS, ENTRY_SOURCE, makefile
+from .cgraph import GraphPlan, graph_code, plan_graph
+from .ckernels import COMMON, block_call, block_kind, kernel_source
 from .format import (ACC_LIMIT, MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError,
                      accumulator_bound, validate)
 
-__all__ = ["CExport", "export_c", "generate_c"]
+__all__ = ["CExport", "MAX_C_RAM", "export_c", "generate_c"]
 
-_COMMON = r"""
-#if defined(__GNUC__) || defined(__clang__)
-#define BNN_POPCOUNT(x) __builtin_popcount(x)
-#else
-static int bnn_popcount(uint32_t x)
-{
-    x = x - ((x >> 1) & 0x55555555u);
-    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
-    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
-    return (int)((x * 0x01010101u) >> 24);
-}
-#define BNN_POPCOUNT(x) bnn_popcount(x)
-#endif
-
-/* Geometry of one block: a convolution (a dense layer is one whose kernel covers its
- * whole input), then a max pool over the accumulators. */
-typedef struct {
-    int h, w, c;          /* input */
-    int f;                /* output channels */
-    int kh, kw, stride;
-    int pad_top, pad_left;
-    int pad;              /* value of a tap outside the input: 0 (skipped), 1 or -1 */
-    int ho, wo;           /* convolution output */
-    int pool, pool_stride;
-    int hp, wp;           /* pooled output */
-} bnn_geometry;
-
-"""
-
-_EMIT = r"""
-/* Set output channel f of pixel q to +1 (bit 0) or -1 (bit 1). */
-static void bnn_emit_bit(uint32_t *out, int q, int cw, int f, int plus)
-{
-    uint32_t *word = &out[q * cw + f / 32];
-    if (f % 32 == 0) {
-        *word = 0u;
-    }
-    if (!plus) {
-        *word |= (uint32_t)1u << (f % 32);
-    }
-}
-
-"""
-
-# One accumulator per kind of block. Each has a dot product over a filter's taps, a max
-# over the pool window, and two loops over the output: thresholds to bits, or logits.
-# Only the functions a model calls are emitted: -Wall -Werror rejects unused statics.
-_DOT = {
-    "bits": r"""
-/* Binary convolution on packed pixels: dot = taps - 2 popcount(x ^ w). */
-static int32_t bnn_dot_bits(const bnn_geometry *g, const uint32_t *x, const uint32_t *wf,
-                            int oy, int ox)
-{
-    int cw = (g->c + 31) / 32;
-    int32_t pop = 0, k = 0;
-    int dy, dx, j;
-    for (dy = 0; dy < g->kh; dy++) {
-        int iy = oy * g->stride + dy - g->pad_top;
-        for (dx = 0; dx < g->kw; dx++) {
-            int ix = ox * g->stride + dx - g->pad_left;
-            const uint32_t *wt = &wf[(dy * g->kw + dx) * cw];
-            if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) {
-                const uint32_t *px = &x[(iy * g->w + ix) * cw];
-                for (j = 0; j < cw; j++) {
-                    pop += BNN_POPCOUNT(px[j] ^ wt[j]);
-                }
-            } else if (g->pad != 0) {
-                for (j = 0; j < cw; j++) {
-                    int bits = g->c - 32 * j < 32 ? g->c - 32 * j : 32;
-                    uint32_t all = bits == 32 ? 0xFFFFFFFFu : (((uint32_t)1u << bits) - 1u);
-                    pop += BNN_POPCOUNT((g->pad < 0 ? all : 0u) ^ wt[j]);
-                }
-            } else {
-                continue;
-            }
-            k += g->c;
-        }
-    }
-    return k - 2 * pop;
-}
-""",
-    "raw_int": r"""
-/* First layer, integer: raw uint8 input, binary kernel, sum of +-pixel over the taps
- * inside the image (a raw zero outside). The file format bounds 255 * taps below 2^31. */
-static int32_t bnn_dot_raw_int(const bnn_geometry *g, const bnn_input_t *x, const uint32_t *wf,
-                               int oy, int ox)
-{
-    int32_t acc = 0;
-    int dy, dx, cc;
-    for (dy = 0; dy < g->kh; dy++) {
-        int iy = oy * g->stride + dy - g->pad_top;
-        for (dx = 0; dx < g->kw; dx++) {
-            int ix = ox * g->stride + dx - g->pad_left;
-            if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) {
-                continue;
-            }
-            for (cc = 0; cc < g->c; cc++) {
-                int t = (dy * g->kw + dx) * g->c + cc;
-                int32_t v = (int32_t)x[(iy * g->w + ix) * g->c + cc];
-                acc += ((wf[t / 32] >> (t % 32)) & 1u) ? -v : v;
-            }
-        }
-    }
-    return acc;
-}
-""",
-    "raw_float": r"""
-/* First layer, float: x = raw * scale + offset, summed tap by tap in (dy, dx, c) order. */
-static float bnn_dot_raw_float(const bnn_geometry *g, const bnn_input_t *x, const float *wf,
-                               int oy, int ox)
-{
-    float acc = 0.0f;
-    int dy, dx, cc;
-    for (dy = 0; dy < g->kh; dy++) {
-        int iy = oy * g->stride + dy - g->pad_top;
-        for (dx = 0; dx < g->kw; dx++) {
-            int ix = ox * g->stride + dx - g->pad_left;
-            int inside = iy >= 0 && iy < g->h && ix >= 0 && ix < g->w;
-            if (!inside && g->pad == 0) {
-                continue;
-            }
-            for (cc = 0; cc < g->c; cc++) {
-                int t = (dy * g->kw + dx) * g->c + cc;
-                float v = inside ? (float)x[(iy * g->w + ix) * g->c + cc] * BNN_INPUT_SCALE
-                                       + BNN_INPUT_OFFSET
-                                 : (float)g->pad;
-                acc += wf[t] * v;
-            }
-        }
-    }
-    return acc;
-}
-""",
-}
-
-# kind: (input type, weight type, accumulator type, threshold type, words per filter)
-_KIND_TYPES = {
-    "bits": ("uint32_t", "uint32_t", "int32_t", "BNN_THR_T", "g->kh * g->kw * ((g->c + 31) / 32)"),
-    "raw_int": ("bnn_input_t", "uint32_t", "int32_t", "BNN_THR0_T", "(g->kh * g->kw * g->c + 31) / 32"),
-    "raw_float": ("bnn_input_t", "float", "float", "float", "g->kh * g->kw * g->c"),
-}
-
-_POOL = r"""
-/* The largest accumulator of filter wf over pool window (py, px). */
-static {acc} bnn_pool_{kind}(const bnn_geometry *g, const {inp} *x, const {w} *wf, int py, int px)
-{{
-    {acc} m = 0;
-    int wy, wx, first = 1;
-    for (wy = 0; wy < g->pool; wy++) {{
-        for (wx = 0; wx < g->pool; wx++) {{
-            {acc} d = bnn_dot_{kind}(g, x, wf, py * g->pool_stride + wy, px * g->pool_stride + wx);
-            if (first || d > m{nan}) {{
-                m = d;
-            }}
-            first = 0;
-        }}
-    }}
-    return m;
-}}
-"""
-
-_TO_BITS = r"""
-/* Bits out: +1 when sgn * m >= thr; sgn = 1 for "m >= t", -1 for "m <= t" (thr = -t),
- * 0 for a constant channel (thr = 0 gives +1, thr = 1 gives -1). */
-static void bnn_block_{kind}_bits(const bnn_geometry *g, const {inp} *x, const {w} *w,
-                                  const int8_t *sgn, const {thr} *thr, uint32_t *out)
-{{
-    int filter = {words};
-    int cw_out = (g->f + 31) / 32;
-    int py, px, f;
-    for (py = 0; py < g->hp; py++) {{
-        for (px = 0; px < g->wp; px++) {{
-            for (f = 0; f < g->f; f++) {{
-                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
-                bnn_emit_bit(out, py * g->wp + px, cw_out, f, {compare});
-            }}
-        }}
-    }}
-}}
-"""
-
-_TO_LOGITS = r"""
-/* Logits out: float(m) * scale + offset, multiply then add. */
-static void bnn_block_{kind}_logits(const bnn_geometry *g, const {inp} *x, const {w} *w,
-                                    const float *scale, const float *offset, float *out)
-{{
-    int filter = {words};
-    int py, px, f;
-    for (py = 0; py < g->hp; py++) {{
-        for (px = 0; px < g->wp; px++) {{
-            for (f = 0; f < g->f; f++) {{
-                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
-                out[(py * g->wp + px) * g->f + f] = (float)m * scale[f] + offset[f];
-            }}
-        }}
-    }}
-}}
-"""
-
-
-def _kernel_source(used: set[tuple[str, str]]) -> str:
-    """The C functions for the (kind, output) pairs a model uses."""
-    parts = [_EMIT] if any(out == "bits" for _, out in used) else []
-    for kind in ("raw_int", "raw_float", "bits"):
-        outs = [out for k, out in sorted(used) if k == kind]
-        if not outs:
-            continue
-        inp, w, acc, thr, words = _KIND_TYPES[kind]
-        compare = ("(int32_t)sgn[f] * m >= (int32_t)thr[f]" if acc == "int32_t"
-                   else "(sgn[f] != 0 ? (float)sgn[f] * m : 0.0f) >= thr[f]")
-        # A float NaN anywhere in the window makes the maximum NaN (as numpy.maximum does).
-        nan = " || d != d" if acc == "float" else ""
-        fmt = dict(kind=kind, inp=inp, w=w, acc=acc, thr=thr, words=words, compare=compare,
-                   nan=nan)
-        parts.append(_DOT[kind] + _POOL.format(**fmt))
-        for out in outs:
-            parts.append((_TO_BITS if out == "bits" else _TO_LOGITS).format(**fmt))
-    return "".join(parts)
-
+# The static activation arrays of a generated model stay below this many bytes, well inside
+# what a static array of the host build (and a Cortex-M's address space) can hold.
+MAX_C_RAM = 1 << 30
 
 _MAIN = r"""/* Example: classify inputs stored back to back in a binary file (or stdin).
  *   ./bnn_demo images.bin      prints one class index per input
@@ -279,8 +72,9 @@ class CExport:
 
     files: list[str]
     table_bytes: int  # const weights, thresholds and scales (flash)
-    ram_bytes: int  # the two static activation buffers
+    ram_bytes: int  # the static activation buffers (a graph's: the peak of its plan)
     tables: dict[str, int] = field(default_factory=dict)  # per array
+    plan: GraphPlan | None = None  # a graph's tensors and where they live
 
 
 def _c_array(ctype: str, name: str, values, per_line: int = 8, fmt=str) -> str:
@@ -338,80 +132,101 @@ def _int_type(values: np.ndarray) -> str:
     return "int16_t" if -32768 <= lo and hi <= 32767 else "int32_t"
 
 
+def _block_tables(i: int, b: Block, tables: dict[str, int], thr_types: dict) -> list:
+    """The C declarations of block ``i``: geometry, weights, thresholds or scale and offset.
+
+    An integer threshold array is a tuple ``(raw input?, name, values)`` to be rendered once
+    the width of every threshold its kernel function reads is known (``thr_types``)."""
+    p = f"b{i}"
+    ho, wo, _ = b.conv_shape
+    hp, wp, _ = b.out_shape
+    if b.kind == "conv2d":
+        kh, kw = b.kernel_size
+        stride, pt, pl = b.stride, b.pads[0], b.pads[2]
+        pool, pst = b.pool if b.pool[0] else (1, 1)
+    else:
+        kh, kw, stride, pt, pl, pool, pst = b.in_shape[0], b.in_shape[1], 1, 0, 0, 1, 1
+    h, w, c = b.in_shape
+    geo = (f"static const bnn_geometry {p}_geo = {{{h}, {w}, {c}, {b.out_channels}, {kh}, {kw}, "
+           f"{stride}, {pt}, {pl}, {b.pad_value}, {ho}, {wo}, {pool}, {pst}, {hp}, {wp}}};\n")
+    decls = [f"/* block {i}: {b.kind} {b.input} input -> {b.output}, "
+             f"{b.in_shape} -> {b.out_shape} */\n" + geo]
+    if b.kernel == "bits" and b.acc == "int32":
+        wwords = _block_weights(b).reshape(-1)
+        decls.append(_c_array("uint32_t", f"{p}_w", wwords, 6, _hex32))
+        tables[f"{p}_w"] = 4 * wwords.size
+    else:  # float accumulation multiplies by the weight, ±1 or not
+        wf = b.weights().reshape(-1)
+        decls.append(_c_array("float", f"{p}_w", wf, 6, _float))
+        tables[f"{p}_w"] = 4 * wf.size
+    if b.output == "bits":
+        sgn, thr = _thresholds(b)
+        decls.append(_c_array("int8_t", f"{p}_sgn", sgn, 16))
+        tables[f"{p}_sgn"] = sgn.size
+        if b.acc == "int32":
+            thr_types[b.input == "raw"].append(_int_type(thr))
+            decls.append((b.input == "raw", f"{p}_thr", thr))
+        else:
+            decls.append(_c_array("float", f"{p}_thr", thr, 6, _float))
+            tables[f"{p}_thr"] = 4 * thr.size
+    else:
+        decls.append(_c_array("float", f"{p}_scale", b.scale, 6, _float))
+        decls.append(_c_array("float", f"{p}_offset", b.offset, 6, _float))
+        tables[f"{p}_scale"] = tables[f"{p}_offset"] = 4 * b.out_channels
+    return decls
+
+
+def _stack_code(mf: ModelFile) -> tuple[str, list[str], int]:
+    """(the two ping-pong buffers, the statements of ``bnn_infer``, their bytes) of a stack:
+    block i reads buffer (i - 1) % 2 (block 0 the input) and writes buffer i % 2."""
+    buf_words = [0, 0]
+    calls = []
+    for i, b in enumerate(mf.blocks):
+        src = "input" if i == 0 else f"bnn_buf{(i - 1) % 2}"
+        if b.output == "bits":
+            hp, wp, _ = b.out_shape
+            buf_words[i % 2] = max(buf_words[i % 2], hp * wp * -(-b.out_channels // 32))
+        calls.append(block_call(b, f"b{i}", src, f"bnn_buf{i % 2}" if b.output == "bits"
+                                else "logits"))
+    # A model with one or two blocks never touches one of the buffers; -Werror would object.
+    unused = [f"    (void)bnn_buf{j};" for j in (0, 1) if not buf_words[j]]
+    buffers = "".join(f"static uint32_t bnn_buf{j}[{max(buf_words[j], 1)}];\n" for j in (0, 1))
+    return buffers, unused + calls, 4 * (buf_words[0] + buf_words[1])
+
+
 def generate_c(mf: ModelFile) -> tuple[dict[str, str], CExport]:
     """The generated files' texts by name, and the export's memory figures."""
     _check_for_c(mf)
     spec = mf.input
     n_in = int(np.prod(spec.shape))
     in_type = "uint8_t" if spec.encoding == "uint8" else "float"
-    decls, calls, tables = [], [], {}
-    used: set[tuple[str, str]] = set()
-    buf_words = [0, 0]
-    thr_type = "int16_t"
-    thr0_type = "int32_t"
+    decls, tables = [], {}
+    thr_types: dict[bool, list[str]] = {True: [], False: []}
     for i, b in enumerate(mf.blocks):
-        p = f"b{i}"
-        ho, wo, _ = b.conv_shape
-        hp, wp, _ = b.out_shape
-        if b.kind == "conv2d":
-            kh, kw = b.kernel_size
-            stride, pt, pl = b.stride, b.pads[0], b.pads[2]
-            pool, pst = b.pool if b.pool[0] else (1, 1)
-        else:
-            kh, kw, stride, pt, pl, pool, pst = b.in_shape[0], b.in_shape[1], 1, 0, 0, 1, 1
-        h, w, c = b.in_shape
-        geo = (f"static const bnn_geometry {p}_geo = {{{h}, {w}, {c}, {b.out_channels}, {kh}, {kw}, "
-               f"{stride}, {pt}, {pl}, {b.pad_value}, {ho}, {wo}, {pool}, {pst}, {hp}, {wp}}};\n")
-        decls.append(f"/* block {i}: {b.kind} {b.input} input -> {b.output}, "
-                     f"{b.in_shape} -> {b.out_shape} */\n" + geo)
-        if b.kernel == "bits" and b.acc == "int32":
-            wwords = _block_weights(b).reshape(-1)
-            decls.append(_c_array("uint32_t", f"{p}_w", wwords, 6, _hex32))
-            tables[f"{p}_w"] = 4 * wwords.size
-        else:  # float accumulation multiplies by the weight, ±1 or not
-            wf = b.weights().reshape(-1)
-            decls.append(_c_array("float", f"{p}_w", wf, 6, _float))
-            tables[f"{p}_w"] = 4 * wf.size
-        if b.output == "bits":
-            sgn, thr = _thresholds(b)
-            decls.append(_c_array("int8_t", f"{p}_sgn", sgn, 16))
-            tables[f"{p}_sgn"] = sgn.size
-            if b.acc == "int32":
-                ctype = _int_type(thr)
-                if i == 0:
-                    thr0_type = ctype
-                elif ctype == "int32_t":
-                    thr_type = "int32_t"
-                decls.append(("{T}", f"{p}_thr", thr, i))
-                tables[f"{p}_thr"] = thr.size * (2 if ctype == "int16_t" else 4)
-            else:
-                decls.append(_c_array("float", f"{p}_thr", thr, 6, _float))
-                tables[f"{p}_thr"] = 4 * thr.size
-        else:
-            decls.append(_c_array("float", f"{p}_scale", b.scale, 6, _float))
-            decls.append(_c_array("float", f"{p}_offset", b.offset, 6, _float))
-            tables[f"{p}_scale"] = tables[f"{p}_offset"] = 4 * b.out_channels
-            scale, offset = f"{p}_scale", f"{p}_offset"
-        src = "input" if i == 0 else f"bnn_buf{(i - 1) % 2}"
-        kind = "bits" if b.input == "bits" else ("raw_int" if b.acc == "int32" else "raw_float")
-        used.add((kind, b.output))
-        if b.output == "bits":
-            buf_words[i % 2] = max(buf_words[i % 2], hp * wp * -(-b.out_channels // 32))
-            calls.append(f"    bnn_block_{kind}_bits(&{p}_geo, {src}, {p}_w, {p}_sgn, {p}_thr, "
-                         f"bnn_buf{i % 2});")
-        else:
-            calls.append(f"    bnn_block_{kind}_logits(&{p}_geo, {src}, {p}_w, {scale}, {offset}, "
-                         "logits);")
+        decls += _block_tables(i, b, tables, thr_types)
     # Threshold arrays take the widest type their kernel function needs.
+    thr0_type = "int16_t" if thr_types[True] and "int32_t" not in thr_types[True] else "int32_t"
+    thr_type = "int32_t" if "int32_t" in thr_types[False] else "int16_t"
     rendered = []
     for d in decls:
         if isinstance(d, tuple):
-            _, name, thr, i = d
-            rendered.append(_c_array(thr0_type if i == 0 else thr_type, name, thr, 12))
-            tables[name] = thr.size * (2 if (thr0_type if i == 0 else thr_type) == "int16_t" else 4)
+            raw, name, thr = d
+            ctype = thr0_type if raw else thr_type
+            rendered.append(_c_array(ctype, name, thr, 12))
+            tables[name] = thr.size * (2 if ctype == "int16_t" else 4)
         else:
             rendered.append(d)
-    ram = 4 * (buf_words[0] + buf_words[1])
+    used = {(block_kind(b), b.output) for b in mf.blocks}
+    if mf.nodes:
+        plan = plan_graph(mf)
+        if plan.ram_bytes > MAX_C_RAM:
+            raise ModelFileError(f"the C would hold its activations in {plan.ram_bytes:,} bytes "
+                                 f"of static arrays, beyond the {MAX_C_RAM:,} the export allows")
+        helpers, buffers, calls, emit = graph_code(mf, plan)
+        ram = plan.ram_bytes
+    else:
+        buffers, calls, ram = _stack_code(mf)
+        helpers, emit, plan = "", False, None
     names = list(mf.class_names)
     header = f"""/* Generated by bnnlab from a .bnn model ({_c_comment(mf.metadata.get('name', 'model'))}).
  * Input: {tuple(spec.shape)} {in_type}, model input = raw * {spec.scale!r} + {spec.offset!r}.
@@ -435,7 +250,7 @@ extern const char *const *const bnn_class_names;
 #endif
 """
     thr_defs = f"#define BNN_THR_T {thr_type}\n#define BNN_THR0_T {thr0_type}\n"
-    kernels = _COMMON + _kernel_source(used)
+    kernels = COMMON + kernel_source(used, emit) + helpers
     name_table = (_c_array("char *", "bnn_names", [f'"{_c_string(s)}"' for s in names], 5)
                   .replace("static const char *", "static const char *const") if names else "")
     body = f"""/* Generated by bnnlab. C99, no dynamic memory, no libc. */
@@ -446,9 +261,7 @@ extern const char *const *const bnn_class_names;
 #define BNN_INPUT_OFFSET {_float(spec.offset)}
 {thr_defs}{kernels}
 {"".join(rendered)}
-static uint32_t bnn_buf0[{max(buf_words[0], 1)}];
-static uint32_t bnn_buf1[{max(buf_words[1], 1)}];
-{name_table}
+{buffers}{name_table}
 const char *const *const bnn_class_names = {"bnn_names" if names else "0"};
 
 int bnn_infer(const bnn_input_t *input, float logits[BNN_NUM_OUTPUTS])
@@ -463,12 +276,9 @@ int bnn_infer(const bnn_input_t *input, float logits[BNN_NUM_OUTPUTS])
     return best;
 }}
 """
-    # A model with one or two blocks never touches one of the buffers; -Werror would object.
-    unused = [f"    (void)bnn_buf{j};" for j in (0, 1) if not buf_words[j]]
-    body = body.replace("    int i, best = 0;\n", "    int i, best = 0;\n" + "".join(u + "\n" for u in unused))
     files = {"bnn_model.h": header, "bnn_model.c": body, "main.c": _MAIN, "Makefile": makefile(),
              "bnn_entry.c": ENTRY_SOURCE}
-    return files, CExport(sorted(files), sum(tables.values()), ram, tables)
+    return files, CExport(sorted(files), sum(tables.values()), ram, tables, plan)
 
 
 # Characters copied into generated C as they are; everything else is escaped. Neither
@@ -493,9 +303,6 @@ def _c_string(s: str) -> str:
 def _check_for_c(mf: ModelFile) -> None:
     """Refuse what C cannot hold: the record must be valid, class names free of NUL bytes."""
     validate(mf)
-    if mf.nodes:
-        raise ModelFileError("the C export holds stacks of blocks (version 1 files); this is a "
-                             "graph (version 2), which runs with bnnlab run")
     for i, name in enumerate(mf.class_names):
         if "\0" in name:
             raise ModelFileError(f"class name {i} holds a NUL byte, which a C string cannot hold")

@@ -1,0 +1,281 @@
+"""Graph models (``.bnn`` version 2) in C: where each tensor lives, and the code between blocks.
+
+A graph's tensors are of two kinds: packed bits (the output of a block that thresholds,
+or the signs a block packs from a float tensor; 32-bit words, ceil(channels / 32) per
+pixel) and float values (the output of a block without thresholds, of an add, a
+concatenation or a max pool; one float per element, (H, W, C) order). Each kind has one
+static arena, ``bnn_bits`` (uint32_t) and ``bnn_vals`` (float): two arrays of different
+types, so no memory is ever read through a pointer of another type.
+
+:func:`plan_graph` places every tensor in its arena for the time it is needed. Node t
+runs in two steps: at time 2t a block that reads the signs of a float tensor packs them
+(once per tensor: every later block reading the same signs shares the packed copy), at
+time 2t + 1 the node computes its output. A tensor is placed when it is written, at the
+lowest offset that overlaps no tensor still to be read (first fit), and its place is free
+again after its last reader: a float tensor read only through its signs is free as soon
+as they are packed, so the block's own output can take its place. An add writes its sum
+over a source it is the last reader of (element by element, every source's element is
+read before the sum is stored), so a residual shortcut costs no extra buffer. A node's
+output never overlaps what it reads otherwise. The arenas' sizes are the peaks of this
+plan; the last node writes the caller's logits.
+
+The float operations compute what :mod:`bnnlab.deploy.runtime` and the oracle in
+:mod:`bnnlab.deploy.reference` compute, in float32 and in the same order: a sum of the
+sources in their order, channels side by side, a max that turns NaN when the window holds
+one, and a sign that is +1 for v >= 0 (so -1 for NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .format import ModelFile
+from .ckernels import block_call
+
+__all__ = ["GraphPlan", "Tensor", "graph_code", "plan_graph"]
+
+# The C of the operations between blocks; only the ones a model uses are emitted.
+_HELPERS = {
+    "pack": r"""
+/* The signs of a float tensor as packed bits: +1 (bit 0) where v >= 0, else -1 (NaN too). */
+static void bnn_pack_signs(const float *x, int pixels, int c, uint32_t *out)
+{
+    int cw = (c + 31) / 32;
+    int q, ch;
+    for (q = 0; q < pixels; q++) {
+        for (ch = 0; ch < c; ch++) {
+            bnn_emit_bit(out, q, cw, ch, x[q * c + ch] >= 0.0f);
+        }
+    }
+}
+""",
+    "add": r"""
+/* Element-wise float sum of n_src tensors of n values, in the order of the sources. out may
+ * be one of the sources: each element of every source is read before the sum is stored. */
+static void bnn_add(const float *const *src, int n_src, int n, float *out)
+{
+    int i, j;
+    for (i = 0; i < n; i++) {
+        float s = src[0][i] + src[1][i];
+        for (j = 2; j < n_src; j++) {
+            s += src[j][i];
+        }
+        out[i] = s;
+    }
+}
+""",
+    "concatenate": r"""
+/* The channels of n_src tensors side by side, pixel by pixel; source j has ch[j] channels. */
+static void bnn_concat(const float *const *src, const int *ch, int n_src, int pixels,
+                       float *out)
+{
+    int q, j, k;
+    for (q = 0; q < pixels; q++) {
+        for (j = 0; j < n_src; j++) {
+            const float *s = &src[j][q * ch[j]];
+            for (k = 0; k < ch[j]; k++) {
+                *out++ = s[k];
+            }
+        }
+    }
+}
+""",
+    "maxpool": r"""
+/* 'valid' max pooling of a float (h, w, c) tensor to (hp, wp, c); a window holding NaN
+ * pools to NaN. */
+static void bnn_maxpool(const float *x, int w, int c, int size, int stride, int hp, int wp,
+                        float *out)
+{
+    int py, px, ch, dy, dx;
+    for (py = 0; py < hp; py++) {
+        for (px = 0; px < wp; px++) {
+            for (ch = 0; ch < c; ch++) {
+                const float *corner = &x[(py * stride * w + px * stride) * c + ch];
+                float m = corner[0];
+                for (dy = 0; dy < size; dy++) {
+                    for (dx = 0; dx < size; dx++) {
+                        float d = corner[(dy * w + dx) * c];
+                        if (d > m || d != d) {
+                            m = d;
+                        }
+                    }
+                }
+                out[(py * wp + px) * c + ch] = m;
+            }
+        }
+    }
+}
+""",
+}
+
+
+@dataclass
+class Tensor:
+    """One tensor of the graph in C: what it is, its arena, and when it is needed."""
+
+    what: str  # "node 3 (add)", "signs of node 1"
+    arena: str  # "bits" (uint32_t words) or "vals" (floats)
+    size: int  # elements of its arena
+    shape: tuple[int, int, int]
+    first: int  # the time it is written (2t + 1 for node t's output, 2t for packed signs)
+    last: int  # the last time it is read
+    offset: int = -1
+
+    @property
+    def ref(self) -> str:
+        return f"&bnn_{self.arena}[{self.offset}]"
+
+
+@dataclass
+class GraphPlan:
+    """Every tensor's place: ``tensors[j]`` is node j's output (the last node has none: it
+    writes the logits), ``signs[j]`` the packed signs of float tensor j."""
+
+    tensors: dict[int, Tensor]
+    signs: dict[int, Tensor]
+    arena: dict[str, int]  # planned size of each arena, in elements
+
+    @property
+    def ram_bytes(self) -> int:
+        return 4 * sum(self.arena.values())
+
+    @property
+    def unplanned_bytes(self) -> int:
+        """What the tensors would take if each had a buffer of its own."""
+        return 4 * sum(t.size for t in (*self.tensors.values(), *self.signs.values()))
+
+
+def _shapes(mf: ModelFile) -> list[tuple[int, int, int]]:
+    """The shape of every tensor: the input's, then each node's output."""
+    spec = mf.input.shape
+    shapes = [tuple(spec) if len(spec) == 3 else (1, 1, spec[0])]
+    for node in mf.nodes:
+        src = [shapes[s] for s in node.sources]
+        if node.op == "block":
+            shapes.append(tuple(mf.blocks[node.block].out_shape))
+        elif node.op == "add":
+            shapes.append(src[0])
+        elif node.op == "concatenate":
+            shapes.append((*src[0][:2], sum(s[2] for s in src)))
+        else:
+            size, stride = node.pool
+            h, w, c = src[0]
+            shapes.append(((h - size) // stride + 1, (w - size) // stride + 1, c))
+    return shapes
+
+
+def _words(shape: tuple[int, int, int]) -> int:
+    h, w, c = shape
+    return h * w * -(-c // 32)
+
+
+def plan_graph(mf: ModelFile) -> GraphPlan:
+    """Place the tensors of a validated graph model (see the module's description)."""
+    shapes = _shapes(mf)
+    n = len(mf.nodes)
+    tensors: dict[int, Tensor] = {}
+    signs: dict[int, Tensor] = {}
+    for t, node in enumerate(mf.nodes, 1):
+        step = 2 * t + 1
+        b = mf.blocks[node.block] if node.op == "block" else None
+        for s in node.sources:
+            if b is not None and b.input == "signs":
+                if s not in signs:  # packed at this node's first step, from tensor s
+                    signs[s] = Tensor(f"signs of node {s}", "bits", _words(shapes[s]),
+                                      shapes[s], 2 * t, step)
+                    tensors[s].last = max(tensors[s].last, 2 * t)
+                signs[s].last = step
+            elif s:
+                tensors[s].last = step
+        if t < n:
+            bits = b is not None and b.output == "bits"
+            what = f"node {t} ({node.op if b is None else f'block {node.block}'})"
+            size = _words(shapes[t]) if bits else math.prod(shapes[t])
+            tensors[t] = Tensor(what, "bits" if bits else "vals", size, shapes[t], step, step)
+    live: dict[str, list[Tensor]] = {"bits": [], "vals": []}
+    arena = {"bits": 0, "vals": 0}
+    for time in range(2, 2 * n + 2):
+        t = time // 2
+        born = [x for x in (*signs.values(), *tensors.values()) if x.first == time]
+        for x in born:
+            node = mf.nodes[t - 1]
+            reuse = [s for s in node.sources if node.op == "add" and tensors[s].last == time]
+            if reuse:  # the sum goes over a source read for the last time
+                old = tensors[reuse[0]]
+                live["vals"].remove(old)
+                x.offset = old.offset
+            else:
+                x.offset = _first_fit(live[x.arena], x.size)
+            live[x.arena].append(x)
+            arena[x.arena] = max(arena[x.arena], x.offset + x.size)
+        for kind in live:
+            live[kind] = [x for x in live[kind] if x.last > time]
+    return GraphPlan(tensors, signs, arena)
+
+
+def _first_fit(live: list[Tensor], size: int) -> int:
+    """The lowest offset where ``size`` elements overlap none of ``live``."""
+    offset = 0
+    for x in sorted(live, key=lambda x: x.offset):
+        if x.offset - offset >= size:
+            break
+        offset = max(offset, x.offset + x.size)
+    return offset
+
+
+def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], bool]:
+    """(the helpers' C, the arenas and source tables, the statements of ``bnn_infer``,
+    whether ``bnn_emit_bit`` is needed) for a graph placed by :func:`plan_graph`."""
+    shapes = _shapes(mf)
+    used: set[str] = set()
+    decls = ["/* Activations (bnnlab.deploy.cgraph): each tensor's place in its arena, in\n"
+             " * elements, and the nodes during which it is held (t: packing, t+: computing).\n"]
+    for x in sorted((*plan.tensors.values(), *plan.signs.values()), key=lambda x: x.first):
+        span = f"{x.first // 2}{'+' if x.first % 2 else ''}..{x.last // 2}{'+' if x.last % 2 else ''}"
+        decls.append(f" *   {x.what:<22} {str(x.shape):<16} bnn_{x.arena}[{x.offset}..+{x.size}]"
+                     f"  nodes {span}\n")
+    decls.append(" */\n")
+    for kind, ctype in (("bits", "uint32_t"), ("vals", "float")):
+        if plan.arena[kind]:
+            decls.append(f"static {ctype} bnn_{kind}[{plan.arena[kind]}];\n")
+    calls = []
+    for t, node in enumerate(mf.nodes, 1):
+        src = [plan.tensors[s] for s in node.sources if s]
+        dst = plan.tensors[t].ref if t in plan.tensors else "logits"
+        shape = shapes[t]
+        if node.op == "block":
+            b = mf.blocks[node.block]
+            s = node.sources[0]
+            calls.append(f"    /* node {t}: block {node.block} */")
+            if b.input == "signs":
+                packed = plan.signs[s]
+                if packed.first == 2 * t:
+                    used.add("pack")
+                    h, w, c = shapes[s]
+                    calls.append(f"    bnn_pack_signs({plan.tensors[s].ref}, {h * w}, {c}, "
+                                 f"{packed.ref});")
+                x = packed.ref
+            else:
+                x = "input" if b.input == "raw" else plan.tensors[s].ref
+            calls.append(block_call(b, f"b{node.block}", x, dst))
+            continue
+        used.add(node.op)
+        calls.append(f"    /* node {t}: {node.op} of node{'s' * (len(src) > 1)} "
+                     f"{', '.join(map(str, node.sources))} */")
+        if node.op == "maxpool":
+            h, w, c = shapes[node.sources[0]]
+            calls.append(f"    bnn_maxpool({src[0].ref}, {w}, {c}, {node.pool[0]}, "
+                         f"{node.pool[1]}, {shape[0]}, {shape[1]}, {dst});")
+            continue
+        refs = ", ".join(x.ref for x in src)
+        decls.append(f"static const float *const bnn_n{t}[{len(src)}] = {{{refs}}};\n")
+        if node.op == "add":
+            calls.append(f"    bnn_add(bnn_n{t}, {len(src)}, {math.prod(shape)}, {dst});")
+        else:
+            chans = ", ".join(str(x.shape[2]) for x in src)
+            decls.append(f"static const int bnn_n{t}_c[{len(src)}] = {{{chans}}};\n")
+            calls.append(f"    bnn_concat(bnn_n{t}, bnn_n{t}_c, {len(src)}, "
+                         f"{shape[0] * shape[1]}, {dst});")
+    helpers = "".join(_HELPERS[k] for k in _HELPERS if k in used)
+    return helpers, "".join(decls), calls, "pack" in used
