@@ -87,7 +87,8 @@ def _randomize(model, rng):
 def _graph(shape, f, pad_values, seed, stem_float=False):
     """A stem, then a binary chain (bits between two blocks), an add of three tensors, a
     pooled shortcut, a concatenation of three tensors of odd channel counts, a dense
-    block with a float output added to another, and a binary dense head."""
+    block with a float output added to another, and a binary dense head; two adds have a
+    source that is read again later."""
     g = f + 2  # a second, odd width
     stem = ({"type": "Conv2D", "filters": f, "kernel_size": 3, "padding": "same"} if stem_float
             else {"type": "QuantConv2D", "filters": f, "kernel_size": 3, "padding": "same",
@@ -109,13 +110,17 @@ def _graph(shape, f, pad_values, seed, stem_float=False):
         {"type": "QuantConv2D", "filters": g, "kernel_size": 3, "strides": 2, "padding": "same",
          "pad_values": pad_values, "inputs": ["add1"], "name": "c4", **BIN},
         {"type": "BatchNorm", "name": "bn4"},
-        {"type": "Concatenate", "inputs": ["short", "bn4", "short"], "name": "cat"},
+        # bn0 is read again after the add it is a source of
+        {"type": "MaxPool2D", "pool_size": 2, "inputs": ["bn0"], "name": "short0"},
+        {"type": "Concatenate", "inputs": ["short", "bn4", "short0"], "name": "cat"},
         {"type": "Flatten", "name": "flat"},
         {"type": "QuantDense", "units": 7, "name": "d1", **BIN},
         {"type": "BatchNorm", "name": "bnd1"},
         {"type": "QuantDense", "units": 7, "inputs": ["flat"], "name": "d2", **BIN},
         {"type": "BatchNorm", "name": "bnd2"},
         {"type": "Add", "inputs": ["bnd1", "bnd2"], "name": "add2"},
+        # so is bnd1, which d2 adds its values to
+        {"type": "Concatenate", "inputs": ["add2", "bnd1"], "name": "cat2"},
         {"type": "QuantDense", "units": 5, "name": "head", **BIN},
         {"type": "BatchNorm", "name": "bnh"},
     ]
@@ -138,7 +143,7 @@ def test_graph_in_c_equals_the_runtime_and_the_oracle(tmp_path, shape, f, pad_va
     spec = input_spec_for(shape, "symmetric") if stem_float else None
     mf = fold_model(model, spec)
     ops = [n.op for n in mf.nodes]
-    assert ops.count("add") == 2 and ops.count("concatenate") == 1 and "maxpool" in ops
+    assert ops.count("add") == 2 and ops.count("concatenate") == 2 and "maxpool" in ops
     assert {b.input for b in mf.blocks} == {"raw", "bits", "signs"}
     assert mf.blocks[0].acc == ("float32" if stem_float else "int32")
     raw = np.random.default_rng(f).integers(0, 256, (60, *shape)).astype(np.uint8)
@@ -176,6 +181,9 @@ def test_no_two_live_tensors_share_memory(shape, f, pad_values, stem_float):
     for kind, ctype in (("bits", "uint32_t"), ("vals", "float")):
         assert f"static {ctype} bnn_{kind}[{plan.arena[kind]}];" in src
     assert "bnn_buf0" not in src and "malloc" not in src
+    # the add of three tensors runs on its own; the dense blocks' sum is written by d2
+    assert src.count("bnn_add(bnn_n") == 1 and src.count("bnn_block_bits_sum(&b") == 1
+    assert list(plan.fused.values()) == [(len(mf.nodes) - 3, len(mf.nodes) - 4)]
 
 
 def _bireal(seed=1):
@@ -186,11 +194,16 @@ def _bireal(seed=1):
 
 def test_bireal_plan_reuses_the_shortcut_buffers():
     files, info = generate_c(_bireal())
-    # the stem's 13x13x32 floats and conv1's beside them, the sum written over conv1's;
-    # the signs of one 13x13x32 tensor at a time (one word a pixel)
-    assert info.plan.arena == {"vals": 2 * 13 * 13 * 32, "bits": 13 * 13}
-    assert info.ram_bytes == 4 * (2 * 13 * 13 * 32 + 13 * 13)
-    assert "static RAM: 43940 bytes" in files["bnn_model.h"]
+    # conv1 and conv3 add their values to the shortcut as they write them, over it; the
+    # peak: the first sum (13x13x32 floats, read by conv2 and the pooled shortcut), conv2's
+    # pooled 6x6x64 values and the pooled shortcut's 6x6x32, with the signs of one
+    # 13x13x32 tensor at a time (one word a pixel)
+    assert info.plan.fused == {3: (2, 1), 9: (8, 7)}
+    assert info.plan.arena == {"vals": 13 * 13 * 32 + 6 * 6 * 64 + 6 * 6 * 32, "bits": 13 * 13}
+    assert info.ram_bytes == 36_132 and info.plan.unplanned_bytes == 119_600
+    assert "static RAM: 36132 bytes" in files["bnn_model.h"]
+    src = files["bnn_model.c"]
+    assert src.count("bnn_block_bits_sum(&b") == 2 and src.count("bnn_add(bnn_n") == 1
 
 
 @needs_gcc
@@ -230,9 +243,9 @@ def test_a_graph_beyond_the_static_memory_limit_is_refused_in_one_line(monkeypat
     import bnnlab.deploy.cexport as cexport
 
     mf = _bireal()
-    monkeypatch.setattr(cexport, "MAX_C_RAM", 40_000)
-    with pytest.raises(ModelFileError, match=r"43,940 bytes of static arrays, beyond the "
-                                             r"40,000") as err:
+    monkeypatch.setattr(cexport, "MAX_C_RAM", 36_000)
+    with pytest.raises(ModelFileError, match=r"36,132 bytes of static arrays, beyond the "
+                                             r"36,000") as err:
         generate_c(mf)
     assert "\n" not in str(err.value)
     assert MAX_C_RAM == 1 << 30

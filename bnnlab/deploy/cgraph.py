@@ -15,9 +15,13 @@ lowest offset that overlaps no tensor still to be read (first fit), and its plac
 again after its last reader: a float tensor read only through its signs is free as soon
 as they are packed, so the block's own output can take its place. An add writes its sum
 over a source it is the last reader of (element by element, every source's element is
-read before the sum is stored), so a residual shortcut costs no extra buffer. A node's
-output never overlaps what it reads otherwise. The arenas' sizes are the peaks of this
-plan; the last node writes the caller's logits.
+read before the sum is stored). An add of two tensors whose later source is a block with
+float output that nothing else reads is computed by that block as it writes (its values
+plus the other source, the same float32 sum), so the block's values need no buffer: a
+Bi-Real block (binary convolution, batch norm, shortcut add) writes its sum straight over
+the shortcut when the add is the shortcut's last reader. A node's output never overlaps
+what it reads otherwise. The arenas' sizes are the peaks of this plan; the last node
+writes the caller's logits.
 
 The float operations compute what :mod:`bnnlab.deploy.runtime` and the oracle in
 :mod:`bnnlab.deploy.reference` compute, in float32 and in the same order: a sum of the
@@ -31,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 from .format import ModelFile
-from .ckernels import block_call
+from .ckernels import block_call, block_kind
 
 __all__ = ["GraphPlan", "Tensor", "graph_code", "plan_graph"]
 
@@ -120,6 +124,7 @@ class Tensor:
     shape: tuple[int, int, int]
     first: int  # the time it is written (2t + 1 for node t's output, 2t for packed signs)
     last: int  # the last time it is read
+    over: tuple[int, ...] = ()  # tensors it may be written over (an add's sources)
     offset: int = -1
 
     @property
@@ -130,10 +135,13 @@ class Tensor:
 @dataclass
 class GraphPlan:
     """Every tensor's place: ``tensors[j]`` is node j's output (the last node has none: it
-    writes the logits), ``signs[j]`` the packed signs of float tensor j."""
+    writes the logits; nor has a block whose sum an add takes over), ``signs[j]`` the
+    packed signs of float tensor j; ``fused[t] = (j, o)``: node t adds block j's values
+    and tensor o, and block j computes that sum as it writes."""
 
     tensors: dict[int, Tensor]
     signs: dict[int, Tensor]
+    fused: dict[int, tuple[int, int]]
     arena: dict[str, int]  # planned size of each arena, in elements
 
     @property
@@ -142,8 +150,10 @@ class GraphPlan:
 
     @property
     def unplanned_bytes(self) -> int:
-        """What the tensors would take if each had a buffer of its own."""
-        return 4 * sum(t.size for t in (*self.tensors.values(), *self.signs.values()))
+        """What the graph's tensors would take if each had a buffer of its own (the values
+        of a block whose sum an add takes over included)."""
+        fused = sum(math.prod(self.tensors[t].shape) for t in self.fused)
+        return 4 * (fused + sum(t.size for t in (*self.tensors.values(), *self.signs.values())))
 
 
 def _shapes(mf: ModelFile) -> list[tuple[int, int, int]]:
@@ -170,17 +180,40 @@ def _words(shape: tuple[int, int, int]) -> int:
     return h * w * -(-c // 32)
 
 
+def _fused_adds(mf: ModelFile) -> dict[int, tuple[int, int]]:
+    """Adds of two tensors whose later source is a block with float output read by that add
+    alone: node t -> (the block's node j, the other source o < j)."""
+    readers = [0] * (len(mf.nodes) + 1)
+    for node in mf.nodes:
+        for s in node.sources:
+            readers[s] += 1
+    fused = {}
+    for t, node in enumerate(mf.nodes, 1):
+        o, j = sorted(node.sources) if len(node.sources) == 2 else (0, 0)
+        if node.op == "add" and o != j and readers[j] == 1:
+            producer = mf.nodes[j - 1]
+            if producer.op == "block" and mf.blocks[producer.block].output == "logits":
+                fused[t] = (j, o)
+    return fused
+
+
 def plan_graph(mf: ModelFile) -> GraphPlan:
     """Place the tensors of a validated graph model (see the module's description)."""
     shapes = _shapes(mf)
     n = len(mf.nodes)
+    fused = _fused_adds(mf)
+    into = {j: t for t, (j, _) in fused.items()}  # a block -> the add it computes
     tensors: dict[int, Tensor] = {}
     signs: dict[int, Tensor] = {}
     for t, node in enumerate(mf.nodes, 1):
         step = 2 * t + 1
         b = mf.blocks[node.block] if node.op == "block" else None
         for s in node.sources:
-            if b is not None and b.input == "signs":
+            if t in fused:  # read as block j writes
+                j, o = fused[t]
+                if s == o:
+                    tensors[o].last = max(tensors[o].last, 2 * j + 1)
+            elif b is not None and b.input == "signs":
                 if s not in signs:  # packed at this node's first step, from tensor s
                     signs[s] = Tensor(f"signs of node {s}", "bits", _words(shapes[s]),
                                       shapes[s], 2 * t, step)
@@ -188,20 +221,20 @@ def plan_graph(mf: ModelFile) -> GraphPlan:
                 signs[s].last = step
             elif s:
                 tensors[s].last = step
-        if t < n:
+        if t < n and t not in into:
             bits = b is not None and b.output == "bits"
             what = f"node {t} ({node.op if b is None else f'block {node.block}'})"
             size = _words(shapes[t]) if bits else math.prod(shapes[t])
-            tensors[t] = Tensor(what, "bits" if bits else "vals", size, shapes[t], step, step)
+            first = 2 * fused[t][0] + 1 if t in fused else step
+            over = (fused[t][1],) if t in fused else node.sources if node.op == "add" else ()
+            tensors[t] = Tensor(what, "bits" if bits else "vals", size, shapes[t], first,
+                                first, tuple(over))
     live: dict[str, list[Tensor]] = {"bits": [], "vals": []}
     arena = {"bits": 0, "vals": 0}
     for time in range(2, 2 * n + 2):
-        t = time // 2
-        born = [x for x in (*signs.values(), *tensors.values()) if x.first == time]
-        for x in born:
-            node = mf.nodes[t - 1]
-            reuse = [s for s in node.sources if node.op == "add" and tensors[s].last == time]
-            if reuse:  # the sum goes over a source read for the last time
+        for x in [x for x in (*signs.values(), *tensors.values()) if x.first == time]:
+            reuse = [s for s in x.over if tensors[s].last == time]
+            if reuse:  # a sum goes over a source read for the last time
                 old = tensors[reuse[0]]
                 live["vals"].remove(old)
                 x.offset = old.offset
@@ -211,7 +244,7 @@ def plan_graph(mf: ModelFile) -> GraphPlan:
             arena[x.arena] = max(arena[x.arena], x.offset + x.size)
         for kind in live:
             live[kind] = [x for x in live[kind] if x.last > time]
-    return GraphPlan(tensors, signs, arena)
+    return GraphPlan(tensors, signs, fused, arena)
 
 
 def _first_fit(live: list[Tensor], size: int) -> int:
@@ -224,11 +257,14 @@ def _first_fit(live: list[Tensor], size: int) -> int:
     return offset
 
 
-def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], bool]:
+def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], set, bool]:
     """(the helpers' C, the arenas and source tables, the statements of ``bnn_infer``,
-    whether ``bnn_emit_bit`` is needed) for a graph placed by :func:`plan_graph`."""
+    the (kind, output) block kernels called, whether ``bnn_emit_bit`` is needed) for a
+    graph placed by :func:`plan_graph`."""
     shapes = _shapes(mf)
     used: set[str] = set()
+    kernels: set[tuple[str, str]] = set()
+    into = {j: t for t, (j, _) in plan.fused.items()}
     decls = ["/* Activations (bnnlab.deploy.cgraph): each tensor's place in its arena, in\n"
              " * elements, and the nodes during which it is held (t: packing, t+: computing).\n"]
     for x in sorted((*plan.tensors.values(), *plan.signs.values()), key=lambda x: x.first):
@@ -241,13 +277,17 @@ def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], boo
             decls.append(f"static {ctype} bnn_{kind}[{plan.arena[kind]}];\n")
     calls = []
     for t, node in enumerate(mf.nodes, 1):
-        src = [plan.tensors[s] for s in node.sources if s]
         dst = plan.tensors[t].ref if t in plan.tensors else "logits"
         shape = shapes[t]
         if node.op == "block":
             b = mf.blocks[node.block]
             s = node.sources[0]
-            calls.append(f"    /* node {t}: block {node.block} */")
+            add = None
+            if t in into:
+                dst, add = plan.tensors[into[t]].ref, plan.tensors[plan.fused[into[t]][1]].ref
+            calls.append(f"    /* node {t}: block {node.block}"
+                         + (f", plus node {plan.fused[into[t]][1]} (the add of node {into[t]})"
+                            if add else "") + " */")
             if b.input == "signs":
                 packed = plan.signs[s]
                 if packed.first == 2 * t:
@@ -258,8 +298,14 @@ def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], boo
                 x = packed.ref
             else:
                 x = "input" if b.input == "raw" else plan.tensors[s].ref
-            calls.append(block_call(b, f"b{node.block}", x, dst))
+            kernels.add((block_kind(b), "sum" if add else b.output))
+            calls.append(block_call(b, f"b{node.block}", x, dst, add))
             continue
+        if t in plan.fused:
+            calls.append(f"    /* node {t}: add of nodes {', '.join(map(str, node.sources))}, "
+                         f"computed by node {plan.fused[t][0]} */")
+            continue
+        src = [plan.tensors[s] for s in node.sources]
         used.add(node.op)
         calls.append(f"    /* node {t}: {node.op} of node{'s' * (len(src) > 1)} "
                      f"{', '.join(map(str, node.sources))} */")
@@ -278,4 +324,4 @@ def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], boo
             calls.append(f"    bnn_concat(bnn_n{t}, bnn_n{t}_c, {len(src)}, "
                          f"{shape[0] * shape[1]}, {dst});")
     helpers = "".join(_HELPERS[k] for k in _HELPERS if k in used)
-    return helpers, "".join(decls), calls, "pack" in used
+    return helpers, "".join(decls), calls, kernels, "pack" in used

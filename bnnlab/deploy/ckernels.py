@@ -2,9 +2,9 @@
 
 Activations are 32-bit words per pixel (channel c at bit c % 32 of word c / 32, bit 1 =
 -1). One accumulator function per kind of block (binary input, raw integer pixels, raw
-float values), a max over the pool window, and two loops over the output: thresholds to
-bits, or float values (``float(m) * scale + offset``, the logits or, in a graph, a
-real-valued tensor). :func:`kernel_source` emits only the functions a model calls:
+float values), a max over the pool window, and loops over the output: thresholds to bits,
+float values (``float(m) * scale + offset``, the logits or, in a graph, a real-valued
+tensor), or those values plus another tensor (a graph's residual sum). :func:`kernel_source` emits only the functions a model calls:
 ``-Wall -Werror`` rejects unused static functions.
 """
 
@@ -213,10 +213,33 @@ static void bnn_block_{kind}_logits(const bnn_geometry *g, const {inp} *x, const
 }}
 """
 
+_TO_SUM = r"""
+/* Float values plus a tensor out (a graph's residual sum, done as the block writes):
+ * (float(m) * scale + offset) + add. out may be add: each element is read, then written. */
+static void bnn_block_{kind}_sum(const bnn_geometry *g, const {inp} *x, const {w} *w,
+                                 const float *scale, const float *offset, const float *add,
+                                 float *out)
+{{
+    int filter = {words};
+    int py, px, f;
+    for (py = 0; py < g->hp; py++) {{
+        for (px = 0; px < g->wp; px++) {{
+            for (f = 0; f < g->f; f++) {{
+                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
+                int q = (py * g->wp + px) * g->f + f;
+                float v = (float)m * scale[f] + offset[f];
+                out[q] = v + add[q];
+            }}
+        }}
+    }}
+}}
+"""
+_OUTPUTS = {"bits": _TO_BITS, "logits": _TO_LOGITS, "sum": _TO_SUM}
+
 
 def kernel_source(used: set[tuple[str, str]], emit: bool = False) -> str:
-    """The C functions for the (kind, output) pairs a model uses; ``emit`` adds
-    ``bnn_emit_bit`` even when no block outputs bits."""
+    """The C functions for the (kind, output) pairs a model uses (output "bits", "logits"
+    or "sum"); ``emit`` adds ``bnn_emit_bit`` even when no block outputs bits."""
     parts = [_EMIT] if emit or any(out == "bits" for _, out in used) else []
     for kind in ("raw_int", "raw_float", "bits"):
         outs = [out for k, out in sorted(used) if k == kind]
@@ -231,7 +254,7 @@ def kernel_source(used: set[tuple[str, str]], emit: bool = False) -> str:
                    nan=nan)
         parts.append(_DOT[kind] + _POOL.format(**fmt))
         for out in outs:
-            parts.append((_TO_BITS if out == "bits" else _TO_LOGITS).format(**fmt))
+            parts.append(_OUTPUTS[out].format(**fmt))
     return "".join(parts)
 
 
@@ -242,8 +265,12 @@ def block_kind(b: Block) -> str:
     return "raw_int" if b.acc == "int32" else "raw_float"
 
 
-def block_call(b: Block, p: str, src: str, dst: str) -> str:
-    """The C statement running block ``b`` (tables named ``p``_*) from ``src`` into ``dst``."""
+def block_call(b: Block, p: str, src: str, dst: str, add: str | None = None) -> str:
+    """The C statement running block ``b`` (tables named ``p``_*) from ``src`` into ``dst``;
+    with ``add``, a block with float output writes its values plus that tensor."""
     tables = f"{p}_sgn, {p}_thr" if b.output == "bits" else f"{p}_scale, {p}_offset"
-    return f"    bnn_block_{block_kind(b)}_{b.output}(&{p}_geo, {src}, {p}_w, {tables}, {dst});"
+    out = b.output
+    if add is not None:
+        out, tables = "sum", f"{tables}, {add}"
+    return f"    bnn_block_{block_kind(b)}_{out}(&{p}_geo, {src}, {p}_w, {tables}, {dst});"
 
