@@ -18,8 +18,10 @@ from bnnlab.deploy.fold import fold_model, input_spec_for
 from bnnlab.deploy.format import ModelFileError, write_file
 from bnnlab.deploy.reference import reference_logits
 from bnnlab.deploy.runtime import Runtime, raw_from_unit
+from bnnlab.deploy.samples import random_graph_file, random_inputs
 from bnnlab.experiment import build_model
 from bnnlab.io.scenes import load_preset
+from test_deploy_graph import _randomize  # random batch-norm statistics, negative scales too
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
@@ -69,19 +71,6 @@ def c_outputs(mf, raw, folder):
     classes = np.array([int(r[0]) for r in rows])
     logits = np.array([[int(v, 16) for v in r[1:]] for r in rows], np.uint32).view(np.float32)
     return classes, logits
-
-
-def _randomize(model, rng):
-    for layer in model.layers:
-        if layer.type_name == "BatchNorm":
-            c = layer.channels
-            layer.moving_mean[...] = rng.normal(0, 2, c)
-            layer.moving_variance[...] = rng.uniform(0.3, 3, c)
-            if layer.gamma is not None:
-                layer.gamma.value[...] = rng.uniform(-1.5, 1.5, c)
-            if layer.beta is not None:
-                layer.beta.value[...] = rng.normal(0, 1, c)
-    return model
 
 
 def _graph(shape, f, pad_values, seed, stem_float=False):
@@ -155,6 +144,20 @@ def test_graph_in_c_equals_the_runtime_and_the_oracle(tmp_path, shape, f, pad_va
     assert len(set(classes)) > 1  # the inputs reach more than one class
     one, one_logits = c_outputs(mf, raw[:1], tmp_path / "one")  # a batch of one
     np.testing.assert_array_equal(one_logits, Runtime(mf).logits(raw[:1]))
+
+
+@needs_gcc
+@pytest.mark.parametrize("seed", range(10))
+def test_random_graph_records_in_c_equal_the_runtime(tmp_path, seed):
+    """Graphs no folding makes: blocks on the raw input anywhere, float first layers, bits
+    and float outputs everywhere, adds and concatenations naming a source twice."""
+    rng = np.random.default_rng(seed)
+    mf = random_graph_file(rng)
+    raw = random_inputs(rng, mf, 40)
+    _, logits = c_outputs(mf, raw, tmp_path / "c")
+    np.testing.assert_array_equal(logits, Runtime(mf).logits(raw, threads=1))
+    _, logits = c_outputs(mf, raw[:1], tmp_path / "one")
+    np.testing.assert_array_equal(logits, reference_logits(mf, raw[:1]))
 
 
 def _overlaps(a, b) -> bool:
@@ -249,3 +252,24 @@ def test_a_graph_beyond_the_static_memory_limit_is_refused_in_one_line(monkeypat
         generate_c(mf)
     assert "\n" not in str(err.value)
     assert MAX_C_RAM == 1 << 30
+
+
+def test_file_text_in_a_graph_stays_in_comments_and_strings():
+    import dataclasses
+
+    attack = '*/\n#include <stdlib.h>\nstatic int x = system("touch PWNED");\n/*??/\\'
+    mf = dataclasses.replace(_bireal(), class_names=(attack,) + tuple("123456789"),
+                             metadata={"name": attack})
+    files, _ = generate_c(mf)
+    for name, text in files.items():
+        text.encode("ascii")
+        assert "??" not in text  # no trigraph
+        if not name.endswith((".c", ".h")):
+            continue
+        # the code outside comments and string literals holds nothing of the text
+        code = re.sub(r'"([^"\\\n]|\\.)*"', '""', re.sub(r"/\*.*?\*/", " ", text, flags=re.S))
+        assert "system" not in code and "stdlib" not in code and "PWNED" not in code
+    assert "(\\u002a\\u002f\\u000a#include" in files["bnn_model.h"]  # the comment end, escaped
+    bad = dataclasses.replace(mf, class_names=("a\0b",) + tuple("123456789"))
+    with pytest.raises(ModelFileError, match="NUL"):
+        generate_c(bad)

@@ -8,7 +8,7 @@ or start-up files (``-nostdlib -nostartfiles``, unused sections dropped); ``libg
 supplies what the processor lacks: the popcount of a word (``__popcountsi2``: no Cortex-M
 and no baseline x86-64 has a popcount instruction), and on the Cortex-M0+, which has no
 floating-point unit, the float multiply, add, compare and int-to-float of the first and
-last layers. Nothing divides but by powers of two (shifts): the M0+ has no divide
+last layers (and of a graph's real-valued tensors). Nothing divides but by powers of two (shifts): the M0+ has no divide
 instruction, and the image links no division routine. Every array is accessed at its own
 type's alignment, so the M0+'s lack of unaligned loads never matters.
 

@@ -195,45 +195,36 @@ static void bnn_block_{kind}_bits(const bnn_geometry *g, const {inp} *x, const {
 }}
 """
 
-_TO_LOGITS = r"""
-/* Logits out: float(m) * scale + offset, multiply then add. */
-static void bnn_block_{kind}_logits(const bnn_geometry *g, const {inp} *x, const {w} *w,
-                                    const float *scale, const float *offset, float *out)
-{{
-    int filter = {words};
+# Float values out: the logits, or (a graph's residual sum, done as the block writes) those
+# values plus another tensor; the two differ only in these pieces.
+_TO_VALUES = r"""
+/* {what} */
+static void bnn_block_{{kind}}_{out}(const bnn_geometry *g, const {{inp}} *x, const {{w}} *w,
+{pad}const float *scale, const float *offset, {extra}float *out)
+{{{{
+    int filter = {{words}};
     int py, px, f;
-    for (py = 0; py < g->hp; py++) {{
-        for (px = 0; px < g->wp; px++) {{
-            for (f = 0; f < g->f; f++) {{
-                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
-                out[(py * g->wp + px) * g->f + f] = (float)m * scale[f] + offset[f];
-            }}
-        }}
-    }}
-}}
+    for (py = 0; py < g->hp; py++) {{{{
+        for (px = 0; px < g->wp; px++) {{{{
+            for (f = 0; f < g->f; f++) {{{{
+                {{acc}} m = bnn_pool_{{kind}}(g, x, &w[f * filter], py, px);
+{store}
+            }}}}
+        }}}}
+    }}}}
+}}}}
 """
-
-_TO_SUM = r"""
-/* Float values plus a tensor out (a graph's residual sum, done as the block writes):
- * (float(m) * scale + offset) + add. out may be add: each element is read, then written. */
-static void bnn_block_{kind}_sum(const bnn_geometry *g, const {inp} *x, const {w} *w,
-                                 const float *scale, const float *offset, const float *add,
-                                 float *out)
-{{
-    int filter = {words};
-    int py, px, f;
-    for (py = 0; py < g->hp; py++) {{
-        for (px = 0; px < g->wp; px++) {{
-            for (f = 0; f < g->f; f++) {{
-                {acc} m = bnn_pool_{kind}(g, x, &w[f * filter], py, px);
-                int q = (py * g->wp + px) * g->f + f;
-                float v = (float)m * scale[f] + offset[f];
-                out[q] = v + add[q];
-            }}
-        }}
-    }}
-}}
-"""
+_TO_LOGITS = _TO_VALUES.format(
+    what="Logits out: float(m) * scale + offset, multiply then add.", out="logits",
+    pad=" " * 36, extra="",
+    store="                out[(py * g->wp + px) * g->f + f] = (float)m * scale[f] + offset[f];")
+_TO_SUM = _TO_VALUES.format(
+    what="Float values plus a tensor out: (float(m) * scale + offset) + add, as an add node\n"
+         " * sums them. out may be add: each element is read, then written.", out="sum",
+    pad=" " * 33, extra="const float *add,\n" + " " * 33,
+    store="                int q = (py * g->wp + px) * g->f + f;\n"
+          "                float v = (float)m * scale[f] + offset[f];\n"
+          "                out[q] = v + add[q];")
 _OUTPUTS = {"bits": _TO_BITS, "logits": _TO_LOGITS, "sum": _TO_SUM}
 
 

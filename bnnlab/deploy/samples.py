@@ -16,9 +16,9 @@ import math
 import numpy as np
 
 from .format import (MODE_GE, MODE_LE, MODE_MINUS, MODE_PLUS, Block, InputSpec, ModelFile,
-                     pack_signs, validate)
+                     Node, pack_signs, validate)
 
-__all__ = ["random_inputs", "random_model_file"]
+__all__ = ["random_graph_file", "random_inputs", "random_model_file"]
 
 
 def _f32(x) -> float:
@@ -127,3 +127,124 @@ def random_inputs(rng: np.random.Generator, mf: ModelFile, n: int) -> np.ndarray
     if mf.input.encoding == "uint8":
         return rng.integers(0, 256, shape).astype(np.uint8)
     return rng.normal(0, 2, shape).astype(np.float32)
+
+
+def _random_block(rng: np.random.Generator, spec: InputSpec, kind: str,
+                  shape: tuple[int, int, int], spatial: bool, values: bool,
+                  out_c: int | None = None) -> Block:
+    """A block reading a tensor of ``kind`` ("raw", "bits" or "values") and ``shape``; its
+    output is float values when ``values``, else bits."""
+    h, w, c = shape
+    conv = spatial and rng.random() < 0.7
+    geo = _geometry(rng, h, w) if conv else {}
+    out_c = out_c or int(rng.choice([1, 2, 3, 7, 16, 31, 32, 33, 40, 64, 65]))
+    k = (geo["kernel_size"][0] * geo["kernel_size"][1] * c) if conv else h * w * c
+    if kind == "raw":
+        choice = rng.random()
+        kernel, acc = (("bits", "int32") if spec.encoding == "uint8" and choice < 0.5 else
+                       ("bits", "float32") if choice < 0.75 else ("float32", "float32"))
+    else:
+        kernel, acc = "bits", "int32"
+    pad_value = int(rng.choice([0, 1, -1])) if conv and not (kind == "raw" and acc == "int32") else 0
+    kdata = (pack_signs(rng.choice([-1, 1], out_c * k)) if kernel == "bits"
+             else rng.normal(0, 1, (out_c, k)).astype(np.float32))
+    if kind == "raw" and acc == "int32":
+        spread = 128 * math.sqrt(k)
+    elif kind == "raw":
+        spread = (abs(spec.scale) * (255 if spec.encoding == "uint8" else 1)
+                  + abs(spec.offset)) * math.sqrt(k)
+    else:
+        spread = math.sqrt(k)
+    return Block(kind="conv2d" if conv else "dense",
+                 input={"raw": "raw", "bits": "bits", "values": "signs"}[kind],
+                 kernel=kernel, acc=acc, in_shape=shape, out_channels=out_c, kernel_data=kdata,
+                 pad_value=pad_value, **geo, **_epilogue(rng, out_c, acc, spread, values))
+
+
+def random_graph_file(rng: np.random.Generator, max_nodes: int = 10) -> ModelFile:
+    """A valid graph (version 2) of up to ``max_nodes`` nodes: blocks reading the input, bits
+    or the signs of float tensors, with bits or float output; adds and concatenations of
+    float tensors (a source may be named twice) and max pooling; the logits last. Nodes
+    whose output nothing reads are dropped, so the graph has every tensor read."""
+    while True:
+        spec = _input_spec(rng)
+        shape = spec.shape if len(spec.shape) == 3 else (1, 1, spec.shape[0])
+        tensors = [("raw", tuple(shape), len(spec.shape) == 3)]  # (kind, shape, spatial)
+        nodes: list[tuple[str, tuple[int, ...], object]] = []  # (op, sources, block or pool)
+        read: set[int] = set()
+
+        def pick(candidates):
+            """Mostly a tensor nothing reads yet, so that few nodes are dropped."""
+            unread = [j for j in candidates if j not in read]
+            j = int(rng.choice(unread if unread and rng.random() < 0.8 else candidates))
+            read.add(j)
+            return j
+
+        for _ in range(int(rng.integers(1, max_nodes))):
+            vals = [j for j, t in enumerate(tensors) if t[0] == "values"]
+            op = rng.choice(["block", "add", "concatenate", "maxpool"] if vals else ["block"],
+                            p=[0.4, 0.25, 0.2, 0.15] if vals else None)
+            if op == "maxpool":
+                vals = [j for j in vals if tensors[j][2] and min(tensors[j][1][:2]) >= 2]
+                if not vals:
+                    continue
+            if op == "block":
+                s = pick(range(len(tensors)))
+                kind, sh, spatial = tensors[s]
+                b = _random_block(rng, spec, kind, sh, spatial, rng.random() < 0.5)
+                nodes.append(("block", (s,), b))
+                tensors.append(("bits" if b.output == "bits" else "values", b.out_shape,
+                                b.kind == "conv2d"))
+                continue
+            s = pick(vals)
+            _, sh, spatial = tensors[s]
+            if op == "maxpool":
+                size = int(rng.integers(2, min(sh[0], sh[1], 3) + 1))
+                pool = (size, int(rng.integers(1, size + 1)))
+                nodes.append(("maxpool", (s,), pool))
+                tensors.append(("values", ((sh[0] - size) // pool[1] + 1,
+                                           (sh[1] - size) // pool[1] + 1, sh[2]), True))
+                continue
+            fits = [j for j in vals if (tensors[j][1] == sh if op == "add"
+                                        else tensors[j][1][:2] == sh[:2])]
+            srcs = (s, *(pick(fits) for _ in range(int(rng.integers(1, 3)))))
+            out = sh if op == "add" else (*sh[:2], sum(tensors[j][1][2] for j in srcs))
+            nodes.append((str(op), srcs, None))
+            tensors.append(("values", out, spatial))
+        s = pick(range(1, len(tensors))) if len(tensors) > 1 else 0
+        kind, sh, spatial = tensors[s]
+        nodes.append(("block", (s,), _random_block(rng, spec, kind, sh, spatial, True,
+                                                   int(rng.integers(1, 12)))))
+        mf = _pruned(spec, nodes)
+        if mf is not None:
+            return mf
+
+
+def _pruned(spec: InputSpec, nodes: list) -> ModelFile | None:
+    """The graph of ``nodes`` without those whose output nothing reads, renumbered; None
+    when the model input is then unread."""
+    keep = [True] * len(nodes)
+    while True:
+        read = {s for j, (_, srcs, _) in enumerate(nodes) if keep[j] for s in srcs}
+        drop = [j for j in range(len(nodes) - 1) if keep[j] and j + 1 not in read]
+        if not drop:
+            break
+        for j in drop:
+            keep[j] = False
+    if 0 not in read:
+        return None
+    number = {0: 0}
+    out_nodes, blocks = [], []
+    for j, (op, srcs, extra) in enumerate(nodes):
+        if not keep[j]:
+            continue
+        number[j + 1] = len(out_nodes) + 1
+        sources = tuple(number[s] for s in srcs)
+        if op == "block":
+            out_nodes.append(Node("block", sources, len(blocks)))
+            blocks.append(extra)
+        else:
+            out_nodes.append(Node(op, sources, -1, extra if op == "maxpool" else (0, 0)))
+    mf = ModelFile(spec, tuple(blocks), (), {"name": "random graph"}, tuple(out_nodes))
+    validate(mf)
+    return mf
