@@ -1,5 +1,5 @@
-"""The ``bnnlab`` command: the app, and train / compare / summary / filters / bench / export /
-run / import.
+"""The ``bnnlab`` command: the app, and train / compare / summary / filters / shortcuts / bench /
+export / run / import.
 
 Every subcommand takes ``--json`` for machine-readable output. Bad arguments and bad
 files exit with status 2 and a one-line reason on stderr; a run that fails (e.g. a
@@ -22,8 +22,8 @@ from .core.settings import popcount_setting
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("train", "compare", "summary", "filters", "bench", "gui", "export", "run", "import",
-               "install-desktop")
+SUBCOMMANDS = ("train", "compare", "summary", "filters", "shortcuts", "bench", "gui", "export", "run",
+               "import", "install-desktop")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -398,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--top", type=int, default=16)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_filters)
+
+    from .cli_shortcuts import add_shortcuts_parser
+
+    add_shortcuts_parser(sub)
 
     b = sub.add_parser("bench", help="binary kernels against float32 BLAS, measured in one run")
     b.add_argument("--json", action="store_true")

@@ -9,7 +9,7 @@ from bnnlab.experiment import build_model
 from bnnlab.io.checkpoints import load_checkpoint
 from bnnlab.io.scenes import load_preset
 
-KEYS = {"name", "weights_at_clip", "weights_beyond_clip", "flip_ratio", "gated_fraction"}
+KEYS = {"name", "weights_at_clip", "weights_beyond_clip", "flip_ratio", "gated_fraction", "grad_norm"}
 
 
 def _rows(capsys, *argv):

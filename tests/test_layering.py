@@ -33,6 +33,7 @@ LAYERS = {
     "bnnlab.cli_base": 7,
     "bnnlab.cli_deploy": 7,
     "bnnlab.cli_compare": 7,
+    "bnnlab.cli_shortcuts": 7,
     "bnnlab.__main__": 7,
     "bnnlab.gui": 7,
 }

@@ -61,6 +61,8 @@ class RunView:
     opened: Any = None  # models.OpenedModel of a run opened from a file
     evaluation: Any = None  # models.Evaluation, the latest one
     input_scale: str = "unit"  # how the run's scene scales images ("unit" or "symmetric")
+    batch_size: int = 64  # the run's scene's training batch size
+    seed: int = 0  # the run's scene's seed (its initial weights)
 
 
 @dataclass(eq=False)
@@ -97,7 +99,8 @@ class Run:
     def view(self, selected: bool) -> RunView:
         return RunView(self.number, self.title, self.color, self.visible, selected, self.state,
                        self.snapshot, self.full_precision, self.twin_of, self.opened,
-                       self.evaluation, self.scene.input_scale)
+                       self.evaluation, self.scene.input_scale, self.scene.batch_size,
+                       self.scene.seed)
 
 
 @dataclass(frozen=True, eq=False)

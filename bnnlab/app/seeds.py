@@ -21,8 +21,10 @@ from .jobs import SeedsJob
 __all__ = ["Comparison", "SeedComparisons", "default_variant", "variant_choices"]
 
 # The preset that answers a question about a preset: deterministic against stochastic
-# binarization of activations (see README, "Measured").
-_PAIRS = {"quickstart": "ablation-stochastic", "ablation-stochastic": "quickstart"}
+# binarization of activations (see README, "Measured"); a residual network against the
+# same network with its shortcuts cut.
+_PAIRS = {"quickstart": "ablation-stochastic", "ablation-stochastic": "quickstart",
+          "bireal-mnist": "bireal-mnist-noshortcut", "bireal-mnist-noshortcut": "bireal-mnist"}
 
 
 def variant_choices(scene: Scene) -> list[str]:

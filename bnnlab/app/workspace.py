@@ -168,6 +168,7 @@ def _run(archive, names: set[str], e: dict, path: str) -> WorkspaceRun:
                   if f"{prefix}history/{f.name}" in names}
         for key in ("val_loss_batch_stats", "val_accuracy_batch_stats"):  # not measured
             curves.setdefault(key, np.full(len(curves["epoch"]), np.nan))
+        curves.setdefault("grad_norm", np.full(np.shape(curves["flip_ratio"]), np.nan))
         history = History(**curves)
         layers = []
         for i, plain in enumerate(s["layers"]):

@@ -8,7 +8,9 @@ these, so a figure means the same everywhere:
 * ``weights_beyond_clip``: fraction with ``|w| > 1`` (only possible without clipping);
 * ``flip_ratio``: fraction of weights whose sign differs from an earlier copy of the signs;
 * ``gated_fraction``: fraction of a batch's input gradients the straight-through
-  estimator zeroes (None for a layer without an input binarizer).
+  estimator zeroes (None for a layer without an input binarizer);
+* ``grad_norm``: L2 norm of the gradient of a batch's mean loss with respect to the
+  layer's latent weights.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["CLIP_TOLERANCE", "weights_at_clip", "weights_beyond_clip", "flip_ratio",
-           "gated_fraction", "LayerStats", "layer_stats"]
+           "gated_fraction", "grad_norm", "LayerStats", "layer_stats"]
 
 CLIP_TOLERANCE = 1e-6  # relative: Adam's clipped updates land on the bound to float32 rounding
 
@@ -45,6 +47,11 @@ def flip_ratio(previous_signs: np.ndarray, w: np.ndarray) -> float:
     return float(np.count_nonzero(np.signbit(w) != previous_signs) / w.size)
 
 
+def grad_norm(g: np.ndarray) -> float:
+    """L2 norm of a gradient, summed in float64."""
+    return float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
+
+
 def gated_fraction(quantizer, x: np.ndarray | None) -> float | None:
     """Fraction of ``x``'s entries where ``quantizer`` passes no gradient, or None when the
     layer has no input binarizer or has seen no input yet."""
@@ -62,11 +69,12 @@ class LayerStats:
     weights_beyond_clip: float
     flip_ratio: float  # signs changed since the previous epoch's end (or the start)
     gated_fraction: float | None  # of the epoch's last training batch
+    grad_norm: float | None = None  # of the latent weights, the epoch's last training batch
 
     def as_dict(self) -> dict:
         return {"name": self.name, "weights_at_clip": self.weights_at_clip,
                 "weights_beyond_clip": self.weights_beyond_clip, "flip_ratio": self.flip_ratio,
-                "gated_fraction": self.gated_fraction}
+                "gated_fraction": self.gated_fraction, "grad_norm": self.grad_norm}
 
 
 def layer_stats(layer, previous_signs: np.ndarray) -> LayerStats:
@@ -78,4 +86,5 @@ def layer_stats(layer, previous_signs: np.ndarray) -> LayerStats:
         weights_beyond_clip=weights_beyond_clip(w),
         flip_ratio=flip_ratio(previous_signs, w),
         gated_fraction=gated_fraction(layer.input_quantizer, layer.last_input),
+        grad_norm=grad_norm(layer.kernel.grad),
     )

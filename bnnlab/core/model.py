@@ -9,6 +9,7 @@ import numpy as np
 
 from .graph import INPUT, assign_names, wire
 from .layers import Layer, Param, _QuantBase, layer_from_config
+from .layerstats import grad_norm
 
 __all__ = ["MAX_WEIGHT_BYTES", "ModelTooLarge", "Sequential", "softmax", "softmax_cross_entropy", "model_from_state"]
 
@@ -186,13 +187,20 @@ class Sequential:
                        else layer.forward(xs[0], training=training, rng=rng))
         return outs[len(self.layers) - 1]
 
-    def backward(self, dlogits: np.ndarray) -> None:
-        """Gradients into every parameter; an output read by several layers gets their sum."""
+    def backward(self, dlogits: np.ndarray, output_grad_norms: dict | None = None) -> None:
+        """Gradients into every parameter; an output read by several layers gets their sum.
+
+        ``output_grad_norms``, a dict, receives the L2 norm of the gradient of the loss with
+        respect to each layer's output (all its readers summed), keyed by layer index, for
+        the layers a gradient reaches.
+        """
         grads: dict[int, np.ndarray] = {len(self.layers) - 1: dlogits}
         for i in range(len(self.layers) - 1, -1, -1):
             g = grads.pop(i, None)
             if g is None:
                 continue  # nothing downstream needs this layer (no trainable path)
+            if output_grad_norms is not None:
+                output_grad_norms[i] = grad_norm(g)
             layer = self.layers[i]
             gin = layer.backward_many(g) if layer.merge else [layer.backward(g)]
             for s, gs in zip(self.sources[i], gin):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .evaluation import batchnorm_layers, evaluate_batch_stats, reestimate_batchnorm
 from .layers import _QuantBase
-from .layerstats import LayerStats, flip_ratio, gated_fraction, layer_stats, weights_at_clip
+from .layerstats import LayerStats, flip_ratio, gated_fraction, grad_norm, layer_stats, weights_at_clip
 from .model import Sequential, softmax_cross_entropy
 from .optimizers import Optimizer, make_optimizer
 
@@ -146,6 +146,9 @@ class History:
     val_accuracy_batch_stats: np.ndarray
     flip_ratio: np.ndarray  # (points, quant layers)
     gated_fraction: np.ndarray  # (points, quant layers); NaN where a layer has no STE
+    # (points, quant layers): L2 norm of each latent-weight gradient at the point's last
+    # batch; NaN without telemetry
+    grad_norm: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class _Curves:
     val_accuracy_batch_stats: list = field(default_factory=list)
     flip_ratio: list = field(default_factory=list)
     gated_fraction: list = field(default_factory=list)
+    grad_norm: list = field(default_factory=list)
 
     def freeze(self, n_layers: int) -> History:
         def arr2(rows):
@@ -217,6 +221,7 @@ class _Curves:
             val_accuracy_batch_stats=_frozen(np.array(self.val_accuracy_batch_stats, np.float64)),
             flip_ratio=arr2(self.flip_ratio),
             gated_fraction=arr2(self.gated_fraction),
+            grad_norm=arr2(self.grad_norm),
         )
 
 
@@ -458,6 +463,8 @@ class Trainer:
             c.gated_fraction.append(
                 [np.nan if t.gated_fraction is None else t.gated_fraction for t in layers]
                 if layers else [np.nan] * len(self._quant))
+            c.grad_norm.append([t.grad_norm for t in layers] if layers
+                               else [np.nan] * len(self._quant))
         if epoch_end:
             c.epoch.append(epoch)
             c.epoch_loss.append(loss)
@@ -515,7 +522,7 @@ class Trainer:
             preact_counts=None if pc is None else _frozen(pc),
             preact_edges=None if pe is None else _frozen(pe),
             gate_window=window, gated_fraction=gated,
-            grad_norm=float(np.sqrt(np.sum(g.astype(np.float64) ** 2))),
+            grad_norm=grad_norm(g),
         )
 
     def run(self) -> Snapshot:
