@@ -242,10 +242,12 @@ def test_one_channel_first_block_shares_row_sums(kernel, padding, pad, pool, fil
     model = randomize(Sequential(layers, shape, seed=filters), filters)
     mf = decode(encode(fold_model(model)))
     rt = Runtime(mf)
-    assert rt._blocks[0].c1_pm1
+    assert rt._blocks[0].c1_pm1 and rt._chain.starts_with_pixels
     modes = set(mf.blocks[0].modes.tolist())
     assert {MODE_GE, MODE_LE} <= modes if filters > 2 else modes <= {MODE_PLUS, MODE_MINUS}
     for n in (1, 7):
         raw, _ = images(n, shape, seed=n)
         for got, want in zip(rt.trace(raw), reference_trace(mf, raw)):
             np.testing.assert_array_equal(got, want if got.dtype == np.float32 else want.astype(np.int8))
+        # The same block inside the one-call chain, which pads the pixels itself.
+        np.testing.assert_array_equal(rt.logits(raw, threads=1), want)

@@ -98,9 +98,9 @@ CACHING = textwrap.dedent("""
     import json
     from numba.core.caching import NullCache
     from bnnlab.core.kernels import jit, xnor
-    from bnnlab.deploy import runtime_kernels
+    from bnnlab.deploy import runtime_chain, runtime_kernels
     from numba.core.registry import CPUDispatcher
-    disps = [v for m in (xnor, runtime_kernels) for v in vars(m).values()
+    disps = [v for m in (xnor, runtime_kernels, runtime_chain) for v in vars(m).values()
              if isinstance(v, CPUDispatcher)]
     print(json.dumps({"mode": jit.POPCOUNT_MODE, "auto": jit.automatic_popcount_mode(),
                       "cached": sorted({not isinstance(d._cache, NullCache) for d in disps})}))

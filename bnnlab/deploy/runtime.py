@@ -29,6 +29,7 @@ import numpy as np
 from ..core.kernels import offset_tables, pad_input, padded_extent, xnor_gemm_serial
 from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError, read_file
 from .limits import check_runtime_cost
+from .runtime_chain import chain_for
 from .runtime_kernels import (_CHUNK_BYTES, _conv_bits, _conv_c1_pm1, _conv_raw,
                               _conv_raw_exact_f32, _dense_raw, _scale_offset, _threshold_pack)
 
@@ -217,17 +218,8 @@ class _Prepared:
                            self.corr, self.ho, self.wo, self.ps, self.pst, self.hp, self.wp,
                            min(self.chunk, n), sgn, thr, bits_out, out_bits, out_acc)
             elif self.c1_pm1:
-                ho, wo = self.ho, self.wo
-                hp_in = padded_extent(h, kh, 1, pt, ho)
-                wp_in = padded_extent(w, kw, 1, pl, wo)
-                if pt == 0 and pl == 0 and hp_in <= h and wp_in <= w:
-                    xp = np.ascontiguousarray(x.reshape(n, h, w), dtype=np.int16)
-                else:
-                    xp = np.full((n, max(hp_in, h + pt), max(wp_in, w + pl)),
-                                 int(b.pad_value), np.int16)
-                    xp[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w)
-                _conv_c1_pm1(xp, self.pat, ho, wo, self.ps == 2, self.hp, self.wp, self.sgn,
-                             self.thr, out_bits)
+                _conv_c1_pm1(self.c1_input(x), self.pat, self.ho, self.wo, self.ps == 2,
+                             self.hp, self.wp, self.sgn, self.thr, out_bits)
             elif self.exact_f32:
                 ho, wo = self.ho, self.wo
                 xp = pad_input(x, pt, pl, padded_extent(h, kh, b.stride, pt, ho),
@@ -249,6 +241,27 @@ class _Prepared:
         # a logit beyond float32 becomes infinite there as here, without a warning.
         acc2 = out_acc.reshape(n, -1)
         return _scale_offset(acc2, self.scale, self.offset, np.empty(acc2.shape, np.float32))
+
+    def c1_extent(self) -> tuple[int, int]:
+        """(Hp, Wp): the padded input :func:`_conv_c1_pm1` reads."""
+        b = self.b
+        h, w, _ = b.in_shape
+        kh, kw = b.kernel_size
+        pt, _, pl, _ = b.pads
+        return (max(padded_extent(h, kh, 1, pt, self.ho), h + pt),
+                max(padded_extent(w, kw, 1, pl, self.wo), w + pl))
+
+    def c1_input(self, x: np.ndarray) -> np.ndarray:
+        """(N, Hp, Wp) int16 padded pixels for :func:`_conv_c1_pm1` from (N, h, w, 1)."""
+        b, n = self.b, x.shape[0]
+        h, w, _ = b.in_shape
+        pt, _, pl, _ = b.pads
+        hp_in, wp_in = self.c1_extent()
+        if (hp_in, wp_in) == (h, w):
+            return np.ascontiguousarray(x.reshape(n, h, w), dtype=np.int16)
+        xp = np.full((n, hp_in, wp_in), int(b.pad_value), np.int16)
+        xp[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w)
+        return xp
 
     def _new_bits(self, n: int) -> np.ndarray:
         return np.empty((n, self.hp * self.wp, -(-self.f // 64)), np.uint64)
@@ -273,6 +286,10 @@ class Runtime:
         # A block on the signs of a float tensor runs as one on bits, once they are packed.
         self._blocks = [_Prepared(dataclasses.replace(b, input="bits") if b.input == "signs"
                                   else b) for b in mf.blocks]
+        # A stack's binary blocks run in one compiled call (after any first block that
+        # cannot be part of it); see runtime_chain.
+        self._lead, self._chain = (len(self._blocks), None) if mf.nodes else \
+            chain_for(self._blocks)
         per_image = max(4 * (np.prod(b.conv_shape) + np.prod(b.in_shape)) for b in mf.blocks)
         # Keep a slice's buffers near 64 MiB however large the model's activations are.
         self.batch_size = int(max(1, min(1024, (64 << 20) // max(int(per_image), 1))))
@@ -281,12 +298,16 @@ class Runtime:
     def n_outputs(self) -> int:
         return self.model_file.n_outputs
 
-    def _normalize(self, raw: np.ndarray, b0: _Prepared | None = None) -> np.ndarray:
+    def _check_input(self, raw: np.ndarray) -> None:
         spec = self.input
         if raw.shape[1:] != tuple(spec.shape):
             raise ValueError(f"the model reads inputs of shape {spec.shape}, got {raw.shape[1:]}")
         if spec.encoding == "uint8" and raw.dtype != np.uint8:
             raise ValueError(f"the model reads uint8 pixels, got {raw.dtype}")
+
+    def _normalize(self, raw: np.ndarray, b0: _Prepared | None = None) -> np.ndarray:
+        spec = self.input
+        self._check_input(raw)
         b0 = b0 or self._blocks[0]
         if b0.dtype != np.float32:
             x = raw.astype(b0.dtype)
@@ -302,6 +323,15 @@ class Runtime:
             if trace is not None:
                 raise ValueError("a graph model has no chain of blocks to trace")
             return self._run_graph(raw)
+        if self._chain is not None and trace is None:
+            out = np.empty((raw.shape[0], self.n_outputs), np.float32)
+            if self._chain.starts_with_pixels:  # uint8 pixels, converted in the chain
+                self._check_input(raw)
+                return self._chain.run(np.ascontiguousarray(raw).reshape(raw.shape[:3]), out)
+            x = self._normalize(raw)
+            for pb in self._blocks[:self._lead]:
+                x = pb.run(x)
+            return self._chain.run(x, out)
         x = self._normalize(raw)
         for pb in self._blocks:
             x = pb.run(x)
