@@ -7,10 +7,10 @@ concatenation or a max pool; one float per element, (H, W, C) order). Each kind 
 static arena, ``bnn_bits`` (uint32_t) and ``bnn_vals`` (float): two arrays of different
 types, so no memory is ever read through a pointer of another type.
 
-:func:`plan_graph` places every tensor in its arena for the time it is needed. Node t
-runs in two steps: at time 2t a block that reads the signs of a float tensor packs them
-(once per tensor: every later block reading the same signs shares the packed copy), at
-time 2t + 1 the node computes its output. A tensor is placed when it is written, at the
+:func:`plan_graph` places every tensor in its arena for the time it is needed. The node
+run p-th runs in two steps: at time 2p a block that reads the signs of a float tensor
+packs them (once per tensor: every later block reading the same signs shares the packed
+copy), at time 2p + 1 the node computes its output. A tensor is placed when it is written, at the
 lowest offset that overlaps no tensor still to be read (first fit), and its place is free
 again after its last reader: a float tensor read only through its signs is free as soon
 as they are packed, so the block's own output can take its place. An add writes its sum
@@ -22,6 +22,12 @@ Bi-Real block (binary convolution, batch norm, shortcut add) writes its sum stra
 the shortcut when the add is the shortcut's last reader. A node's output never overlaps
 what it reads otherwise. The arenas' sizes are the peaks of this plan; the last node
 writes the caller's logits.
+
+The nodes may run in any order that computes every source before its readers. The plan
+is made for the file's order and for a greedy one (of the nodes ready to run, the one
+that adds the fewest elements to what is held), and the smaller is kept: in
+``bireal-mnist`` the pooled shortcut then runs before the convolution beside it, so the
+tensor both read is free as soon as the convolution has packed its signs.
 
 The float operations compute what :mod:`bnnlab.deploy.runtime` and the oracle in
 :mod:`bnnlab.deploy.reference` compute, in float32 and in the same order: a sum of the
@@ -122,7 +128,8 @@ class Tensor:
     arena: str  # "bits" (uint32_t words) or "vals" (floats)
     size: int  # elements of its arena
     shape: tuple[int, int, int]
-    first: int  # the time it is written (2t + 1 for node t's output, 2t for packed signs)
+    first: int  # the time it is written (2p + 1 for the output of the node run p-th, 2p
+    #             for the signs that node packs)
     last: int  # the last time it is read
     over: tuple[int, ...] = ()  # tensors it may be written over (an add's sources)
     offset: int = -1
@@ -143,6 +150,7 @@ class GraphPlan:
     signs: dict[int, Tensor]
     fused: dict[int, tuple[int, int]]
     arena: dict[str, int]  # planned size of each arena, in elements
+    order: list[int]  # the nodes in the order they run
 
     @property
     def ram_bytes(self) -> int:
@@ -180,52 +188,103 @@ def _words(shape: tuple[int, int, int]) -> int:
     return h * w * -(-c // 32)
 
 
-def _fused_adds(mf: ModelFile) -> dict[int, tuple[int, int]]:
-    """Adds of two tensors whose later source is a block with float output read by that add
-    alone: node t -> (the block's node j, the other source o < j)."""
+def _fused_adds(mf: ModelFile, pos: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Adds of two tensors whose source computed later (``pos``: each node's place in the
+    order the nodes run) is a block with float output read by that add alone: node t ->
+    (the block's node j, the other source o)."""
     readers = [0] * (len(mf.nodes) + 1)
     for node in mf.nodes:
         for s in node.sources:
             readers[s] += 1
     fused = {}
     for t, node in enumerate(mf.nodes, 1):
-        o, j = sorted(node.sources) if len(node.sources) == 2 else (0, 0)
-        if node.op == "add" and o != j and readers[j] == 1:
-            producer = mf.nodes[j - 1]
-            if producer.op == "block" and mf.blocks[producer.block].output == "logits":
-                fused[t] = (j, o)
+        if node.op != "add" or len(set(node.sources)) != 2 or len(node.sources) != 2:
+            continue
+        o, j = sorted(node.sources, key=pos.get)
+        producer = mf.nodes[j - 1]
+        if (readers[j] == 1 and producer.op == "block"
+                and mf.blocks[producer.block].output == "logits"):
+            fused[t] = (j, o)
     return fused
 
 
-def plan_graph(mf: ModelFile) -> GraphPlan:
-    """Place the tensors of a validated graph model (see the module's description)."""
-    shapes = _shapes(mf)
+def _greedy_order(mf: ModelFile, shapes: list) -> list[int]:
+    """A topological order of the nodes that runs next, of those whose sources are ready,
+    the one adding the fewest elements to what is held (its output and the signs it packs,
+    less the tensors it reads for the last time); ties in file order."""
     n = len(mf.nodes)
-    fused = _fused_adds(mf)
+    left = [0] * (n + 1)  # readers still to run, per tensor
+    for node in mf.nodes:
+        for s in set(node.sources):
+            left[s] += 1
+    packed: set[int] = set()
+    done, order = {0}, []
+
+    def size(t: int) -> int:
+        node = mf.nodes[t - 1]
+        bits = node.op == "block" and mf.blocks[node.block].output == "bits"
+        return _words(shapes[t]) if bits else math.prod(shapes[t])
+
+    def growth(t: int) -> int:
+        node = mf.nodes[t - 1]
+        grow = size(t) if t != n else 0
+        if node.op == "block" and mf.blocks[node.block].input == "signs":
+            grow += 0 if node.sources[0] in packed else _words(shapes[node.sources[0]])
+        return grow - sum(size(s) for s in set(node.sources) if s and left[s] == 1)
+
+    while len(order) < n:
+        ready = [t for t in range(1, n + 1)
+                 if t not in done and all(s in done for s in mf.nodes[t - 1].sources)]
+        t = min(ready, key=lambda t: (growth(t), t))
+        node = mf.nodes[t - 1]
+        if node.op == "block" and mf.blocks[node.block].input == "signs":
+            packed.add(node.sources[0])
+        for s in set(node.sources):
+            left[s] -= 1
+        done.add(t)
+        order.append(t)
+    return order
+
+
+def plan_graph(mf: ModelFile) -> GraphPlan:
+    """Place the tensors of a validated graph model (see the module's description): the
+    plan of the nodes in file order or in :func:`_greedy_order`, whichever needs less."""
+    shapes = _shapes(mf)
+    plans = [_plan(mf, shapes, order) for order in
+             (list(range(1, len(mf.nodes) + 1)), _greedy_order(mf, shapes))]
+    return min(plans, key=lambda p: p.ram_bytes)  # the file's order on a tie
+
+
+def _plan(mf: ModelFile, shapes: list, order: list[int]) -> GraphPlan:
+    """The tensors' places when the nodes run in ``order``."""
+    n = len(mf.nodes)
+    pos = {t: i for i, t in enumerate(order, 1)} | {0: 0}
+    fused = _fused_adds(mf, pos)
     into = {j: t for t, (j, _) in fused.items()}  # a block -> the add it computes
     tensors: dict[int, Tensor] = {}
     signs: dict[int, Tensor] = {}
-    for t, node in enumerate(mf.nodes, 1):
-        step = 2 * t + 1
+    for t in order:
+        node = mf.nodes[t - 1]
+        step = 2 * pos[t] + 1
         b = mf.blocks[node.block] if node.op == "block" else None
         for s in node.sources:
             if t in fused:  # read as block j writes
                 j, o = fused[t]
                 if s == o:
-                    tensors[o].last = max(tensors[o].last, 2 * j + 1)
+                    tensors[o].last = max(tensors[o].last, 2 * pos[j] + 1)
             elif b is not None and b.input == "signs":
                 if s not in signs:  # packed at this node's first step, from tensor s
                     signs[s] = Tensor(f"signs of node {s}", "bits", _words(shapes[s]),
-                                      shapes[s], 2 * t, step)
-                    tensors[s].last = max(tensors[s].last, 2 * t)
+                                      shapes[s], step - 1, step)
+                    tensors[s].last = max(tensors[s].last, step - 1)
                 signs[s].last = step
             elif s:
-                tensors[s].last = step
-        if t < n and t not in into:
+                tensors[s].last = max(tensors[s].last, step)
+        if t != n and t not in into:
             bits = b is not None and b.output == "bits"
             what = f"node {t} ({node.op if b is None else f'block {node.block}'})"
             size = _words(shapes[t]) if bits else math.prod(shapes[t])
-            first = 2 * fused[t][0] + 1 if t in fused else step
+            first = 2 * pos[fused[t][0]] + 1 if t in fused else step
             over = (fused[t][1],) if t in fused else node.sources if node.op == "add" else ()
             tensors[t] = Tensor(what, "bits" if bits else "vals", size, shapes[t], first,
                                 first, tuple(over))
@@ -244,7 +303,7 @@ def plan_graph(mf: ModelFile) -> GraphPlan:
             arena[x.arena] = max(arena[x.arena], x.offset + x.size)
         for kind in live:
             live[kind] = [x for x in live[kind] if x.last > time]
-    return GraphPlan(tensors, signs, fused, arena)
+    return GraphPlan(tensors, signs, fused, arena, order)
 
 
 def _first_fit(live: list[Tensor], size: int) -> int:
@@ -265,18 +324,26 @@ def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], set
     used: set[str] = set()
     kernels: set[tuple[str, str]] = set()
     into = {j: t for t, (j, _) in plan.fused.items()}
+    order = plan.order
+    pos = {t: i for i, t in enumerate(order, 1)}
+
+    def when(time: int) -> str:  # "t" packing, "t+" computing, node t
+        return f"{order[time // 2 - 1]}{'+' if time % 2 else ''}"
+
     decls = ["/* Activations (bnnlab.deploy.cgraph): each tensor's place in its arena, in\n"
              " * elements, and the nodes during which it is held (t: packing, t+: computing).\n"]
+    if order != sorted(order):
+        decls.append(f" * The nodes run in the order {', '.join(map(str, order))}.\n")
     for x in sorted((*plan.tensors.values(), *plan.signs.values()), key=lambda x: x.first):
-        span = f"{x.first // 2}{'+' if x.first % 2 else ''}..{x.last // 2}{'+' if x.last % 2 else ''}"
         decls.append(f" *   {x.what:<22} {str(x.shape):<16} bnn_{x.arena}[{x.offset}..+{x.size}]"
-                     f"  nodes {span}\n")
+                     f"  nodes {when(x.first)}..{when(x.last)}\n")
     decls.append(" */\n")
     for kind, ctype in (("bits", "uint32_t"), ("vals", "float")):
         if plan.arena[kind]:
             decls.append(f"static {ctype} bnn_{kind}[{plan.arena[kind]}];\n")
     calls = []
-    for t, node in enumerate(mf.nodes, 1):
+    for t in order:
+        node = mf.nodes[t - 1]
         dst = plan.tensors[t].ref if t in plan.tensors else "logits"
         shape = shapes[t]
         if node.op == "block":
@@ -290,7 +357,7 @@ def graph_code(mf: ModelFile, plan: GraphPlan) -> tuple[str, str, list[str], set
                             if add else "") + " */")
             if b.input == "signs":
                 packed = plan.signs[s]
-                if packed.first == 2 * t:
+                if packed.first == 2 * pos[t]:
                     used.add("pack")
                     h, w, c = shapes[s]
                     calls.append(f"    bnn_pack_signs({plan.tensors[s].ref}, {h * w}, {c}, "

@@ -7,6 +7,10 @@ kernel, or a float32 accumulator with a bit or float kernel; later blocks are bi
 convolutions (any kernel size, stride, padding, pad value and max pool that fit) or
 binary dense layers. Thresholds are drawn near the middle of each accumulator's range so
 that outputs vary, with some constant channels and some of each comparison direction.
+
+:func:`random_graph_file` draws a graph (version 2) from the same blocks: blocks on the
+input, on bits or on the signs of float tensors, with bits or float output, and adds,
+concatenations and max pooling of float tensors between them.
 """
 
 from __future__ import annotations
@@ -68,6 +72,47 @@ def _epilogue(rng: np.random.Generator, n: int, acc: str, spread: float, last: b
     return dict(output="bits", modes=modes.astype(np.uint8), thresholds=thr)
 
 
+def _random_block(rng: np.random.Generator, spec: InputSpec, kind: str,
+                  shape: tuple[int, int, int], spatial: bool, values: bool,
+                  few_outputs: bool = False, same: bool = False) -> Block:
+    """A block reading a tensor of ``kind`` ("raw", "bits" or "values") and ``shape``; its
+    output is float values when ``values``, else bits; ``few_outputs``: 1..11 channels;
+    ``same``: an output of the input's shape (a residual branch)."""
+    h, w, c = shape
+    if same:
+        conv = spatial
+        k = int(rng.choice([1, 3]))
+        geo = dict(kernel_size=(k, k), stride=1, pads=(k // 2,) * 4, pool=(0, 0)) if conv else {}
+        out_c = c
+    else:
+        conv = spatial and rng.random() < 0.7
+        geo = _geometry(rng, h, w) if conv else {}
+        out_c = int(rng.choice([1, 2, 3, 7, 16, 31, 32, 33, 40, 64, 65]))
+    if few_outputs:
+        out_c = int(rng.integers(1, 12))
+    k = (geo["kernel_size"][0] * geo["kernel_size"][1] * c) if conv else h * w * c
+    if kind == "raw":
+        choice = rng.random()
+        kernel, acc = (("bits", "int32") if spec.encoding == "uint8" and choice < 0.5 else
+                       ("bits", "float32") if choice < 0.75 else ("float32", "float32"))
+    else:
+        kernel, acc = "bits", "int32"
+    pad_value = int(rng.choice([0, 1, -1])) if conv and not (kind == "raw" and acc == "int32") else 0
+    kdata = (pack_signs(rng.choice([-1, 1], out_c * k)) if kernel == "bits"
+             else rng.normal(0, 1, (out_c, k)).astype(np.float32))
+    if kind == "raw" and acc == "int32":
+        spread = 128 * math.sqrt(k)  # pixels around 128, random signs
+    elif kind == "raw":
+        spread = (abs(spec.scale) * (255 if spec.encoding == "uint8" else 1)
+                  + abs(spec.offset)) * math.sqrt(k)
+    else:
+        spread = math.sqrt(k)
+    return Block(kind="conv2d" if conv else "dense",
+                 input={"raw": "raw", "bits": "bits", "values": "signs"}[kind],
+                 kernel=kernel, acc=acc, in_shape=shape, out_channels=out_c, kernel_data=kdata,
+                 pad_value=pad_value, **geo, **_epilogue(rng, out_c, acc, spread, values))
+
+
 def random_model_file(rng: np.random.Generator, max_blocks: int = 4) -> ModelFile:
     """A valid model of 1..``max_blocks`` blocks; see the module's description."""
     spec = _input_spec(rng)
@@ -76,44 +121,10 @@ def random_model_file(rng: np.random.Generator, max_blocks: int = 4) -> ModelFil
     spatial = len(spec.shape) == 3
     blocks = []
     for i in range(n_blocks):
-        h, w, c = shape
-        first, last = i == 0, i == n_blocks - 1
-        conv = spatial and rng.random() < 0.7
-        geo = _geometry(rng, h, w) if conv else {}
-        out_c = int(rng.choice([1, 2, 3, 7, 16, 31, 32, 33, 40, 64, 65]))
-        if last:
-            out_c = int(rng.integers(1, 12))
-        if first:
-            choice = rng.random()
-            if spec.encoding == "uint8" and choice < 0.5:
-                kernel, acc = "bits", "int32"
-            elif choice < 0.75:
-                kernel, acc = "bits", "float32"
-            else:
-                kernel, acc = "float32", "float32"
-        else:
-            kernel, acc = "bits", "int32"
-        pad_value = 0
-        if conv and not (first and acc == "int32"):
-            pad_value = int(rng.choice([0, 1, -1]))
-        k = (geo["kernel_size"][0] * geo["kernel_size"][1] * c) if conv else h * w * c
-        if kernel == "bits":
-            kdata = pack_signs(rng.choice([-1, 1], out_c * k))
-        else:
-            kdata = rng.normal(0, 1, (out_c, k)).astype(np.float32)
-        if first and acc == "int32":
-            spread = 128 * math.sqrt(k)  # pixels around 128, random signs
-        elif first:
-            span = abs(spec.scale) * (255 if spec.encoding == "uint8" else 1) + abs(spec.offset)
-            spread = span * math.sqrt(k)
-        else:
-            spread = math.sqrt(k)
-        b = Block(kind="conv2d" if conv else "dense", input="raw" if first else "bits",
-                  kernel=kernel, acc=acc, in_shape=(h, w, c), out_channels=out_c,
-                  kernel_data=kdata, pad_value=pad_value, **geo,
-                  **_epilogue(rng, out_c, acc, spread, last))
+        last = i == n_blocks - 1
+        b = _random_block(rng, spec, "bits" if i else "raw", shape, spatial, last, last)
         blocks.append(b)
-        shape, spatial = b.out_shape, conv
+        shape, spatial = b.out_shape, b.kind == "conv2d"
     names = tuple(f"class {j}" for j in range(math.prod(blocks[-1].out_shape))) \
         if rng.random() < 0.5 else ()
     mf = ModelFile(spec, tuple(blocks), names, {"name": "random"})
@@ -129,43 +140,12 @@ def random_inputs(rng: np.random.Generator, mf: ModelFile, n: int) -> np.ndarray
     return rng.normal(0, 2, shape).astype(np.float32)
 
 
-def _random_block(rng: np.random.Generator, spec: InputSpec, kind: str,
-                  shape: tuple[int, int, int], spatial: bool, values: bool,
-                  out_c: int | None = None) -> Block:
-    """A block reading a tensor of ``kind`` ("raw", "bits" or "values") and ``shape``; its
-    output is float values when ``values``, else bits."""
-    h, w, c = shape
-    conv = spatial and rng.random() < 0.7
-    geo = _geometry(rng, h, w) if conv else {}
-    out_c = out_c or int(rng.choice([1, 2, 3, 7, 16, 31, 32, 33, 40, 64, 65]))
-    k = (geo["kernel_size"][0] * geo["kernel_size"][1] * c) if conv else h * w * c
-    if kind == "raw":
-        choice = rng.random()
-        kernel, acc = (("bits", "int32") if spec.encoding == "uint8" and choice < 0.5 else
-                       ("bits", "float32") if choice < 0.75 else ("float32", "float32"))
-    else:
-        kernel, acc = "bits", "int32"
-    pad_value = int(rng.choice([0, 1, -1])) if conv and not (kind == "raw" and acc == "int32") else 0
-    kdata = (pack_signs(rng.choice([-1, 1], out_c * k)) if kernel == "bits"
-             else rng.normal(0, 1, (out_c, k)).astype(np.float32))
-    if kind == "raw" and acc == "int32":
-        spread = 128 * math.sqrt(k)
-    elif kind == "raw":
-        spread = (abs(spec.scale) * (255 if spec.encoding == "uint8" else 1)
-                  + abs(spec.offset)) * math.sqrt(k)
-    else:
-        spread = math.sqrt(k)
-    return Block(kind="conv2d" if conv else "dense",
-                 input={"raw": "raw", "bits": "bits", "values": "signs"}[kind],
-                 kernel=kernel, acc=acc, in_shape=shape, out_channels=out_c, kernel_data=kdata,
-                 pad_value=pad_value, **geo, **_epilogue(rng, out_c, acc, spread, values))
-
-
 def random_graph_file(rng: np.random.Generator, max_nodes: int = 10) -> ModelFile:
-    """A valid graph (version 2) of up to ``max_nodes`` nodes: blocks reading the input, bits
-    or the signs of float tensors, with bits or float output; adds and concatenations of
-    float tensors (a source may be named twice) and max pooling; the logits last. Nodes
-    whose output nothing reads are dropped, so the graph has every tensor read."""
+    """A valid graph (version 2) of about ``max_nodes`` nodes: blocks reading the input,
+    bits or the signs of float tensors, with bits or float output; adds and concatenations
+    of float tensors (a source may be named twice), residual branches (a block whose
+    values are added to the tensor whose signs it reads) and max pooling; the logits last.
+    Nodes whose output nothing reads are dropped, so the graph has every tensor read."""
     while True:
         spec = _input_spec(rng)
         shape = spec.shape if len(spec.shape) == 3 else (1, 1, spec.shape[0])
@@ -182,8 +162,9 @@ def random_graph_file(rng: np.random.Generator, max_nodes: int = 10) -> ModelFil
 
         for _ in range(int(rng.integers(1, max_nodes))):
             vals = [j for j, t in enumerate(tensors) if t[0] == "values"]
-            op = rng.choice(["block", "add", "concatenate", "maxpool"] if vals else ["block"],
-                            p=[0.4, 0.25, 0.2, 0.15] if vals else None)
+            op = rng.choice(["block", "add", "concatenate", "maxpool", "residual"]
+                            if vals else ["block"],
+                            p=[0.3, 0.15, 0.15, 0.15, 0.25] if vals else None)
             if op == "maxpool":
                 vals = [j for j in vals if tensors[j][2] and min(tensors[j][1][:2]) >= 2]
                 if not vals:
@@ -198,6 +179,14 @@ def random_graph_file(rng: np.random.Generator, max_nodes: int = 10) -> ModelFil
                 continue
             s = pick(vals)
             _, sh, spatial = tensors[s]
+            if op == "residual":  # a block on the signs of s, whose values are added to s
+                b = _random_block(rng, spec, "values", sh, spatial, True, same=True)
+                nodes.append(("block", (s,), b))
+                tensors.append(("values", sh, spatial))
+                pair = (s, len(tensors) - 1)
+                nodes.append(("add", pair if rng.random() < 0.5 else pair[::-1], None))
+                tensors.append(("values", sh, spatial))
+                continue
             if op == "maxpool":
                 size = int(rng.integers(2, min(sh[0], sh[1], 3) + 1))
                 pool = (size, int(rng.integers(1, size + 1)))
@@ -213,8 +202,7 @@ def random_graph_file(rng: np.random.Generator, max_nodes: int = 10) -> ModelFil
             tensors.append(("values", out, spatial))
         s = pick(range(1, len(tensors))) if len(tensors) > 1 else 0
         kind, sh, spatial = tensors[s]
-        nodes.append(("block", (s,), _random_block(rng, spec, kind, sh, spatial, True,
-                                                   int(rng.integers(1, 12)))))
+        nodes.append(("block", (s,), _random_block(rng, spec, kind, sh, spatial, True, True)))
         mf = _pruned(spec, nodes)
         if mf is not None:
             return mf
