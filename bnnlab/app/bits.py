@@ -8,8 +8,9 @@ pixel of a mosaic is, the receptive field of a unit, and one unit's computation 
   the reverse;
 * :func:`receptive_field`: the input positions one output unit reads (its pooling windows'
   taps), to frame them in the block's input;
-* :func:`probe`: for one input, every block's activations and one unit explained, with
-  the block's input as a picture (:class:`Probe`);
+* :func:`probe`: for one input, every block's activations and inputs and one unit
+  explained (:class:`Probe`); in a graph model, also the sums the ``add`` nodes make of
+  that unit's value (e.g. with a real-valued shortcut);
 * :func:`unit_text`: :class:`bnnlab.deploy.explain.UnitExplanation` as the step-by-step
   text the panel shows: input bits, weight bits, XNOR, popcount, ``K - 2 * popcount``,
   pooling, threshold, output bit, and whether the runtime computed the same bit.
@@ -123,30 +124,38 @@ def receptive_field(block, unit: tuple[int, int, int]) -> list[tuple[int, int]]:
 @dataclass(frozen=True, eq=False)
 class Probe:
     """One input through a ``.bnn`` model: what the runtime reads (``raw``), every block's
-    output (:class:`bnnlab.deploy.explain.ActivationMap`) and one unit explained."""
+    output (:class:`bnnlab.deploy.explain.ActivationMap`) and input (as the block reads
+    it), one unit explained, and the ``add`` sums of that unit in a graph
+    (:class:`bnnlab.deploy.explain.AddTerms`)."""
 
     raw: np.ndarray
     maps: list
     explanation: object  # bnnlab.deploy.explain.UnitExplanation
+    inputs: list = ()
+    adds: list = ()
 
 
 def probe(opened, x: np.ndarray, block: int, unit: tuple[int, int, int]) -> Probe:
     """Run dataset input ``x`` (one input, e.g. (28, 28, 1) in [0, 1]) through the packed
     runtime of ``opened`` (:class:`bnnlab.app.models.OpenedModel`), and explain output
     ``unit`` = (row, column, channel) of ``block`` step by step."""
-    from ..deploy.explain import activation_maps, explain_unit
+    from ..deploy.explain import activation_maps, add_terms, block_inputs, explain_unit
 
     rt = opened.runtime()
     raw = opened.raw_inputs(np.asarray(x)[None])[0]
-    return Probe(raw, activation_maps(rt, raw), explain_unit(rt, raw, block, unit))
+    e = explain_unit(rt, raw, block, unit)
+    return Probe(raw, activation_maps(rt, raw), e, block_inputs(rt, raw),
+                 add_terms(rt, raw, block, e.unit))
 
 
 def block_input(p: Probe, mf, block: int) -> np.ndarray:
-    """The input of ``block`` as (H, W, C) values in [-1, 1] for drawing: the previous
-    block's bits, or the raw input (pixels 0..255 mapped to -1..1, floats clipped)."""
+    """The input of ``block`` as (H, W, C) values in [-1, 1] for drawing: the ±1 it reads
+    (bits of the block before, or signs of a graph's float tensor), or the raw input
+    (pixels 0..255 mapped to -1..1, floats clipped)."""
     b = mf.blocks[block]
-    if block > 0:
-        return np.asarray(p.maps[block - 1].values, np.float32).reshape(b.in_shape)
+    v = np.asarray(p.inputs[block], np.float32).reshape(b.in_shape)
+    if b.input != "raw":
+        return v
     raw = np.asarray(p.raw, np.float32).reshape(b.in_shape)
     if mf.input.encoding == "uint8":
         return raw / 127.5 - 1.0
@@ -154,12 +163,14 @@ def block_input(p: Probe, mf, block: int) -> np.ndarray:
 
 
 def block_output(p: Probe, mf, block: int) -> np.ndarray:
-    """The output of ``block`` as (H, W, C) in [-1, 1]: its bits, or its logits divided
-    by their largest magnitude."""
+    """The output of ``block`` as (H, W, C) in [-1, 1]: its bits, or its float values
+    (a graph's real-valued maps, or the logits as a strip) divided by their largest
+    magnitude."""
     m = p.maps[block]
     if m.bits:
         return np.asarray(m.values, np.float32)
-    v = np.asarray(m.values, np.float32).reshape(1, 1, -1)
+    v = np.asarray(m.values, np.float32)
+    v = v if v.ndim == 3 else v.reshape(1, 1, -1)
     top = float(np.max(np.abs(v))) if v.size else 0.0
     return v / top if top > 0 else v
 
@@ -189,12 +200,14 @@ def _rows(e, w, values, name: str) -> list[str]:
     return lines
 
 
-def unit_text(e, *, detail: bool = True) -> str:
+def unit_text(e, *, detail: bool = True, adds=()) -> str:
     """The step-by-step computation of one output unit, as plain text.
 
     ``detail`` writes every tap's input bit, weight bit and XNOR (one line per kernel
     position, channels across, ``·`` for a padding tap that takes no part) for the window
     that gives the maximum, after the summary (every pooling window in one line each).
+    ``adds`` (:class:`bnnlab.deploy.explain.AddTerms`) follow the value into the graph's
+    ``add`` nodes.
     """
     y, x, c = e.unit
     kinds = {"xnor": "binary inputs: XNOR and popcount",
@@ -215,10 +228,17 @@ def unit_text(e, *, detail: bool = True) -> str:
         lines.append(f"max pool: m = {e.m:g}")
     else:
         lines.append(f"m = {e.m:g}")
-    lines.append(f"threshold: {e.rule}")
+    lines.append(f"threshold: {e.rule}" if e.rule.startswith(("+1", "always")) else
+                 f"scale and offset: {e.rule}")
     lines.append(f"output {e.output:+g}")
     verdict = "the same" if e.agrees else "DIFFERENT (a bug: please report it)"
     lines.append(f"the runtime computed {e.runtime_output:+g}: {verdict}")
+    for a in adds:
+        lines.append(f"node {a.node} adds it to the other branch (float32):")
+        for name, v in a.terms:
+            mine = "   <- this unit" if name.endswith(f"(block {e.block})") else ""
+            lines.append(f"  {v:+12.6g}  {name}{mine}")
+        lines.append(f"  = {a.total:+.6g}, sign {'+1' if a.total >= 0 else '-1'}")
     w = e.windows[best]
     if detail:
         lines.append("")

@@ -10,9 +10,16 @@ Plain data only (NumPy arrays, dataclasses, strings); the app's Bits panel draws
   while it reads the file (:func:`bnnlab.deploy.format.decode` with ``layout``), so the
   map cannot disagree with the reader;
 * :func:`activation_maps`: every block's output for one input, from the runtime;
+* :func:`block_inputs`: every block's input as the block reads it (the raw input, or ±1);
 * :func:`explain_unit`: one output of one block: its input bits and weight bits, their
   XNOR, the popcount of the disagreements, ``dot = K - 2 * popcount``, max pooling, the
-  threshold and the output bit, checked against the bit the runtime computed.
+  threshold and the output bit, checked against the bit the runtime computed;
+* :func:`graph_links`: in a graph model (version 2), where a block's input comes from and
+  where its output goes, and for one unit, the sum an ``add`` node makes of it.
+
+In a graph, a block may read the signs of a float tensor (``input == "signs"``: +1 where
+the value is >= 0) and give float values (``scale * m + offset``) to the float nodes
+after it, e.g. an ``add`` with a real-valued shortcut.
 
 The arithmetic (``docs/bnn-format.md`` and ``docs/thresholds.md`` explain it): with
 signs stored as bits (0 = +1, 1 = -1), two signs agree exactly when their bits are
@@ -34,10 +41,15 @@ __all__ = [
     "KernelBits",
     "Span",
     "Threshold",
+    "AddTerms",
+    "GraphLinks",
     "UnitExplanation",
     "Window",
     "activation_maps",
+    "add_terms",
+    "block_inputs",
     "explain_unit",
+    "graph_links",
     "file_layout",
     "kernel_bits",
     "tap_labels",
@@ -185,24 +197,48 @@ def file_layout(data: bytes) -> list[Span]:
 
 @dataclass(frozen=True, eq=False)
 class ActivationMap:
-    """One block's output for one input: ±1 int8 (H, W, C), or the logits (n,)."""
+    """One block's output for one input: ±1 int8 (H, W, C), or the logits (n,) of the
+    last block of a stack; in a graph, float values (H, W, C) for a block that outputs
+    them."""
 
     block: int
     values: np.ndarray
     bits: bool
 
 
+def _block_outputs(runtime, raw: np.ndarray) -> tuple[list[np.ndarray], list | None]:
+    """(each block's output for one raw input, flattened; every node's output of a graph
+    for that input (None for a stack))."""
+    mf = runtime.model_file
+    if not mf.nodes:
+        return [t[0] for t in runtime.trace(raw[None])], None
+    nodes = [t[0] for t in runtime.node_outputs(raw[None])]
+    return [nodes[j].reshape(-1) for j, nd in enumerate(mf.nodes) if nd.op == "block"], nodes
+
+
 def activation_maps(runtime, raw: np.ndarray) -> list[ActivationMap]:
     """Every block's output for one raw input (what the file reads, e.g. uint8 pixels)."""
     raw = np.asarray(raw)
-    trace = runtime.trace(raw[None])
+    outs, nodes = _block_outputs(runtime, raw)
     out = []
-    for i, (b, t) in enumerate(zip(runtime.model_file.blocks, trace)):
+    for i, (b, t) in enumerate(zip(runtime.model_file.blocks, outs)):
         if b.output == "bits":
-            out.append(ActivationMap(i, t[0].reshape(b.out_shape).astype(np.int8), True))
+            out.append(ActivationMap(i, t.reshape(b.out_shape).astype(np.int8), True))
+        elif nodes is not None and b.kind == "conv2d":
+            out.append(ActivationMap(i, np.asarray(t, np.float32).reshape(b.out_shape), False))
         else:
-            out.append(ActivationMap(i, np.asarray(t[0], np.float32), False))
+            out.append(ActivationMap(i, np.asarray(t, np.float32), False))
     return out
+
+
+def block_inputs(runtime, raw: np.ndarray) -> list[np.ndarray]:
+    """Every block's input for one raw input, (H, W, C) as the block reads it: the raw
+    input (integers, or floats scaled as the file says) for a block on the model input,
+    ±1 for a block on bits or on the signs of a float tensor."""
+    raw = np.asarray(raw)
+    outs, nodes = _block_outputs(runtime, raw)
+    return [_input_of(runtime.model_file, i, raw, outs, nodes)
+            for i in range(len(runtime.model_file.blocks))]
 
 
 # --------------------------------------------------------------------------- one unit
@@ -254,11 +290,21 @@ class UnitExplanation:
     agrees: bool
 
 
-def _block_input(mf: ModelFile, block: int, raw: np.ndarray, trace: list[np.ndarray]):
+def _block_node(mf: ModelFile, block: int) -> int:
+    """The 1-based node number of ``block`` in a graph."""
+    return next(j for j, nd in enumerate(mf.nodes, 1) if nd.op == "block" and nd.block == block)
+
+
+def _input_of(mf: ModelFile, block: int, raw: np.ndarray, outs: list, nodes: list | None):
     """The block's input as the runtime sees it, (H, W, C): raw values or ±1."""
     b = mf.blocks[block]
-    if block > 0:
-        return trace[block - 1][0].reshape(b.in_shape).astype(np.int64)
+    if nodes is not None and b.input != "raw":
+        src = nodes[mf.nodes[_block_node(mf, block) - 1].sources[0] - 1]
+        if b.input == "signs":  # +1 where v >= 0, -1 elsewhere (NaN too), as the runtime packs
+            return np.where(np.asarray(src) >= 0, 1, -1).astype(np.int64).reshape(b.in_shape)
+        return np.asarray(src).astype(np.int64).reshape(b.in_shape)
+    if nodes is None and block > 0:
+        return outs[block - 1].reshape(b.in_shape).astype(np.int64)
     spec = mf.input
     if b.acc == "int32":
         return np.asarray(raw, np.int64).reshape(b.in_shape)
@@ -269,7 +315,7 @@ def _block_input(mf: ModelFile, block: int, raw: np.ndarray, trace: list[np.ndar
 def _window(b: Block, x: np.ndarray, f: int, oy: int, ox: int) -> Window:
     taps = tap_labels(b)
     w = b.weights()[f]
-    binary_in = b.input == "bits"
+    binary_in = b.input in ("bits", "signs")
     vals = np.zeros(len(taps), x.dtype)
     counted = np.ones(len(taps), bool)
     if b.kind == "dense":
@@ -318,14 +364,14 @@ def explain_unit(runtime, raw: np.ndarray, block: int, unit: tuple[int, int, int
     if not (0 <= y < hp and 0 <= x < wp and 0 <= c < f):
         raise IndexError(f"unit {tuple(unit)} is outside block {block}'s output {b.out_shape}")
     raw = np.asarray(raw)
-    trace = runtime.trace(raw[None])
-    xin = _block_input(mf, block, raw, trace)
+    outs, nodes = _block_outputs(runtime, raw)
+    xin = _input_of(mf, block, raw, outs, nodes)
     size, stride = b.pool if b.pool[0] else (1, 1)
     windows = [_window(b, xin, c, y * stride + dy, x * stride + dx)
                for dy in range(size) for dx in range(size)]
     m = max(wd.dot for wd in windows)
-    kind = "xnor" if b.input == "bits" else ("integer" if b.acc == "int32" else "float")
-    got = trace[block][0]
+    kind = "xnor" if b.input in ("bits", "signs") else ("integer" if b.acc == "int32" else "float")
+    got = outs[block]
     if b.output == "bits":
         rule = thresholds(mf, block)[c]
         out = float(rule.output(m))
@@ -334,7 +380,71 @@ def explain_unit(runtime, raw: np.ndarray, block: int, unit: tuple[int, int, int
     else:
         scale, offset = np.float32(b.scale[c]), np.float32(b.offset[c])
         out = float(np.float32(np.float32(m) * scale) + offset)
-        runtime_out = float(got[c])
-        text = f"logit = {float(scale):.6g} * m + {float(offset):.6g}"
+        runtime_out = float(got[(y * wp + x) * f + c])
+        what = "logit" if block == len(mf.blocks) - 1 else "value"
+        sign = "-" if offset < 0 else "+"
+        text = f"{what} = {float(scale):.6g} * m {sign} {abs(float(offset)):.6g}"
     return UnitExplanation(block, (y, x, c), kind, tap_labels(b), windows, m, text, out,
                            runtime_out, out == runtime_out)
+
+
+# --------------------------------------------------------------------------- graphs
+
+_OP_NAMES = {"add": "add", "concatenate": "concatenate", "maxpool": "max pool"}
+
+
+def _node_name(mf: ModelFile, j: int) -> str:
+    """How the text names tensor ``j`` of a graph: the input, or node j and what it is."""
+    if j == 0:
+        return "the model input"
+    nd = mf.nodes[j - 1]
+    return f"node {j} ({f'block {nd.block}' if nd.op == 'block' else _OP_NAMES[nd.op]})"
+
+
+@dataclass(frozen=True)
+class GraphLinks:
+    """Where a block of a graph sits: its node, the tensor it reads and who reads its
+    output (each as text, e.g. ``node 3 (add)``)."""
+
+    block: int
+    node: int
+    source: str
+    readers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AddTerms:
+    """One ``add`` node's sum at one position: its terms (tensor name, value) in order,
+    and the float32 sum the runtime computed."""
+
+    node: int
+    terms: tuple[tuple[str, float], ...]
+    total: float
+
+
+def graph_links(mf: ModelFile, block: int) -> GraphLinks:
+    """Where ``block`` of a graph model reads from and writes to."""
+    if not mf.nodes:
+        raise ValueError("a stack of blocks has no graph links")
+    j = _block_node(mf, block)
+    readers = tuple(_node_name(mf, k) for k, nd in enumerate(mf.nodes, 1) if j in nd.sources)
+    return GraphLinks(block, j, _node_name(mf, mf.nodes[j - 1].sources[0]), readers)
+
+
+def add_terms(runtime, raw: np.ndarray, block: int, unit: tuple[int, int, int]) -> list[AddTerms]:
+    """For one raw input, every ``add`` node that reads ``block``'s output directly, at the
+    position ``unit`` of that output: the values it adds (e.g. the block's value and the
+    real-valued shortcut's) and their sum. Empty for a stack."""
+    mf = runtime.model_file
+    if not mf.nodes:
+        return []
+    j = _block_node(mf, block)
+    nodes = [t[0] for t in runtime.node_outputs(np.asarray(raw)[None])]
+    y, x, c = (int(v) for v in unit)
+    found = []
+    for k, nd in enumerate(mf.nodes, 1):
+        if nd.op != "add" or j not in nd.sources:
+            continue
+        terms = tuple((_node_name(mf, s), float(nodes[s - 1][y, x, c])) for s in nd.sources)
+        found.append(AddTerms(k, terms, float(nodes[k - 1][y, x, c])))
+    return found

@@ -340,7 +340,9 @@ class Runtime:
                              unpack_activations(x, pb.f).reshape(x.shape[0], -1))
         return x
 
-    def _run_graph(self, raw: np.ndarray) -> np.ndarray:
+    def _run_graph(self, raw: np.ndarray, nodes: list | None = None) -> np.ndarray:
+        """The logits of a graph model; ``nodes``, a list, receives every node's output
+        (a block's bits as packed words, float tensors as they are)."""
         n = raw.shape[0]
         mf = self.model_file
         tensors: list = [None]  # 0: the input, normalized by each block that reads it
@@ -369,6 +371,8 @@ class Runtime:
             else:
                 y = _max_pool(src[0], *node.pool)
             tensors.append(y)
+        if nodes is not None:
+            nodes.extend(tensors[1:])
         return tensors[-1].reshape(n, -1)
 
     def logits(self, raw: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -401,6 +405,28 @@ class Runtime:
         out: list[np.ndarray] = []
         self._run(np.asarray(raw), out)
         return out
+
+    def node_outputs(self, raw: np.ndarray) -> list[np.ndarray]:
+        """Every node's output of a graph model (version 2) for a small batch, in node
+        order: int8 ±1 (N, H, W, C) where a block outputs bits, float32 (N, H, W, C)
+        otherwise (the last block's logits (N, H, W, C) too)."""
+        if not self.model_file.nodes:
+            raise ValueError("a stack of blocks has no graph nodes; use trace")
+        raw = np.asarray(raw)
+        self._normalize(raw, self._blocks[0])  # the input's shape and type, checked
+        outs: list = []
+        self._run_graph(raw, outs)
+        n = raw.shape[0]
+        mf = self.model_file
+        shaped = []
+        for node, y in zip(mf.nodes, outs):
+            if node.op == "block" and mf.blocks[node.block].output == "bits":
+                b = mf.blocks[node.block]
+                y = unpack_activations(y, b.out_channels).reshape(n, *b.out_shape)
+            elif node.op == "block":
+                y = np.asarray(y, np.float32).reshape(n, *mf.blocks[node.block].out_shape)
+            shaped.append(y)
+        return shaped
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) the kernels this model uses."""

@@ -1,16 +1,20 @@
 """The Bits panel: a binary model as its ``.bnn`` file stores it, run on Try it's input.
 
 For the selected run (its final weights folded into the ``.bnn`` form) or an opened model,
-in three tabs:
+a stack of blocks or a graph (version 2: blocks joined by float add, concatenate and
+max-pool nodes, e.g. a residual network), in three tabs:
 
 * **Activations · one unit**: the chosen block's input and output for the current Try-it
   input (a drawing or a test image), computed by the packed runtime: one ±1 tile per
   channel, or a strip of bits for a dense block. Clicking a unit of the output selects it
   and shades its receptive field in the input; beside it, the unit's computation step by
   step (input bits, weight bits, XNOR, popcount, ``K - 2 popcount``, pooling, threshold,
-  output bit) and whether the runtime computed the same bit;
+  output bit) and whether the runtime computed the same bit. In a graph, a block reads
+  the signs of a float tensor (e.g. the sum of a shortcut and a block's values) and gives
+  real values, which the text follows into the ``add`` nodes that read them;
 * **Weight bits · thresholds**: the block's packed kernel as a bit plane (filters x taps,
-  in the file's packing order) and the folded per-channel thresholds;
+  in the file's packing order) and the folded per-channel thresholds (or, for a block
+  that outputs values, the folded scale and offset);
 * **File bytes**: which bytes of the file hold what.
 
 The layout and the text are in :mod:`bnnlab.app.bits`; the numbers in
@@ -38,7 +42,7 @@ from PySide6.QtWidgets import (
 )
 
 from ...app.bits import Mosaic, block_input, block_output, probe, receptive_field, unit_text
-from ...deploy.explain import kernel_bits, thresholds
+from ...deploy.explain import graph_links, kernel_bits, thresholds
 from ..views.background import LatestOnly
 from ..views.bitmap import BitMap
 from ..views.picture import Picture
@@ -51,16 +55,20 @@ TRY_IT, TEST_IMAGE = 0, 1
 def _analyse(opened):
     """Everything about the model the panel draws, off the GUI thread."""
     mf = opened.model_file()
-    if mf.is_graph:  # the views follow one chain of blocks
-        raise ValueError("it is a graph (a version 2 .bnn file); this panel shows stacks of "
-                         "blocks only")
     blocks = []
     for i, b in enumerate(mf.blocks):
         kb = kernel_bits(mf, i) if b.kernel == "bits" else None
         th = thresholds(mf, i) if b.output == "bits" else []
         blocks.append((b, kb, th))
+    links = [graph_links(mf, i) for i in range(len(mf.blocks))] if mf.is_graph else []
     opened.runtime()  # built here, not on the GUI thread
-    return opened, mf, blocks, opened.bnn_layout()
+    return opened, mf, blocks, opened.bnn_layout(), links
+
+
+def _epilogue_rules(b) -> list[str]:
+    """Per output channel of a block that outputs values: how m becomes its value."""
+    return [f"{float(sc):.6g} * m {'-' if of < 0 else '+'} {abs(float(of)):.6g}"
+            for sc, of in zip(b.scale, b.offset)]
 
 
 def _probe(generation, opened, x, block, unit):
@@ -152,6 +160,7 @@ class BitsPanel(QWidget):
         self._probe_label = ""
         self._generation = 0
         self.blocks = []
+        self.links = []
         self.probe = None
         self.explanation = None
         self._waiting("Select a finished run with a binary network, or open a .bnn file "
@@ -193,7 +202,7 @@ class BitsPanel(QWidget):
         self.plane = Picture("weight bits (rows: filters · columns: taps)", (0.0, 1.0),
                              caption="black: bit 1 (weight −1) · white: bit 0 (+1)")
         self.plane.setMinimumSize(240, 150)
-        self.thresholds = _table(["channel", "output bit from m, the (pooled) dot product"])
+        self.thresholds = _table(["channel", "output from m, the (pooled) dot product"])
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.plane)
         split.addWidget(self.thresholds)
@@ -283,13 +292,25 @@ class BitsPanel(QWidget):
             if generation == self._generation:
                 self._show_probe(p)
 
-    def _show_model(self, opened, mf, blocks, spans) -> None:
-        self._opened, self._mf, self.blocks = opened, mf, blocks
+    def _show_model(self, opened, mf, blocks, spans, links) -> None:
+        self._opened, self._mf, self.blocks, self.links = opened, mf, blocks, links
         self.pages.setCurrentIndex(1)
         binary = sum(kb is not None for _b, kb, _t in blocks)
-        self.heading.setText(f"{self._title} as a .bnn file: {len(blocks)} blocks "
-                             f"({binary} with binary weights), {sum(s.size for s in spans):,} "
-                             f"bytes; computed on the packed integer runtime.")
+        size = f"{sum(s.size for s in spans):,} bytes"
+        if mf.is_graph:
+            ops = [nd.op for nd in mf.nodes if nd.op != "block"]
+            joined = ", ".join(f"{ops.count(op)} {name}" for op, name in (
+                ("add", "add"), ("concatenate", "concatenate"), ("maxpool", "max pool"))
+                if ops.count(op))
+            self.heading.setText(
+                f"{self._title} as a .bnn graph file (version 2): {len(blocks)} blocks "
+                f"({binary} with binary weights) joined by {len(ops)} float nodes ({joined}), "
+                f"{size}; blocks computed on the packed integer runtime, the float nodes in "
+                "float32. A block reads the signs of its input tensor.")
+        else:
+            self.heading.setText(f"{self._title} as a .bnn file: {len(blocks)} blocks "
+                                 f"({binary} with binary weights), {size}; computed on the "
+                                 f"packed integer runtime.")
         self.byte_table.setRowCount(len(spans))
         for i, sp in enumerate(spans):
             for j, v in enumerate((f"{sp.offset:,}", f"{sp.size:,}", sp.what)):
@@ -301,12 +322,18 @@ class BitsPanel(QWidget):
             kind = "binary" if kb is not None else "float32"
             inputs = "bits" if b.input == "bits" else "raw input"
             out = "bits" if b.output == "bits" else "logits"
+            if links and b.input != "raw":
+                inputs = f"{'signs' if b.input == 'signs' else 'bits'} of {links[i].source}"
+            out = f"{out} out"
+            if links and links[i].readers:
+                out = f"{'bits' if b.output == 'bits' else 'values'} → {', '.join(links[i].readers)}"
             self.block.addItem(f"{i}: {b.kind} {'x'.join(map(str, b.in_shape))} → "
-                               f"{'x'.join(map(str, b.out_shape))} ({kind} weights on {inputs}, "
-                               f"{out} out)", i)
+                               f"{'x'.join(map(str, b.out_shape))} ({kind} weights on {inputs}; "
+                               f"{out})", i)
         self.block.blockSignals(False)
         # Open on the first XNOR-popcount block (binary inputs and weights), if any.
-        xnor = [i for i, (b, kb, _t) in enumerate(blocks) if kb is not None and b.input == "bits"]
+        xnor = [i for i, (b, kb, _t) in enumerate(blocks)
+                if kb is not None and b.input in ("bits", "signs")]
         self.block.setCurrentIndex(xnor[0] if xnor else 0)
         self._show_block()
 
@@ -322,10 +349,11 @@ class BitsPanel(QWidget):
         else:
             self.plane.set_image(np.full((1, 1), 0.5, np.float32))
             self.plane.set_title("float32 weights: no bits to show")
-        self.thresholds.setRowCount(len(th))
-        for r, t in enumerate(th):
-            self.thresholds.setItem(r, 0, QTableWidgetItem(str(t.channel)))
-            self.thresholds.setItem(r, 1, QTableWidgetItem(t.rule()))
+        rules = [t.rule() for t in th] if b.output == "bits" else _epilogue_rules(b)
+        self.thresholds.setRowCount(len(rules))
+        for r, rule in enumerate(rules):
+            self.thresholds.setItem(r, 0, QTableWidgetItem(str(r)))
+            self.thresholds.setItem(r, 1, QTableWidgetItem(rule))
         self.thresholds.resizeColumnToContents(0)
         out_h, out_w, out_c = b.out_shape
         for spin, top in ((self.channel, out_c), (self.row, out_h), (self.col, out_w)):
@@ -384,13 +412,21 @@ class BitsPanel(QWidget):
         self.input_map.set_values(inp, in_mosaic)
         self.output_map.set_values(out, out_mosaic)
         h, w, c = b.in_shape
-        what = "pixels" if i == 0 and mf.input.encoding == "uint8" else \
-            ("inputs" if i == 0 else f"bits of block {i - 1}")
+        if b.input == "raw":
+            what = "pixels" if mf.input.encoding == "uint8" else "inputs"
+        elif self.links:
+            what = f"{'signs' if b.input == 'signs' else 'bits'} of {self.links[i].source}"
+        else:
+            what = f"bits of block {i - 1}"
         self.input_map.set_title(f"input: {what} ({c} × {h}×{w}); shaded: receptive field")
         oh, ow, oc = b.out_shape
         if b.output == "bits":
             shape = f"a strip of {oc} bits" if (oh, ow) == (1, 1) else f"{oc} channels of {oh}×{ow}"
             self.output_map.set_title(f"output: {shape} (white +1, black −1); click one")
+        elif i < len(mf.blocks) - 1:
+            top = float(np.max(np.abs(p.maps[i].values)))
+            self.output_map.set_title(f"output: {oc} × {oh}×{ow} real values (black −{top:.3g}, "
+                                      f"white +{top:.3g}); click one")
         else:
             self.output_map.set_title(f"output: {oc} logits (grey scale: black lowest, white "
                                       "highest); click one")
@@ -402,4 +438,4 @@ class BitsPanel(QWidget):
         self.verdict.setText(f"Unit (row {e.unit[0]}, column {e.unit[1]}, channel {e.unit[2]}): "
                              f"by hand {e.output:+g}; the runtime computed "
                              f"<b style='color:{color}'>{verdict}</b> ({e.runtime_output:+g}).")
-        self.steps.setPlainText(unit_text(e))
+        self.steps.setPlainText(unit_text(e, adds=p.adds))

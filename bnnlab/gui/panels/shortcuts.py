@@ -77,15 +77,13 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 class _Page(QWidget):
-    """A page whose height does not follow its word-wrapped labels' preferred height (a
-    stacked widget would pass that on as the panel's minimum, pushing the plots off the
-    view); the layout's minimum still holds."""
-
-    def hasHeightForWidth(self) -> bool:
-        return False
+    """A page whose height for a width is its layout's minimum for that width, not the
+    preferred one: a stacked widget passes it on as the panel's minimum height, and the
+    preferred height of the plots would push them off the view (the scroll area scrolls
+    only below the minimum)."""
 
     def heightForWidth(self, width: int) -> int:
-        return -1
+        return self.layout().minimumHeightForWidth(width)
 
 
 class ShortcutsPanel(QWidget):
