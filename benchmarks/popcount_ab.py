@@ -1,13 +1,14 @@
-"""The two AVX2 ways of counting bits in the binary GEMM, interleaved in one process.
+"""The three AVX2 ways of counting bits in the binary GEMM, interleaved in one process.
 
     python benchmarks/popcount_ab.py [--rounds 9] [--shapes MxKxN,...] [--force]
 
-Per-word byte tables ("bytes") against Harley-Seal carry-save adders ("csa"): in each
-round, in alternating order, the register-only probe of each method and the 1-thread
-binary GEMM with each, on the same operands. Prints the medians in T binary ops/s (2 per
-bit), each GEMM as a fraction of its own method's probe, and the speed-up of "csa", both
-per second of wall time and per second of this thread's CPU time (which other processes
-on a shared machine disturb much less), with the load average before and after.
+Per-word byte tables ("bytes"), Harley-Seal carry-save adders ("csa") and nibbles split
+beforehand ("nibbles"): in each round, in rotating order, the register-only probe of
+each method and the 1-thread binary GEMM with each, on the same operands. Prints the
+medians in T binary ops/s (2 per bit), each GEMM as a fraction of its own method's probe
+and of the fastest probe, and the speed-up of each method over "bytes", both per second
+of wall time and per second of this thread's CPU time (which other processes on a
+shared machine disturb much less), with the load average before and after.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def main() -> None:
     probes = {
         "bytes": (lambda: roofline.binary_probe(1000, *words), 1000 * 6 * 4 * 31),
         "csa": (lambda: roofline.binary_probe_csa(300, *words[:3]), 300 * 2 * 4 * 31 * 8),
+        "nibbles": (lambda: roofline.binary_probe_nibbles(1200, *words), 1200 * 4 * 4 * 31),
     }
+    methods = tuple(probes)
     rng = np.random.default_rng(0)
     cases = []
     for spec in args.shapes.split(","):
@@ -55,16 +58,19 @@ def main() -> None:
         a = rng.integers(0, 2**63, (m, kw), dtype=np.uint64)
         bt = rng.integers(0, 2**63, (kw, n), dtype=np.uint64)
         cases.append((spec, m, k, n, a, bt, np.empty((m, n), np.int32)))
-    csa_arg = {"bytes": np.int64(0), "csa": np.int64(1 if args.force else xnor.CSA_MIN_WORDS)}
+    # (csa, nib) arguments of the GEMM for each method.
+    csa_arg = {"bytes": (np.int64(0), np.int64(0)),
+               "csa": (np.int64(1 if args.force else xnor.CSA_MIN_WORDS), np.int64(0)),
+               "nibbles": (np.int64(0), np.int64(1))}
     load0 = open("/proc/loadavg").read().split()[:3]
     for fn, _ in probes.values():  # compile or load
         fn()
     for spec, m, k, n, a, bt, out in cases:
         for c in csa_arg.values():
-            xnor.xnor_gemm_serial(a, bt, np.int64(k), out, c)
+            xnor.xnor_gemm_serial(a, bt, np.int64(k), out, *c)
     got: dict[tuple, list] = {}
     for r in range(args.rounds):
-        order = ("bytes", "csa") if r % 2 == 0 else ("csa", "bytes")
+        order = methods[r % 3:] + methods[:r % 3]
         for method in order:
             fn, nwords = probes[method]
             w, c = _timed(fn)
@@ -73,7 +79,7 @@ def main() -> None:
         for spec, m, k, n, a, bt, out in cases:
             for method in order:
                 w, c = _timed(lambda: xnor.xnor_gemm_serial(a, bt, np.int64(k), out,
-                                                            csa_arg[method]))
+                                                            *csa_arg[method]))
                 got.setdefault((spec, method), []).append((2 * m * n * k / w, 2 * m * n * k / c))
     load1 = open("/proc/loadavg").read().split()[:3]
     med = {key: [float(np.median([v[i] for v in vals])) / 1e12 for i in (0, 1)]
@@ -82,20 +88,20 @@ def main() -> None:
               "loadavg_after": load1, "tops": {f"{a}/{b}": v for (a, b), v in med.items()}}
     print(f"{result['cpu']}; load {' '.join(load0)} -> {' '.join(load1)}; "
           f"medians of {args.rounds} interleaved rounds, T binary ops/s (wall | CPU time)")
-    for method in ("bytes", "csa"):
+    for method in methods:
         w, c = med[("probe", method)]
-        print(f"  probe {method:5s}  {w:.3f} | {c:.3f}")
+        print(f"  probe {method:7s}  {w:.3f} | {c:.3f}")
+    top = [max(med[("probe", m)][i] for m in methods) for i in (0, 1)]
     for spec, *_ in cases:
-        line = [f"  {spec:16s}"]
-        for method in ("bytes", "csa"):
+        print(f"  {spec}")
+        for method in methods:
             w, c = med[(spec, method)]
             pw, pc = med[("probe", method)]
-            line.append(f"{method} {w:.3f} | {c:.3f} ({100 * w / pw:.0f}% | {100 * c / pc:.0f}% "
-                        f"of its probe)")
-        sw = med[(spec, "csa")][0] / med[(spec, "bytes")][0]
-        sc = med[(spec, "csa")][1] / med[(spec, "bytes")][1]
-        line.append(f"csa/bytes {sw:.2f}x | {sc:.2f}x")
-        print("  ".join(line))
+            sw = w / med[(spec, "bytes")][0]
+            sc = c / med[(spec, "bytes")][1]
+            print(f"    {method:7s} {w:.3f} | {c:.3f}  ({100 * w / pw:.0f}% | {100 * c / pc:.0f}% "
+                  f"of its probe, {100 * w / top[0]:.0f}% | {100 * c / top[1]:.0f}% of the "
+                  f"fastest)  {sw:.2f}x | {sc:.2f}x bytes")
     print(json.dumps(result))
 
 

@@ -17,6 +17,7 @@ two peaks (binary MACs at the binary peak, 32-bit MACs at the float peak, 2 oper
 per MAC; training adds the float products of the backward pass). Zeros skipped by a
 kernel still count as work, so skipping them shows as a higher fraction.
 
+A GEMM sample is the mean of back-to-back calls lasting about 2 ms (see :func:`timed`).
 Every figure is the median of several repeats, and every ratio compares two figures
 measured here, now, on this CPU, with the same thread count. The load average of the
 machine is recorded before and after, since other processes disturb the timings.
@@ -35,6 +36,10 @@ import numpy as np
 __all__ = ["run_bench", "cpu_features", "larq_runtime"]
 
 GEMM_SHAPES = [(64, 576, 64), (5184, 576, 64), (1024, 4608, 256), (4096, 4096, 4096)]
+# GEMM cases time back-to-back calls lasting about this long per sample (see timed).
+GEMM_SAMPLE_S = 2e-3
+# The groups of cases, in the order they run; ``--only`` picks some.
+GROUPS = ("gemm", "layers", "inference", "runtime", "training", "epoch")
 
 
 def cpu_features() -> dict:
@@ -49,8 +54,9 @@ def cpu_features() -> dict:
             **{k: bool(feats.get(k, False)) for k in keys},
             "popcount": {"lanes": "vpopcntq per 64-bit lane",
                          "bytes": "per-byte table lookup (vpshufb), byte counters",
-                         "csa": "Harley-Seal carry-save adders over 8 words, then per-byte "
-                                "table lookup (vpshufb)"}[POPCOUNT_MODE]}
+                         "csa": "nibbles split beforehand, per-nibble table lookup "
+                                "(vpshufb), byte counters; calls of few rows: Harley-Seal "
+                                "carry-save adders over 8 words"}[POPCOUNT_MODE]}
 
 
 @contextmanager
@@ -72,8 +78,15 @@ def median_time(fn, repeats: int, min_time: float = 0.0) -> float:
     return timed(fn, repeats, min_time)[0]
 
 
-def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = None):
-    """(median seconds of fn(), peaks) over at least ``repeats`` calls and ``min_time``.
+def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = None,
+          sample_s: float = 0.0):
+    """(median seconds of fn(), peaks) over at least ``repeats`` samples and ``min_time``.
+
+    A sample is one call, or with ``sample_s`` as many back-to-back calls as last about
+    that long (counted from a first timed call), divided by their number: the rate of a
+    kernel called again and again, as inside a network, where threads that finished one
+    call are still awake for the next. A lone call after a pause also pays for waking
+    them (some 0.05-0.1 ms on this kind of virtual machine).
 
     With ``probe_threads``, each call of fn is followed by one register-only probe on
     that many threads, and peaks is {"binary_tops", "float32_gflops"}: the medians of
@@ -85,14 +98,20 @@ def timed(fn, repeats: int, min_time: float = 0.0, probe_threads: int | None = N
     from .core.kernels.roofline import probe
 
     fn()  # warm caches and compile
+    calls = 1
+    if sample_s > 0:
+        t = time.perf_counter()
+        fn()
+        calls = max(1, min(1000, round(sample_s / max(time.perf_counter() - t, 1e-9))))
     times, cpu, probes, cpu_probes = [], [], [], []
     t_end = time.perf_counter() + min_time
     while len(times) < repeats or time.perf_counter() < t_end:
         c = time.process_time()
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t) / calls)
+        cpu.append((time.process_time() - c) / calls)
         if probe_threads:
             probes.append(probe(probe_threads))
             if probe_threads == 1:
@@ -159,8 +178,8 @@ def bench_gemm(m, k, n, repeats, nthreads=1, roofline=False):
     probe_threads = nthreads if roofline else None
     with threads(nthreads):
         tb, peaks = timed(lambda: K.xnor_gemm(abits, bt, k, out, parallel=nthreads > 1),
-                          repeats, 0.2, probe_threads)
-        tf = median_time(lambda: np.matmul(a, b, out=fout), repeats, 0.2)
+                          repeats, 0.2, probe_threads, sample_s=GEMM_SAMPLE_S)
+        tf = timed(lambda: np.matmul(a, b, out=fout), repeats, 0.2, sample_s=GEMM_SAMPLE_S)[0]
     row = {"case": f"gemm {m}x{k}x{n}", "threads": nthreads,
            "binary_tops": ops / tb / 1e12, "float32_gflops": ops / tf / 1e9,
            "binary_ms": tb * 1e3, "float32_ms": tf * 1e3, "ratio": tf / tb}
@@ -346,6 +365,9 @@ def _fmt_roofline(roof) -> list[str]:
         lines.append(f"  {n} thread{'s' if n != '1' else ' '}  binary {by['binary_tops']:.3f} "
                      f"T ops/s  float32 FMA {by['float32_gflops']:.1f} GFLOP/s  "
                      f"(ratio {1e3 * by['binary_tops'] / by['float32_gflops']:.1f}x)")
+    if len(roof.get("by_method", {})) > 1:
+        lines.append("  1 thread, each count the GEMM may use: " + ", ".join(
+            f"{name} {tops:.3f}" for name, tops in roof["by_method"].items()) + " T ops/s")
     return lines
 
 
@@ -409,17 +431,23 @@ def run_bench(args) -> int:
             if not args.json:
                 print(_fmt(r), flush=True)
 
-    for shape in GEMM_SHAPES:
-        if quick and shape == (4096, 4096, 4096):
-            continue
-        emit([bench_gemm(*shape, repeats=repeats, nthreads=1, roofline=True)])
-        if shape[0] >= 1024:
-            emit([bench_gemm(*shape, repeats=repeats, nthreads=2, roofline=True)])
-    emit(bench_layers(repeats, roofline=True))
-    emit(bench_inference(repeats, roofline=True))
-    emit(bench_runtime(repeats, roofline=True))
-    emit(bench_training(max(5, repeats), roofline=True))
-    if not quick:
+    only = set(getattr(args, "only", None) or GROUPS)
+    shapes = getattr(args, "gemm", None) or [s for s in GEMM_SHAPES
+                                             if not (quick and s == (4096, 4096, 4096))]
+    if "gemm" in only:
+        for shape in shapes:
+            emit([bench_gemm(*shape, repeats=repeats, nthreads=1, roofline=True)])
+            if shape[0] >= 1024:
+                emit([bench_gemm(*shape, repeats=repeats, nthreads=2, roofline=True)])
+    if "layers" in only:
+        emit(bench_layers(repeats, roofline=True))
+    if "inference" in only:
+        emit(bench_inference(repeats, roofline=True))
+    if "runtime" in only:
+        emit(bench_runtime(repeats, roofline=True))
+    if "training" in only:
+        emit(bench_training(max(5, repeats), roofline=True))
+    if "epoch" in only and not quick:
         emit(bench_epoch(roofline=True))
     out["load_average_after"] = _load()
     if not args.json:

@@ -349,6 +349,29 @@ def cmd_install_desktop(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+from .bench import GROUPS as BENCH_GROUPS  # noqa: E402
+
+
+def _bench_groups(text: str) -> list[str]:
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    bad = [g for g in groups if g not in BENCH_GROUPS]
+    if bad or not groups:
+        raise argparse.ArgumentTypeError(
+            f"unknown group {', '.join(bad) or repr(text)} (choose from {', '.join(BENCH_GROUPS)})")
+    return groups
+
+
+def _gemm_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for spec in text.split(","):
+        parts = spec.strip().lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and 0 < int(p) <= 1 << 16 for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"{spec.strip()!r} is not MxKxN with sizes from 1 to 65536")
+        shapes.append(tuple(int(p) for p in parts))
+    return shapes
+
+
 
 def _is_scene_ref(arg: str) -> bool:
     from .io.scenes import preset_names
@@ -407,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--quick", action="store_true", help="fewer repeats, skip the largest cases")
     b.add_argument("--repeats", type=int, default=None)
+    b.add_argument("--only", type=_bench_groups, metavar="GROUP[,GROUP...]",
+                   help="run only these groups of cases: " + ", ".join(BENCH_GROUPS))
+    b.add_argument("--gemm", type=_gemm_shapes, metavar="MxKxN[,MxKxN...]",
+                   help="binary GEMM shapes to time instead of the usual four")
     b.add_argument("--data-dir")
     b.set_defaults(func=cmd_bench)
 

@@ -26,7 +26,8 @@ CHECK = textwrap.dedent("""
     from bnnlab.core.kernels import packing, xnor
     bad = []
     for m, k, n in [(1, 1, 1), (7, 65, 17), (33, 288, 64), (129, 100, 33), (3, 2500, 20),
-                    (2, 4096, 16), (1, 8257, 17), (515, 130, 20), (1, 1100, 16), (4, 1031, 48)]:
+                    (2, 4096, 16), (1, 8257, 17), (515, 130, 20), (1, 1100, 16), (4, 1031, 48),
+                    (40, 576, 64)]:
         rng = np.random.default_rng(m + k + n)
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
@@ -45,6 +46,12 @@ CHECK = textwrap.dedent("""
             xnor.xnor_gemm_serial(abits, bt, np.int64(k), out, np.int64(csa))
             if not np.array_equal(out, want):
                 bad.append([m, k, n, "csa", csa])
+        # The split-nibble count of short rows forced on (1) and off (0), in this mode.
+        for nib in (0, 1):
+            out = np.full((m, n), 7, np.int32)
+            xnor.xnor_gemm_serial(abits, bt, np.int64(k), out, np.int64(32), np.int64(nib))
+            if not np.array_equal(out, want):
+                bad.append([m, k, n, "nib", nib])
     print(json.dumps({"mode": K.POPCOUNT_MODE, "bad": bad}))
 """)
 
@@ -77,7 +84,7 @@ ASM = textwrap.dedent("""
     from numba import types
     from bnnlab.core import kernels as K
     sig = (types.Array(types.uint64, 2, "C"), types.Array(types.uint64, 2, "C"), types.int64,
-           types.Array(types.int32, 2, "C"), types.int64)
+           types.Array(types.int32, 2, "C"), types.int64, types.int64)
     K.xnor_gemm_serial.compile(sig)
     asm = K.xnor_gemm_serial.inspect_asm(sig)
     print(json.dumps({"mode": K.POPCOUNT_MODE, "vpopcntq": asm.count("vpopcntq"),

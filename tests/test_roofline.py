@@ -87,3 +87,26 @@ def test_measure_roofline_reports_both_peaks_per_thread_count():
     for by in r["by_threads"].values():
         assert by["binary_tops"] > 0 and by["float32_gflops"] > 0
     assert r["method"] and r["isa"]
+
+
+@pytest.mark.parametrize("iters", [0, 1, 3])
+def test_nibble_probe_counts_what_its_twin_counts(iters):
+    words = [np.uint64(v) for v in (0x0123456789ABCDEF, 0xFFFFFFFFFFFFFFFF, 0, 0x8000000000000001)]
+    got = roofline.binary_probe_nibbles(iters, *words)
+    assert int(got) == roofline.binary_probe_nibbles_ref(iters, *words)
+
+
+def test_nibble_probe_loop_stays_in_registers():
+    words = [np.uint64(v) for v in (1, 2, 3, 4)]
+    asm = _fresh_asm(roofline.binary_probe_nibbles, JIT, (2, *words))
+    body = _innermost(asm, "vpshufb")
+    count = sum("vpshufb" in line for line in body)
+    # Two lookups for each of four accumulators per word, once or unrolled.
+    assert count >= 8 and count % 8 == 0, body
+    assert sum(line.strip().startswith("vpxor") for line in body) >= count, body
+    assert _memory_operands(body) == [], body
+
+
+def test_every_count_the_gemm_may_use_has_a_peak():
+    peaks = roofline.method_peaks(rounds=1)
+    assert list(peaks) == list(roofline.METHOD_PROBES) and all(v > 0 for v in peaks.values())

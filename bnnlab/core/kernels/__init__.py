@@ -11,7 +11,8 @@
 - :mod:`.threads`: when work is split over threads, and the process-wide tuning that the
   entry points apply (:func:`tune_process`);
 - :mod:`.simd` and :mod:`.jit`: the vector types, intrinsics and compile options they
-  are written with; :mod:`.warmup`: compiling everything ahead of use.
+  are written with; :mod:`.caches`: the cache sizes blocks are cut to;
+  :mod:`.roofline`: this CPU's peaks; :mod:`.warmup`: compiling everything ahead of use.
 
 Packed bits follow Larq Compute Engine: bit 1 means -1, bit 0 means +1, element i of a
 row in bit ``i % 64`` of word ``i // 64``; rows are zero-padded in both operands, so

@@ -4,7 +4,8 @@ Each probe runs the arithmetic of a kernel's inner loop on values that never lea
 registers, so its rate is what the execution units sustain and nothing else:
 
 - binary: XOR + population count + accumulate, with the popcount method the binary GEMM
-  uses in this process (:data:`~.simd.POPCOUNT_MODE`) on 256-bit vectors, folding byte
+  uses in this process (:data:`~.simd.POPCOUNT_MODE`; in the "csa" mode, the split-nibble
+  count its tiles use whenever A has enough rows) on 256-bit vectors, folding byte
   counters into lanes as often as the GEMM does. One XOR-popcount of a 64-bit word counts as 128 binary
   operations (the usual convention: an XNOR and an add per bit).
 - float32: fused multiply-adds on eight-float vectors, twelve independent chains (more
@@ -27,11 +28,12 @@ import numpy as np
 
 from .jit import JIT, JIT_FLOAT, JIT_INLINE
 from .simd import (HOST_FEATURES, POPCOUNT_MODE, uadd, ubytesum, ucadd, ucsa, ucsa_rest,
-                   uopaque, upopadd, usplat, ustore, utimes8, uxor, uxor_popadd, uzero, vadd,
-                   vfma, vopaque, vsplat, vstore)
+                   unibpop, uopaque, upopadd, usplat, ustore, utimes8, uxor, uxor_popadd, uzero,
+                   vadd, vfma, vopaque, vsplat, vstore)
 
-__all__ = ["binary_probe", "binary_probe_csa", "float_probe", "probe", "measure_roofline", "popcount_method", "isa",
-           "binary_probe_ref", "binary_probe_csa_ref", "float_probe_ref"]
+__all__ = ["binary_probe", "binary_probe_csa", "binary_probe_nibbles", "float_probe", "probe",
+           "measure_roofline", "popcount_method", "isa", "binary_probe_ref",
+           "binary_probe_csa_ref", "binary_probe_nibbles_ref", "float_probe_ref"]
 
 # Binary operations per 64-bit word XOR-popcounted (an XNOR and an add per bit).
 OPS_PER_WORD = 128
@@ -39,6 +41,8 @@ OPS_PER_WORD = 128
 _WORDS_PER_ITER = 6 * 4 * 31
 # Words per binary_probe_csa iteration: 2 column groups x 4 words, 31 blocks of 8.
 _CSA_WORDS_PER_ITER = 2 * 4 * 31 * 8
+# Words per binary_probe_nibbles iteration: 4 accumulators x 4 words, 31 times.
+_NIB_WORDS_PER_ITER = 4 * 4 * 31
 # FLOPs per float_probe iteration: 12 vector FMAs of 8 lanes, 2 FLOPs each.
 _FLOPS_PER_ITER = 12 * 8 * 2
 
@@ -144,6 +148,53 @@ def binary_probe_csa(iters, a, b, c):
     return out.sum()
 
 
+_NIB_LO = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
+@nb.njit(**JIT)
+def binary_probe_nibbles(iters, a, b, c, d):
+    """The inner loop of the split-nibble binary GEMM (popcount mode "csa", enough rows)
+    on registers: ``iters`` rounds of 31 words of one row (the nibbles of ``a``, made
+    opaque every word) against four column vectors (the nibbles of ``b``, ``c``, ``d``,
+    ``a ^ d``), two table lookups per vector, the byte counters folded into lanes every
+    31 words as the GEMM does; returns the total count of set bits."""
+    four = np.uint64(4)
+    lo = usplat(a & _NIB_LO)
+    hi = usplat((a >> four) & _NIB_LO)
+    e = a ^ d
+    b0 = usplat(b & _NIB_LO)
+    b1 = usplat((b >> four) & _NIB_LO)
+    b2 = usplat(c & _NIB_LO)
+    b3 = usplat((c >> four) & _NIB_LO)
+    b4 = usplat(d & _NIB_LO)
+    b5 = usplat((d >> four) & _NIB_LO)
+    b6 = usplat(e & _NIB_LO)
+    b7 = usplat((e >> four) & _NIB_LO)
+    t0 = uzero()
+    t1 = uzero()
+    t2 = uzero()
+    t3 = uzero()
+    for _ in range(iters):
+        c0 = uzero()
+        c1 = uzero()
+        c2 = uzero()
+        c3 = uzero()
+        for _w in range(31):
+            lo = uopaque(lo)
+            hi = uopaque(hi)
+            c0 = unibpop(unibpop(c0, lo, b0), hi, b1)
+            c1 = unibpop(unibpop(c1, lo, b2), hi, b3)
+            c2 = unibpop(unibpop(c2, lo, b4), hi, b5)
+            c3 = unibpop(unibpop(c3, lo, b6), hi, b7)
+        t0 = uadd(t0, ubytesum(c0))
+        t1 = uadd(t1, ubytesum(c1))
+        t2 = uadd(t2, ubytesum(c2))
+        t3 = uadd(t3, ubytesum(c3))
+    out = np.empty(4, np.uint64)
+    ustore(out, 0, uadd(uadd(t0, t1), uadd(t2, t3)))
+    return out.sum()
+
+
 @nb.njit(**JIT_FLOAT)
 def float_probe(iters, x, m, c):
     """``iters`` rounds of twelve independent vector FMAs ``acc = acc * m + c``; returns a
@@ -187,8 +238,9 @@ def popcount_method() -> str:
     return {"lanes": "XOR + vpopcntq per 64-bit lane + add (AVX-512 VPOPCNTDQ)",
             "bytes": "XOR + per-byte nibble-table counts (vpshufb) + byte adds, "
                      "folded to lanes with vpsadbw every 31 words",
-            "csa": "XOR + Harley-Seal carry-save adders over 8 words, one per-byte "
-                   "nibble-table count (vpshufb) per 8 words"}[POPCOUNT_MODE]
+            "csa": "XOR of nibbles split beforehand + nibble-table counts (vpshufb) + "
+                   "byte adds, folded to lanes with vpsadbw every 31 words (calls of "
+                   "fewer rows: Harley-Seal carry-save adders over 8 words)"}[POPCOUNT_MODE]
 
 
 def isa() -> str:
@@ -203,20 +255,38 @@ def isa() -> str:
 
 
 # Each call lasts about 2.5 ms on a 3 GHz AVX2 core (Zen 3: binary 2.6 ms with byte
-# tables, 2.4 ms with carry-save adders; float 2.5 ms), long against the 0.05 ms that
+# tables, 2.4 ms with carry-save adders, 2.4 ms with split nibbles; float 2.5 ms), long against the 0.05 ms that
 # threads take to be released together.
 _BIN_ITERS = 30_000
-_CSA_ITERS = 9_000
+_NIB_ITERS = 40_000
 _FLT_ITERS = 1_300_000
 
 
-def _run_binary():
-    if POPCOUNT_MODE == "csa":
-        binary_probe_csa(_CSA_ITERS, np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03),
-                         np.uint64(0x8CB92BA72F3D8DD7))
-        return
-    binary_probe(_BIN_ITERS, np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03),
-                 np.uint64(0x8CB92BA72F3D8DD7), np.uint64(0x5851F42D4C957F2D))
+_WORDS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03),
+          np.uint64(0x8CB92BA72F3D8DD7), np.uint64(0x5851F42D4C957F2D))
+
+
+def _run_nibbles():
+    binary_probe_nibbles(_NIB_ITERS, *_WORDS)
+    return _NIB_ITERS * _NIB_WORDS_PER_ITER
+
+
+def _run_csa():
+    binary_probe_csa(_NIB_ITERS // 4, *_WORDS[:3])
+    return _NIB_ITERS // 4 * _CSA_WORDS_PER_ITER
+
+
+def _run_bytes():
+    binary_probe(_BIN_ITERS, *_WORDS)
+    return _BIN_ITERS * _WORDS_PER_ITER
+
+
+# The probes of the counts the GEMM uses in each mode, the main one first: in the "csa"
+# mode the split nibbles (A with enough rows), then the carry-save adders and byte
+# tables of calls with fewer rows; "bytes" and "lanes" have one each.
+METHOD_PROBES = {"csa": {"nibbles": _run_nibbles, "csa": _run_csa, "bytes": _run_bytes},
+                 "bytes": {"bytes": _run_bytes}, "lanes": {"lanes": _run_bytes}}[POPCOUNT_MODE]
+_run_binary = next(iter(METHOD_PROBES.values()))
 
 
 def _run_float():
@@ -260,22 +330,37 @@ def probe(threads: int = 1, cpu_time: bool = False) -> tuple[float, float]:
     while it runs this work, however often it was taken away.
     """
     k = 1 if cpu_time else 0
-    tb = _timed(_run_binary, threads)[k]
+    words = []
+    tb = _timed(lambda: words.append(_run_binary()), threads)[k]
     tf = _timed(_run_float, threads)[k]
-    words = (_CSA_ITERS * _CSA_WORDS_PER_ITER if POPCOUNT_MODE == "csa"
-             else _BIN_ITERS * _WORDS_PER_ITER) * threads
-    return words * OPS_PER_WORD / max(tb, 1e-9), _FLT_ITERS * _FLOPS_PER_ITER * threads / max(tf, 1e-9)
+    return (words[0] * threads * OPS_PER_WORD / max(tb, 1e-9),
+            _FLT_ITERS * _FLOPS_PER_ITER * threads / max(tf, 1e-9))
+
+
+def method_peaks(rounds: int = 5) -> dict:
+    """{method: T binary ops/s on one thread} for every count the GEMM may use in this
+    process (see :data:`METHOD_PROBES`), each the median of ``rounds`` interleaved probes."""
+    got = {name: [] for name in METHOD_PROBES}
+    for _ in range(rounds):
+        for name, run in METHOD_PROBES.items():
+            t = time.perf_counter()
+            words = run()
+            got[name].append(words * OPS_PER_WORD / max(time.perf_counter() - t, 1e-9) / 1e12)
+    return {name: float(np.median(v)) for name, v in got.items()}
 
 
 def measure_roofline(thread_counts=(1, 2), seconds: float = 0.6) -> dict:
     """Binary and float32 peaks of this CPU, per thread and for each thread count.
 
     Returns ``binary_tops_per_thread`` (T binary ops/s), ``float32_gflops_per_thread``,
-    ``method``, ``isa``, ``popcount_mode`` and ``by_threads``: {n: {binary_tops,
-    float32_gflops}} for n threads together. Each figure is the median of probes of
-    some 2.5 ms, taken for about ``seconds`` per thread count.
+    ``method``, ``isa``, ``popcount_mode``, ``by_threads``: {n: {binary_tops,
+    float32_gflops}} for n threads together, and ``by_method``: the one-thread binary
+    peak of each count the GEMM may use here (:func:`method_peaks`; the first is the
+    binary peak's). Each figure is the median of probes of some 2.5 ms, taken for about
+    ``seconds`` per thread count.
     """
     probe(1)  # compile or load from the cache
+    by_method = method_peaks()
     by = {}
     for n in thread_counts:
         rates = []
@@ -288,7 +373,7 @@ def measure_roofline(thread_counts=(1, 2), seconds: float = 0.6) -> dict:
     return {"binary_tops_per_thread": one["binary_tops"],
             "float32_gflops_per_thread": one["float32_gflops"],
             "method": popcount_method(), "popcount_mode": POPCOUNT_MODE, "isa": isa(),
-            "by_threads": by}
+            "by_threads": by, "by_method": by_method}
 
 
 # --------------------------------------------------------------------------- twins
@@ -308,6 +393,14 @@ def binary_probe_csa_ref(iters, a, b, c):
     two column groups, in each of the four lanes."""
     per_word = bin(int(a) ^ int(b)).count("1") + bin(int(a) ^ int(c)).count("1")
     return 4 * 31 * 8 * int(iters) * per_word
+
+
+def binary_probe_nibbles_ref(iters, a, b, c, d):
+    """What :func:`binary_probe_nibbles` returns: ``a`` against ``b``, ``c``, ``d`` and
+    ``a ^ d`` (whose XOR with ``a`` is ``d``), 31 words per round in each of four lanes."""
+    a, b, c, d = (int(v) for v in (a, b, c, d))
+    per_word = sum(bin(a ^ x).count("1") for x in (b, c, d, a ^ d))
+    return 4 * 31 * int(iters) * per_word
 
 
 def float_probe_ref(iters, x, m, c):

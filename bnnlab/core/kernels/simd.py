@@ -377,6 +377,24 @@ def utimes8(t):
     return uadd(t, t)
 
 
+def _bytesum(builder, x):
+    # Sum of the eight bytes of each 64-bit lane of x (<4 x i64>): vpsadbw against zero
+    # on AVX2, else three rounds of shifts and adds.
+    if _HOST_AVX2:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_U4, [_B32, _B32]), "llvm.x86.avx2.psad.bw")
+        return builder.call(fn, [builder.bitcast(x, _B32), ir.Constant(_B32, [0] * 32)])
+
+    def splat(c):
+        return ir.Constant(_U4, [c] * 4)
+
+    x = builder.add(builder.and_(x, splat(0x00FF00FF00FF00FF)),
+                    builder.and_(builder.lshr(x, splat(8)), splat(0x00FF00FF00FF00FF)))
+    x = builder.add(builder.and_(x, splat(0x0000FFFF0000FFFF)),
+                    builder.and_(builder.lshr(x, splat(16)), splat(0x0000FFFF0000FFFF)))
+    return builder.add(builder.and_(x, splat(0xFFFFFFFF)), builder.lshr(x, splat(32)))
+
+
 @intrinsic
 def ubytesum(typingctx, v):
     """Sum of the eight bytes of each 64-bit lane (in "lanes" mode, v itself)."""
@@ -386,22 +404,113 @@ def ubytesum(typingctx, v):
     def codegen(context, builder, sig, args):
         if _LANES:
             return args[0]
-        if _HOST_AVX2:
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_U4, [_B32, _B32]), "llvm.x86.avx2.psad.bw")
-            return builder.call(fn, [builder.bitcast(args[0], _B32), ir.Constant(_B32, [0] * 32)])
-
-        def splat(c):
-            return ir.Constant(_U4, [c] * 4)
-
-        x = args[0]
-        x = builder.add(builder.and_(x, splat(0x00FF00FF00FF00FF)),
-                        builder.and_(builder.lshr(x, splat(8)), splat(0x00FF00FF00FF00FF)))
-        x = builder.add(builder.and_(x, splat(0x0000FFFF0000FFFF)),
-                        builder.and_(builder.lshr(x, splat(16)), splat(0x0000FFFF0000FFFF)))
-        return builder.add(builder.and_(x, splat(0xFFFFFFFF)), builder.lshr(x, splat(32)))
+        return _bytesum(builder, args[0])
 
     return uint64x4(v), codegen
+
+
+# --------------------------------------------------------------------------- nibbles
+#
+# A third way of counting, for the binary GEMM of rows of up to 31 words on CPUs without
+# VPOPCNTDQ (:mod:`.xnor_nibbles`): both operands are split beforehand into their low and
+# high nibbles (each byte keeps four bits), so the count of a ^ b is two table lookups
+# of already separated nibbles, ``T[alo ^ blo] + T[ahi ^ bhi]``: two XORs, two vpshufb
+# and two byte adds per vector, where counting a ^ b from whole bytes needs eight
+# instructions. On a Zen 3 core that is as fast as the carry-save adders over eight
+# words, and it needs no eight words in a row: short rows count at the same rate.
+
+_NIBBLE_COUNTS = [bin(i).count("1") for i in range(16)] * 2
+
+
+@intrinsic
+def unibpop(typingctx, acc, x, y):
+    """acc + the bit count of each byte of x ^ y, per byte, for bytes below 16 (nibbles):
+    a 16-entry table lookup (vpshufb) on AVX2, else LLVM's byte-wise ctpop."""
+    if not (acc == x == y == uint64x4):
+        return None
+
+    def codegen(context, builder, sig, args):
+        z = builder.bitcast(builder.xor(args[1], args[2]), _B32)
+        if _HOST_AVX2:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_B32, [_B32, _B32]), "llvm.x86.avx2.pshuf.b")
+            c = builder.call(fn, [ir.Constant(_B32, _NIBBLE_COUNTS), z])
+        else:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_B32, [_B32]),
+                                                "llvm.ctpop.v32i8")
+            c = builder.call(fn, [z])
+        return builder.bitcast(builder.add(builder.bitcast(args[0], _B32), c), _U4)
+
+    return uint64x4(acc, x, y), codegen
+
+
+def _store_dots(context, builder, aryty, ary, idx, cnt, k):
+    # ary.flat[idx:idx+n] = k - 2*cnt for an <n x i32> cnt, in ary's dtype.
+    vt = cnt.type
+    kk = builder.trunc(k, _I32)
+    kv = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(vt, ir.Undefined), kk, ir.Constant(_I32, 0)),
+        ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
+    v = builder.sub(kv, builder.shl(cnt, ir.Constant(vt, [1] * vt.count)))
+    if aryty.dtype == types.float32:
+        v = builder.sitofp(v, ir.VectorType(ir.FloatType(), vt.count))
+    builder.store(v, _addr(context, builder, aryty, ary, idx, v.type), align=4)
+    return context.get_dummy_value()
+
+
+def _sub_dots(context, builder, aryty, ary, idx, cnt):
+    # ary.flat[idx:idx+n] -= 2*cnt for an <n x i32> cnt, in ary's dtype.
+    vt = cnt.type
+    two = builder.shl(cnt, ir.Constant(vt, [1] * vt.count))
+    if aryty.dtype == types.float32:
+        two = builder.sitofp(two, ir.VectorType(ir.FloatType(), vt.count))
+    ptr = _addr(context, builder, aryty, ary, idx, two.type)
+    old = builder.load(ptr, align=4)
+    new = builder.fsub(old, two) if aryty.dtype == types.float32 else builder.sub(old, two)
+    builder.store(new, ptr, align=4)
+    return context.get_dummy_value()
+
+
+def _dots8_args(out, idx, even, odd):
+    return (isinstance(out, types.Array) and out.layout == "C" and even == odd == uint64x4
+            and out.dtype in (types.int32, types.float32) and isinstance(idx, types.Integer))
+
+
+def _counts8(builder, even, odd):
+    # Eight int32 counts from the byte counters of two vectors: lane q of ``even`` is
+    # output 2q, lane q of ``odd`` output 2q + 1 (each sum below 2**16).
+    both = builder.or_(_bytesum(builder, even),
+                       builder.shl(_bytesum(builder, odd), ir.Constant(_U4, [32] * 4)))
+    return builder.bitcast(both, ir.VectorType(_I32, 8))
+
+
+@intrinsic
+def ustore_dots8(typingctx, out, idx, even, odd, k):
+    """out.flat[idx:idx+8] = k - 2*count as out's dtype (int32 or float32), where count
+    is the sum of the byte counters of each 64-bit lane: lane q of ``even`` holds column
+    2q, lane q of ``odd`` column 2q + 1."""
+    if not (_dots8_args(out, idx, even, odd) and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _store_dots(context, builder, sig.args[0], args[0], args[1],
+                           _counts8(builder, args[2], args[3]), args[4])
+
+    return types.void(out, idx, even, odd, k), codegen
+
+
+@intrinsic
+def usub_dots8(typingctx, out, idx, even, odd):
+    """out.flat[idx:idx+8] -= 2*count, counts as in :func:`ustore_dots8`: a later block of K."""
+    if not _dots8_args(out, idx, even, odd):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _sub_dots(context, builder, sig.args[0], args[0], args[1],
+                         _counts8(builder, args[2], args[3]))
+
+    return types.void(out, idx, even, odd), codegen
+
 
 @intrinsic
 def ustore_dots(typingctx, out, idx, t, k):
@@ -412,17 +521,8 @@ def ustore_dots(typingctx, out, idx, t, k):
         return None
 
     def codegen(context, builder, sig, args):
-        i4 = ir.VectorType(_I32, 4)
-        kk = builder.trunc(args[3], _I32)
-        kv = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(i4, ir.Undefined), kk, ir.Constant(_I32, 0)),
-            ir.Constant(i4, ir.Undefined), ir.Constant(i4, [0] * 4))
-        cnt = builder.trunc(args[2], i4)
-        v = builder.sub(kv, builder.shl(cnt, ir.Constant(i4, [1] * 4)))
-        if sig.args[0].dtype == types.float32:
-            v = builder.sitofp(v, ir.VectorType(ir.FloatType(), 4))
-        builder.store(v, _addr(context, builder, sig.args[0], args[0], args[1], v.type), align=4)
-        return context.get_dummy_value()
+        cnt = builder.trunc(args[2], ir.VectorType(_I32, 4))
+        return _store_dots(context, builder, sig.args[0], args[0], args[1], cnt, args[3])
 
     return types.void(out, idx, t, k), codegen
 
@@ -435,16 +535,8 @@ def usub_dots(typingctx, out, idx, t):
         return None
 
     def codegen(context, builder, sig, args):
-        i4 = ir.VectorType(_I32, 4)
-        two_t = builder.shl(builder.trunc(args[2], i4), ir.Constant(i4, [1] * 4))
-        if sig.args[0].dtype == types.float32:
-            two_t = builder.sitofp(two_t, ir.VectorType(ir.FloatType(), 4))
-        ptr = _addr(context, builder, sig.args[0], args[0], args[1], two_t.type)
-        old = builder.load(ptr, align=4)
-        new = (builder.fsub(old, two_t) if sig.args[0].dtype == types.float32
-               else builder.sub(old, two_t))
-        builder.store(new, ptr, align=4)
-        return context.get_dummy_value()
+        cnt = builder.trunc(args[2], ir.VectorType(_I32, 4))
+        return _sub_dots(context, builder, sig.args[0], args[0], args[1], cnt)
 
     return types.void(out, idx, t), codegen
 

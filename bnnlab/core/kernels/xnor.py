@@ -12,12 +12,14 @@ import numba as nb
 import numpy as np
 
 from . import threads as _threads
+from .caches import data_cache_bytes
 from .jit import JIT, JIT_INLINE
 from .simd import (POPCOUNT_MODE, popcount64, uadd, ubytesum, ucsa, ucsa_rest, uld, uload,
-                   upopadd, usplat, ustore_dots, usub_dots, utimes8, uxor, uxor_popadd, uzero)
+                   unibpop, upopadd, usplat, ustore_dots, ustore_dots8, usub_dots, usub_dots8, utimes8,
+                   uxor, uxor_popadd, uzero)
 
 __all__ = ["xnor_gemm", "xnor_gemm_serial", "xnor_gemm_parallel", "xnor_gemm_ref",
-           "binary_dot_ref"]
+           "binary_dot_ref", "nibble_panels", "nibble_panels_ref"]
 
 
 @nb.njit(**JIT_INLINE)
@@ -172,6 +174,169 @@ def _put_dots(out, at, k, first, t0, t1, t2, t3):
         usub_dots(out, at + 12, t3)
 
 
+# --------------------------------------------------------------------------- nibbles
+#
+# Without VPOPCNTDQ, counting the bits of a ^ b from whole bytes costs eight vector
+# instructions per four words. Split both operands into nibbles first (see
+# :func:`.simd.unibpop`) and it costs six: B once per call, into panels of 16 columns,
+# and A a block of rows at a time. On a Zen 3 core that is faster than the carry-save
+# adders (register-only probes: 1.06 against 0.98 T binary ops/s) and, unlike them, it
+# needs no eight words in a row, so short rows count at the same rate. The byte
+# counters hold at most 8 per word, so K is cut into blocks of at most 31 words; each
+# tile's counters are summed and stored once per block (:func:`.simd.ustore_dots8`,
+# two vectors of four columns into eight outputs; later blocks subtract).
+#
+# Cache blocking: a tile of one row by 32 columns reads two panels over one block of K
+# (at most 31 x 32 x 16 bytes = 16 KiB, kept in L1) while it walks down a block of rows
+# whose split words fill about half of L2; the column loop passes over all of B once
+# per block of rows.
+
+NIB_KB_WORDS = 31
+NIB_MIN_ROWS = 64
+# The ``nib`` argument of the GEMMs: the fewest rows a call needs for the nibble count
+# (0: never); by default in the "csa" popcount mode (the "bytes" mode keeps the
+# whole-byte count, "lanes" its vpopcntq). Splitting B is a pass over B that a few
+# rows of A do not repay: fewer rows (a batch of one through a dense layer) keep the
+# other counts.
+NIB = NIB_MIN_ROWS if POPCOUNT_MODE == "csa" else 0
+# Bytes of A's split words kept per block of rows.
+NIB_BLOCK_BYTES = data_cache_bytes(2) // 2
+_LO = np.uint64(0x0F0F0F0F0F0F0F0F)
+_FOUR = np.uint64(4)
+
+
+@nb.njit(**JIT)
+def nibble_panels(bt, n16):
+    """The first ``n16`` columns of bt (KW, N), a multiple of 16, as nibble panels: panel s
+    (columns 16s..16s+15) holds for each word w 32 words at ``(s * KW + w) * 32``: the low
+    nibbles of columns (0, 2, 4, 6), (1, 3, 5, 7), (8, .., 14), (9, .., 15) of the panel,
+    then their high nibbles (shifted down), so that even and odd columns sit in separate
+    vectors for :func:`.simd.ustore_dots8`."""
+    nw = bt.shape[0]
+    bp = np.empty(n16 * nw * 2, np.uint64)
+    for s in range(n16 // 16):
+        for w in range(nw):
+            at = (s * nw + w) * 32
+            for v in range(4):
+                for q in range(4):
+                    x = bt[w, s * 16 + (v // 2) * 8 + 2 * q + v % 2]
+                    bp[at + v * 4 + q] = x & _LO
+                    bp[at + 16 + v * 4 + q] = (x >> _FOUR) & _LO
+    return bp
+
+
+@nb.njit(**JIT_INLINE)
+def _nib_acc(c0, c1, c2, c3, lo, hi, bp, p):
+    # Counters of one row's word (nibbles lo, hi) against the panel's word at bp[p:].
+    c0 = unibpop(unibpop(c0, lo, uload(bp, p)), hi, uload(bp, p + 16))
+    c1 = unibpop(unibpop(c1, lo, uload(bp, p + 4)), hi, uload(bp, p + 20))
+    c2 = unibpop(unibpop(c2, lo, uload(bp, p + 8)), hi, uload(bp, p + 24))
+    c3 = unibpop(unibpop(c3, lo, uload(bp, p + 12)), hi, uload(bp, p + 28))
+    return c0, c1, c2, c3
+
+
+@nb.njit(**JIT_INLINE)
+def _nib_tile1x32(al, ah, r, bp, p0, p1, nw):
+    # Byte counters of one row of A (its nibbles at al[r:], ah[r:]) against the panels at
+    # bp[p0:] and bp[p1:] (32 columns), as even/odd column vectors.
+    c00 = uzero()
+    c01 = uzero()
+    c02 = uzero()
+    c03 = uzero()
+    c10 = uzero()
+    c11 = uzero()
+    c12 = uzero()
+    c13 = uzero()
+    for w in range(nw):
+        lo = usplat(uld(al, r + w))
+        hi = usplat(uld(ah, r + w))
+        c00, c01, c02, c03 = _nib_acc(c00, c01, c02, c03, lo, hi, bp, p0 + w * 32)
+        c10, c11, c12, c13 = _nib_acc(c10, c11, c12, c13, lo, hi, bp, p1 + w * 32)
+    return c00, c01, c02, c03, c10, c11, c12, c13
+
+
+@nb.njit(**JIT_INLINE)
+def _nib_tile1x16(al, ah, r, bp, p0, nw):
+    c00 = uzero()
+    c01 = uzero()
+    c02 = uzero()
+    c03 = uzero()
+    for w in range(nw):
+        c00, c01, c02, c03 = _nib_acc(c00, c01, c02, c03, usplat(uld(al, r + w)),
+                                      usplat(uld(ah, r + w)), bp, p0 + w * 32)
+    return c00, c01, c02, c03
+
+
+@nb.njit(**JIT_INLINE)
+def _nib_put(o1, at, k, first, even, odd):
+    if first:
+        ustore_dots8(o1, at, even, odd, k)
+    else:
+        usub_dots8(o1, at, even, odd)
+
+
+@nb.njit(**JIT)
+def _xnor_gemm_rows_nibbles(a, bt, bp, k, out, r0, r1):
+    # Rows [r0, r1) of the GEMM with B's nibble panels bp (:func:`nibble_panels`): tiles
+    # of one row by 32 columns (two panels; 16 for an odd last panel).
+    nw = bt.shape[0]
+    n = bt.shape[1]
+    n16 = n - n % 16
+    o1 = out.reshape(-1)
+    nkb = max(1, (nw + NIB_KB_WORDS - 1) // NIB_KB_WORDS)
+    kbw = max(1, (nw + nkb - 1) // nkb)  # blocks of K as even as they can be
+    rows = max(1, min(r1 - r0, NIB_BLOCK_BYTES // (16 * kbw)))
+    al = np.empty((rows, kbw), np.uint64)
+    ah = np.empty((rows, kbw), np.uint64)
+    al1 = al.reshape(-1)
+    ah1 = ah.reshape(-1)
+    for wa in range(0, max(nw, 1), kbw):
+        wb = min(nw, wa + kbw)
+        cw = wb - wa
+        first = wa == 0
+        for i0 in range(r0, r1, rows):
+            i1 = min(r1, i0 + rows)
+            for i in range(i0, i1):
+                r = i - i0
+                for w in range(cw):
+                    x = a[i, wa + w]
+                    al[r, w] = x & _LO
+                    ah[r, w] = (x >> _FOUR) & _LO
+            for j0 in range(0, n16 - 16, 32):
+                p0 = (j0 * nw + wa * 16) * 2
+                p1 = ((j0 + 16) * nw + wa * 16) * 2
+                for i in range(i0, i1):
+                    c00, c01, c02, c03, c10, c11, c12, c13 = _nib_tile1x32(
+                        al1, ah1, (i - i0) * kbw, bp, p0, p1, cw)
+                    at = i * n + j0
+                    _nib_put(o1, at, k, first, c00, c01)
+                    _nib_put(o1, at + 8, k, first, c02, c03)
+                    _nib_put(o1, at + 16, k, first, c10, c11)
+                    _nib_put(o1, at + 24, k, first, c12, c13)
+            if n16 % 32:
+                j0 = n16 - 16
+                p0 = (j0 * nw + wa * 16) * 2
+                for i in range(i0, i1):
+                    c00, c01, c02, c03 = _nib_tile1x16(al1, ah1, (i - i0) * kbw, bp, p0, cw)
+                    _nib_put(o1, i * n + j0, k, first, c00, c01)
+                    _nib_put(o1, i * n + j0 + 8, k, first, c02, c03)
+            _tail_columns(a, bt, k, out, i0, i1, n16, wa, wb, first)
+
+
+@nb.njit(**JIT_INLINE)
+def _tail_columns(a, bt, k, out, i0, i1, j0, wa, wb, first):
+    # Columns j0.. of rows [i0, i1) over words [wa, wb), one word at a time.
+    for i in range(i0, i1):
+        for j in range(j0, bt.shape[1]):
+            acc = 0
+            for w in range(wa, wb):
+                acc += popcount64(a[i, w] ^ bt[w, j])
+            if first:
+                out[i, j] = k - 2 * acc
+            else:
+                out[i, j] -= 2 * acc
+
+
 # Cache blocking. A 2x16 tile reads a sliver of B of (words x 16 columns); with at most
 # KB_WORDS words that is 16 KiB, so it stays in L1 while the tile loop walks down a block
 # of MB_ROWS rows of A, whose (rows x KB_WORDS) words (256 KiB at most) stay in L2 while
@@ -225,52 +390,63 @@ def _xnor_gemm_rows(a, bt, k, out, r0, r1, csa):
                     _put_dots(o1, i * n + j0, k, first, t00, t01, t02, t03)
                     if ii != i:
                         _put_dots(o1, ii * n + j0, k, first, t10, t11, t12, t13)
-            for i in range(i0, i1):
-                for j in range(n16, n):
-                    acc = 0
-                    for w in range(wa, wb):
-                        acc += popcount64(a[i, w] ^ bt[w, j])
-                    if first:
-                        out[i, j] = k - 2 * acc
-                    else:
-                        out[i, j] -= 2 * acc
+            _tail_columns(a, bt, k, out, i0, i1, n16, wa, wb, first)
+
+
+@nb.njit(**JIT_INLINE)
+def _nibbles(a, bt, nib):
+    # Whether the nibble count is used: enough rows, and at least one panel of columns.
+    return 0 < nib <= a.shape[0] and bt.shape[0] > 0 and bt.shape[1] >= 16
 
 
 @nb.njit(**JIT)
-def xnor_gemm_serial(a, bt, k, out, csa=CSA):
+def xnor_gemm_serial(a, bt, k, out, csa=CSA, nib=NIB):
     """out[i, j] = K - 2 * popcount(a[i] ^ b[j]), the ±1 dot product of packed rows.
 
     a: (M, KW) uint64 packed rows; bt: (KW, N) uint64, packed B rows stored transposed
     (word-major) so that four output columns share one vector load; out: (M, N) int32
     (or float32, to feed float layers without a conversion pass). ``csa``: count with
     Harley-Seal carry-save adders the blocks of K of at least that many words (0: never;
-    default: CSA_MIN_WORDS if the process's popcount mode is "csa").
+    default: CSA_MIN_WORDS if the process's popcount mode is "csa"). ``nib``: count in
+    split nibbles when A has at least that many rows (0: never; default: NIB_MIN_ROWS
+    in the "csa" mode); the carry-save adders then serve only calls with fewer rows.
     """
-    _xnor_gemm_rows(a, bt, k, out, 0, a.shape[0], csa)
+    if _nibbles(a, bt, nib):
+        _xnor_gemm_rows_nibbles(a, bt, nibble_panels(bt, bt.shape[1] // 16 * 16), k, out, 0,
+                                a.shape[0])
+    else:
+        _xnor_gemm_rows(a, bt, k, out, 0, a.shape[0], csa)
     return out
 
 
 @nb.njit(parallel=True, **JIT)
-def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA):
+def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA, nib=NIB):
     """Same as :func:`xnor_gemm_serial`, rows split in ``nch`` near-equal even blocks."""
     # The chunk count comes from the caller: asking Numba for the thread count inside a
     # cached parallel function would make it uncacheable (a ctypes pointer).
     m = a.shape[0]
     per = (m + nch - 1) // nch
     per += per % 2
+    use_nib = _nibbles(a, bt, nib)
+    # B's panels are split once, before the threads start, and shared.
+    bp = nibble_panels(bt, bt.shape[1] // 16 * 16 if use_nib else 0)
     for c in nb.prange(nch):
-        _xnor_gemm_rows(a, bt, k, out, min(m, c * per), min(m, c * per + per), csa)
+        if use_nib:
+            _xnor_gemm_rows_nibbles(a, bt, bp, k, out, min(m, c * per), min(m, c * per + per))
+        else:
+            _xnor_gemm_rows(a, bt, k, out, min(m, c * per), min(m, c * per + per), csa)
     return out
 
 
 def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = None,
               parallel: bool | None = None, threads: int | None = None,
-              csa: bool | None = None) -> np.ndarray:
+              csa: bool | None = None, nibbles: bool | None = None) -> np.ndarray:
     """Binary GEMM on packed operands; see :func:`xnor_gemm_serial` for shapes.
 
     ``parallel`` None: threads when there are enough rows and the machine is not busy;
     True splits the rows over ``threads`` chunks (default: Numba's thread count).
-    ``csa``: Harley-Seal counting for long rows (None: if the popcount mode is "csa").
+    ``nibbles``: the split-nibble count when there are enough rows, ``csa``: Harley-Seal
+    counting for long rows otherwise (None: each if the popcount mode is "csa").
     """
     if a.shape[1] != bt.shape[0]:
         raise ValueError(f"packed widths differ: A has {a.shape[1]} words, B has {bt.shape[0]}")
@@ -281,13 +457,14 @@ def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = No
     a = np.ascontiguousarray(a, dtype=np.uint64)
     bt = np.ascontiguousarray(bt, dtype=np.uint64)
     csa = np.int64(CSA if csa is None else CSA_MIN_WORDS if csa else 0)
+    nib = np.int64(NIB if nibbles is None else NIB_MIN_ROWS if nibbles else 0)
     if parallel is None:
         parallel = (a.shape[0] >= _threads.PARALLEL_MIN_ROWS and nb.get_num_threads() > 1
                     and not _threads.contended())
     if parallel:
         nch = max(1, int(threads or nb.get_num_threads()))
-        return xnor_gemm_parallel(a, bt, np.int64(k), out, np.int64(nch), csa)
-    return xnor_gemm_serial(a, bt, np.int64(k), out, csa)
+        return xnor_gemm_parallel(a, bt, np.int64(k), out, np.int64(nch), csa, nib)
+    return xnor_gemm_serial(a, bt, np.int64(k), out, csa, nib)
 
 
 # --------------------------------------------------------------------------- twins
@@ -307,3 +484,15 @@ def xnor_gemm_ref(a_bits: np.ndarray, b_bits: np.ndarray, k: int) -> np.ndarray:
     for shift in range(64):
         pop += ((x >> np.uint64(shift)) & np.uint64(1)).sum(axis=2).astype(np.int64)
     return (k - 2 * pop).astype(np.int32)
+
+
+def nibble_panels_ref(bt: np.ndarray, n16: int) -> np.ndarray:
+    """What :func:`nibble_panels` returns, by reordering columns with NumPy."""
+    nw = bt.shape[0]
+    order = np.array([(v // 2) * 8 + 2 * q + v % 2 for v in range(4) for q in range(4)])
+    lo = np.uint64(0x0F0F0F0F0F0F0F0F)
+    out = []
+    for s in range(n16 // 16):
+        cols = bt[:, s * 16 + order]  # (nw, 16)
+        out.append(np.concatenate([cols & lo, (cols >> np.uint64(4)) & lo], axis=1))
+    return np.concatenate(out).reshape(-1) if out else np.empty(0, np.uint64)

@@ -1,0 +1,39 @@
+"""``bnnlab bench --only`` and ``--gemm``: a chosen subset of the cases, and bad values
+refused with one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bnnlab.cli import build_parser
+from bnnlab.cli_base import CliError
+
+
+def test_bench_runs_only_the_gemm_shapes_asked_for():
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-m", "bnnlab", "bench", "--only", "gemm", "--gemm",
+                        "40x100x16,1024x64x32", "--repeats", "1", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [(row["case"], row["threads"]) for row in d["results"]] == [
+        ("gemm 40x100x16", 1), ("gemm 1024x64x32", 1), ("gemm 1024x64x32", 2)]
+    by_method = d["roofline"]["by_method"]
+    assert by_method and all(v > 0 for v in by_method.values())
+    assert next(iter(by_method)) in ("nibbles", "bytes", "lanes")
+
+
+@pytest.mark.parametrize("args,msg", [(["--only", "gemm,speed"], "unknown group speed"),
+                                      (["--gemm", "64x576"], "'64x576' is not MxKxN"),
+                                      (["--gemm", "0x5x5"], "'0x5x5' is not MxKxN")])
+def test_bench_refuses_bad_choices(args, msg):
+    with pytest.raises(CliError, match=msg):
+        build_parser().parse_args(["bench", *args])
+
+
+def test_bench_options_parse():
+    a = build_parser().parse_args(["bench", "--only", "gemm,runtime", "--gemm", "5184x576x64"])
+    assert a.only == ["gemm", "runtime"] and a.gemm == [(5184, 576, 64)]
