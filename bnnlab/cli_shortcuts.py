@@ -21,6 +21,10 @@ def add_shortcuts_parser(sub) -> None:
     s.add_argument("--batches", type=int, default=4, help="training batches measured (default 4)")
     s.add_argument("--batch-size", type=int,
                    help="images per batch (default: the scene's; 64 for a model file)")
+    s.add_argument("--split", choices=("train", "test"), default="train",
+                   help="the images measured (default: the training set)")
+    s.add_argument("--limit-train", type=int,
+                   help="use only the first N training images (default: the scene's, or all)")
     s.add_argument("--seed", type=int, default=0,
                    help="seed that picks the batches (default 0, as the app)")
     s.add_argument("--json", action="store_true")
@@ -35,8 +39,8 @@ def format_effect(effect) -> str:
     """The comparison as a table: one row per quantized layer."""
     lines = ["shortcuts cut: " + "; ".join(
         f"{s.add} keeps {', '.join(s.kept)}, loses {', '.join(s.cut)}" for s in effect.shortcuts)]
-    lines.append(f"mean over {effect.batches} training batches of {effect.batch_size} "
-                 f"(seed {effect.seed}), batch statistics, the same weights in both graphs")
+    lines.append(f"mean over {effect.batches} batches of {effect.batch_size} (seed "
+                 f"{effect.seed}), batch statistics, the same weights in both graphs")
     lines.append(f"loss: {sum(effect.loss_with) / effect.batches:.4f} with shortcuts, "
                  f"{sum(effect.loss_without) / effect.batches:.4f} without")
     width = max(len(g.name) for g in effect.with_shortcuts)
@@ -60,6 +64,8 @@ def cmd_shortcuts(args) -> int:
 
     if not 1 <= args.batches <= 1000:
         raise CliError(f"--batches must be between 1 and 1000, got {args.batches}")
+    if args.limit_train is not None and args.limit_train < 1:
+        raise CliError(f"--limit-train must be at least 1, got {args.limit_train}")
     if args.batch_size is not None and not 1 <= args.batch_size <= 100_000:
         raise CliError(f"--batch-size must be between 1 and 100000, got {args.batch_size}")
     target = open_arg(args.target)
@@ -67,9 +73,11 @@ def cmd_shortcuts(args) -> int:
         if isinstance(target, Scene):
             dataset = args.dataset or target.dataset
             ds = load_dataset(dataset, args.data_dir, seed=target.seed,
-                              limit_train=target.limit_train or None, splits=("train",))
-            model = build_model(target, ds.x_train.shape[1:], len(ds.class_names))
-            x = scale_inputs(ds.x_train, target.input_scale, ds.kind)
+                              limit_train=args.limit_train or target.limit_train or None,
+                              limit_test=target.limit_test or None, splits=(args.split,))
+            x, y = (ds.x_train, ds.y_train) if args.split == "train" else (ds.x_test, ds.y_test)
+            model = build_model(target, x.shape[1:], len(ds.class_names))
+            x = scale_inputs(x, target.input_scale, ds.kind)
             batch_size = args.batch_size or target.batch_size
         else:
             if target.model is None:
@@ -77,16 +85,19 @@ def cmd_shortcuts(args) -> int:
             dataset = args.dataset or target.dataset
             if dataset is None:
                 raise CliError(f"{target.source}: does not say its dataset; pass --dataset")
-            ds = load_dataset(dataset, args.data_dir, seed=target.seed, splits=("train",))
+            ds = load_dataset(dataset, args.data_dir, seed=target.seed,
+                              limit_train=args.limit_train, splits=(args.split,))
+            x, y = (ds.x_train, ds.y_train) if args.split == "train" else (ds.x_test, ds.y_test)
             model = target.model
-            x = target.engine_inputs(ds.x_train)
+            x = target.engine_inputs(x)
             batch_size = args.batch_size or 64
-        effect = compare_shortcuts(model, x, ds.y_train, batches=args.batches,
+        effect = compare_shortcuts(model, x, y, batches=args.batches,
                                    batch_size=batch_size, seed=args.seed)
     except (DatasetError, SceneError, NoShortcuts, ValueError) as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        print(json.dumps({"target": args.target, "dataset": dataset, **effect.as_dict()}))
+        print(json.dumps({"target": args.target, "dataset": dataset, "split": args.split,
+                          **effect.as_dict()}))
     else:
         print(format_effect(effect))
     return 0

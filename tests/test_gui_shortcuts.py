@@ -104,3 +104,29 @@ def test_panel_explains_a_stack_instead_of_drawing_empty_charts(qtbot):
     assert "no shortcuts" in panel.note.text() and "plain stack" in panel.note.text()
     assert panel.effect is None and panel.is_idle()
     panel.close()
+
+
+def test_panel_measures_an_opened_model_on_the_test_set_it_comes_with(qtbot, bireal_run):
+    from bnnlab.app.models import OpenedModel
+
+    snap, x, y = bireal_run
+    model = Sequential.from_config(snap.model_config)
+    model.load_state_dict(snap.model_state)
+    opened = OpenedModel.from_model(model, "bireal", dataset="mnist")
+    view = RunView(1, "#1 opened", "#1f77b4", True, True, RunState.OPENED, None, opened=opened,
+                   batch_size=16)
+    empty = np.zeros((0, 28, 28, 1), np.float32)
+    ds = SimpleNamespace(x_train=empty, x_test=x, y_test=y, name="mnist")
+    prepared = SimpleNamespace(dataset=ds, x_train=empty, y_train=np.zeros(0, np.int64))
+    panel = ShortcutsPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.show_focus(Focus(runs=(view,), run=view, prepared=prepared))
+    qtbot.waitUntil(lambda: panel.effect is not None, timeout=WAIT_MS)
+    assert "batches of 16 test images" in panel.status.text()
+    assert "--split test" in panel.cut_text.text() and "--dataset mnist" in panel.cut_text.text()
+    want = compare_shortcuts(model, x, y, batches=4, batch_size=16, seed=0)
+    assert [g.weight for g in panel.effect.without_shortcuts] == [
+        g.weight for g in want.without_shortcuts]
+    assert panel.history_plot.isHidden()  # nothing recorded over training: no empty axes
+    panel.close()

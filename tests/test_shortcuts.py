@@ -160,10 +160,19 @@ def test_cli_prints_the_same_figures_and_refuses_a_stack(tmp_path, capsys):
     assert main(["shortcuts", str(path), "--json", "--batches", "3", "--batch-size", "16"]) == 0
     doc = json.loads(capsys.readouterr().out)
     ds = load_dataset("xor", seed=0, splits=("train",))
+    ds_test = load_dataset("xor", seed=0, splits=("test",))
     want = compare_shortcuts(model, ds.x_train, ds.y_train, batches=3, batch_size=16, seed=0)
     assert doc["dataset"] == "xor" and doc["shortcuts"][0]["cut"] == ["d0"]
     assert [d["weight_grad_norm"] for d in doc["without_shortcuts"]] == pytest.approx(
         [g.weight_mean for g in want.without_shortcuts])
+    for extra, x, y in ((["--split", "test"], ds_test.x_test, ds_test.y_test),
+                        (["--limit-train", "32"], ds.x_train[:32], ds.y_train[:32])):
+        assert main(["shortcuts", str(path), "--json", "--batches", "2", *extra]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        want = compare_shortcuts(model, x, y, batches=2, batch_size=64, seed=0)
+        assert [d["weight_grad_norm"] for d in doc["with_shortcuts"]] == pytest.approx(
+            [g.weight_mean for g in want.with_shortcuts])
+    assert doc["split"] == "train"
     assert main(["shortcuts", str(path), "--batches", "1"]) == 0
     text = capsys.readouterr().out
     assert "add keeps d1, loses d0" in text and "d1" in text

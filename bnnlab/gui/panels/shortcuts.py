@@ -184,6 +184,8 @@ class ShortcutsPanel(QWidget):
         self._history_key = None
         self._curves: list = []
         self._where = ""
+        self._split = "training"
+        self._hint = self._shown_hint = ""
         self.effect = None
         self._show_note("Select a run (or open a model) of a residual network, e.g. the "
                         "bireal-mnist preset.")
@@ -237,14 +239,19 @@ class ShortcutsPanel(QWidget):
                   self.weights.currentIndex(), self.batches.value())
         if source == self._source or (self._pending and self._pending[0] == source):
             return
+        split = "training"
         if opened is not None:
+            # A model opened from a file comes with the test set only: measured on it.
+            ds = prepared.dataset
+            x, y = (ds.x_train, prepared.y_train) if len(ds.x_train) else (ds.x_test, ds.y_test)
+            split = "training" if len(ds.x_train) else "test"
             try:
-                x = opened.engine_inputs(prepared.dataset.x_train)
+                x = opened.engine_inputs(x)
             except ValueError as exc:
                 self._refuse(run, f"{name}: {exc}")
                 return
-            args = (opened.model.config(), opened.model.state_dict(), x, prepared.y_train,
-                    run.batch_size, 0)
+            n = len(x)
+            args = (opened.model.config(), opened.model.state_dict(), x, y, run.batch_size, 0)
             where = "its weights as opened"
         elif initial:
             args = (snap.model_config, None, prepared.x_train, prepared.y_train,
@@ -255,7 +262,19 @@ class ShortcutsPanel(QWidget):
                     run.batch_size, 0)
             where = f"step {snap.step:,} (epoch {snap.epoch} of {snap.epochs})"
         self.heading.setText(self._caption(name))
-        self._pending = (source, args, where, run.number)
+        if opened is None:
+            n = len(prepared.x_train)
+        hint = (f"--dataset {getattr(prepared.dataset, 'name', 'NAME')} "
+                + ("--split test" if split == "test" else f"--limit-train {n}"))
+        if opened is not None:
+            target, meaning = "FILE", "the file opened here"
+        elif initial:
+            target, meaning = "SCENE", "the run's scene file, or its preset if unchanged"
+        else:
+            target, meaning = "MODEL", ("this run exported with File > Export model for Larq, "
+                                        "or a checkpoint")
+        self._hint = f"<code>bnnlab shortcuts {target} {hint}</code> ({target}: {meaning})"
+        self._pending = (source, args, where, run.number, split)
         training = run.state is RunState.TRAINING and opened is None
         fresh_run = self._measured_run != run.number
         if not training or fresh_run or initial or snap.event != "step":
@@ -282,17 +301,19 @@ class ShortcutsPanel(QWidget):
         return (f"{name}: how the gradient of one training step reaches each quantized layer "
                 f"with the real-valued shortcuts (<b style='color:{WITH_COLOR}'>blue</b>) and "
                 f"with them cut (<b style='color:{CUT_COLOR}'>orange</b>: every Add passes only "
-                "its residual branch). Both graphs from the same weights, on the same training "
-                "batches, in training mode (batch statistics); no weight is updated.")
+                "its residual branch). Both graphs from the same weights, on the same batches "
+                "of images, in training mode (batch statistics); no weight is updated.")
 
     def measure_now(self) -> None:
         """Measure the latest weights of the selected run now (on the worker)."""
         if self._pending is None:
             return
-        source, args, where, number = self._pending
+        source, args, where, number, split = self._pending
         self._pending = None
+        self._shown_hint = self._hint
         self._source = source
         self._where = where
+        self._split = split
         self._measured_run = number
         self.status.setText(f"Measuring at {where}…")
         self.measure_button.setEnabled(False)
@@ -341,9 +362,9 @@ class ShortcutsPanel(QWidget):
         data_readers = [g.name for g in e.with_shortcuts if g.input is None]
         loss_with, loss_cut = float(np.mean(e.loss_with)), float(np.mean(e.loss_without))
         self.status.setText(
-            f"At {where}: mean over {e.batches} training batches of {e.batch_size} "
-            f"(seed {e.seed}); loss on them {loss_with:.3f} with the shortcuts, {loss_cut:.3f} "
-            "cut.")
+            f"At {where}: mean over {e.batches} batches of {e.batch_size} {self._split} "
+            f"images (seed {e.seed}); loss on them {loss_with:.3f} with the shortcuts, "
+            f"{loss_cut:.3f} cut.")
         cuts = "; ".join(f"<b>{s.add}</b> keeps {', '.join(s.kept)}, loses "
                          f"{', '.join(s.cut)}" for s in e.shortcuts)
         skipped = (f" Not in the right chart: {', '.join(data_readers)} (reads the data, "
@@ -352,10 +373,9 @@ class ShortcutsPanel(QWidget):
             f"Cut: {cuts}.{skipped} ‖·‖: L2 norm of the gradient of a batch's mean loss. "
             "Cutting the shortcuts changes what the weights compute (see the loss), so this "
             "compares the two graphs at one point, not how either trains: for that, train "
-            "bireal-mnist-noshortcut beside it (dashed below) or Compare seeds. From the "
-            f"terminal: <code>bnnlab shortcuts MODEL --batches {e.batches} --batch-size "
-            f"{e.batch_size}</code> (MODEL: this run exported with File > Export model for "
-            "Larq, or a checkpoint; a scene or preset gives its initial weights).")
+            "bireal-mnist-noshortcut beside it or Compare seeds. From the "
+            f"terminal, with <code>--batches {e.batches} --batch-size {e.batch_size}</code>: "
+            f"{self._shown_hint}.")
 
     # ------------------------------------------------------------------ over training
     def _show_history(self, focus, config) -> None:
@@ -387,11 +407,13 @@ class ShortcutsPanel(QWidget):
                 curve = pg.PlotDataItem(x, g[:, i], pen=pen, connect="finite")
                 plot.addItem(curve)
                 self._curves.append(curve)
+        self.history_plot.setVisible(bool(self._curves))  # no empty axes
         others = [r.title for r in runs if r.number != run.number]
         colors = " ".join(f"<b style='color:{palette_color(i)}'>{n}</b>"
                           for i, n in enumerate(names))
         if not runs or run.opened is not None:
-            self.history_note.setText("Over training: only for runs trained here.")
+            self.history_note.setText("The gradient norms over training are drawn for runs "
+                                      "trained here, not for a model opened from a file.")
         elif others:
             self.history_note.setText(
                 f"Layers {colors}. Solid: {run.title}; dashed: {', '.join(others)} (the same "
