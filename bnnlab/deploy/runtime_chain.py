@@ -11,7 +11,10 @@ next group (depth first), so the activations between blocks stay in the caches a
 buffers it needs are the same size for any batch: each thread allocates them once.
 
 The compiled code is the same for every model: shapes are arguments read from the rows,
-never code. Results are bit for bit those of the block-by-block path
+never code. Numba keys its disk cache on the text of the file that defines a function,
+not on the kernels compiled into it: after changing a kernel that :func:`run_chain`
+inlines (from :mod:`.runtime_kernels` or the engine's packing and GEMM), empty
+``__pycache__`` or a stale copy keeps running. Results are bit for bit those of the block-by-block path
 (:meth:`bnnlab.deploy.runtime._Prepared.run`), which graph models and traces still use.
 """
 

@@ -222,6 +222,9 @@ def _conv_c1_pm1(xp, pat, ho, wo, pool2, hp, wp, sgn, thr, out_bits):
     """
     n_img, hpin, wpin = xp.shape
     f_n, kh = pat.shape
+    if pool2 and kh == 3:
+        _c1_pool2_k3(xp, pat, hp, wp, sgn, thr, out_bits)
+        return
     big = wpin * hpin
     xf = xp.reshape(n_img, big)
     rows = ho + kh - 1
@@ -317,6 +320,118 @@ def _conv_c1_pm1(xp, pat, ho, wo, pool2, hp, wp, sgn, thr, out_bits):
                         if g < w16.shape[0]:
                             word |= np.uint64(w16[g, q]) << np.uint64(16 * j)
                     out_bits[n, py * wp + px, fw] = word
+
+
+@nb.njit(**_JIT_INLINE)
+def _signed_sums(a, b, c, hs, at, i_n):
+    # The eight signed three-tap sums of taps a, b, c (patterns 0..7, bit j: tap j is
+    # -1) into rows at, at + 4, ..., at + 28 of hs (a pattern's four phases are 4 apart).
+    h0, h1, h2, h3 = hs[at], hs[at + 4], hs[at + 8], hs[at + 12]
+    h4, h5, h6, h7 = hs[at + 16], hs[at + 20], hs[at + 24], hs[at + 28]
+    for i in range(i_n):
+        ab = np.int16(a[i] + b[i])
+        amb = np.int16(a[i] - b[i])
+        ci = c[i]
+        h0[i] = ab + ci
+        h4[i] = ab - ci
+        h2[i] = amb + ci
+        h6[i] = amb - ci
+        h1[i] = ci - amb
+        h5[i] = -amb - ci
+        h3[i] = ci - ab
+        h7[i] = -ab - ci
+
+
+@nb.njit(**_JIT)
+def _c1_pool2_k3(xp, pat, hp, wp, sgn, thr, out_bits):
+    """:func:`_conv_c1_pm1` for 3x3 kernels and 2x2 pooling, computing only what the
+    pooled outputs read.
+
+    The padded input is split into four phases by row and column parity, each (hp + 1)
+    rows of ``w2 = wp + 1`` values (one spare column), and the signed sums are kept per
+    phase. The convolution at row 2*py + dy, column 2*px + dx is then three sums at the
+    same flat index q = py * w2 + px (or one row further) of three phase rows, so one
+    contiguous loop over q gives, per filter, the four outputs of every pooling window,
+    their maximum and its comparison, without the rows and columns no window reads.
+    Arguments as for :func:`_conv_c1_pm1`; xp: (N, Hp, Wp) with Hp >= 2*hp + 2 and
+    Wp >= 2*wp + 2.
+    """
+    n_img = xp.shape[0]
+    f_n = pat.shape[0]
+    w2 = wp + 1
+    # Positions q, rounded up to whole vector iterations (the scalar tail of a short
+    # loop costs as much as its vector body); every array is long enough for them.
+    nq = (hp * w2 + 63) // 64 * 64
+    ln = nq + w2 + 1
+    xs = np.zeros((4, ln + 1), np.int16)  # phase rp * 2 + cp; one spare value
+    hs = np.zeros((32, ln), np.int16)  # pattern p, phase ph at row p * 4 + ph
+    g_n = (f_n + 15) // 16
+    w16 = np.empty((g_n, nq), np.uint16)
+    o64 = np.empty(nq, np.uint64)
+    fw_n = out_bits.shape[2]
+    for n in range(n_img):
+        for ph in range(4):
+            rp, cp = ph // 2, ph % 2
+            xph = xs[ph]
+            for rr in range(hp + 1):
+                for c2 in range(w2):
+                    xph[rr * w2 + c2] = xp[n, 2 * rr + rp, 2 * c2 + cp]
+        # Taps x, x+1, x+2 of an even column x = 2*c2 are phases (.., 0), (.., 1) at c2
+        # and (.., 0) at c2 + 1; of an odd one, (.., 1), (.., 0) at c2 + 1, (.., 1) at c2 + 1.
+        for rp in range(2):
+            e, o = xs[rp * 2], xs[rp * 2 + 1]
+            _signed_sums(e[0:ln], o[0:ln], e[1:ln + 1], hs, rp * 2, ln)
+            _signed_sums(o[0:ln], e[1:ln + 1], o[1:ln + 1], hs, rp * 2 + 1, ln)
+        w16[:] = 0
+        hsf = hs.reshape(-1)
+        w16f = w16.reshape(-1)
+        for f in range(f_n):
+            # Offsets into hsf of the twelve phase rows that the four outputs of a window
+            # read: window row dy reads kernel row ky at input row 2*py + dy + ky, i.e.
+            # phase row parity (dy + ky) % 2, one phase row on when dy + ky >= 2. Unsigned
+            # offsets: no negative-index wraparound, which would stop vectorization; and no
+            # slices per filter, each an atomic reference-count update.
+            r0, r1, r2 = pat[f, 0] * 4 * ln, pat[f, 1] * 4 * ln, pat[f, 2] * 4 * ln
+            ia0, ib0, ic0 = np.uint64(r0), np.uint64(r1 + 2 * ln), np.uint64(r2 + w2)
+            id0, ie0, ig0 = np.uint64(r0 + 2 * ln), np.uint64(r1 + w2), np.uint64(r2 + 2 * ln + w2)
+            ia1, ib1, ic1 = ia0 + np.uint64(ln), ib0 + np.uint64(ln), ic0 + np.uint64(ln)
+            id1, ie1, ig1 = id0 + np.uint64(ln), ie0 + np.uint64(ln), ig0 + np.uint64(ln)
+            one = np.uint16(1 << (f & 15))
+            iw = np.uint64((f >> 4) * nq)
+            sf = sgn[f]
+            tf = np.int64(thr[f])
+            if sf == 0:  # the comparison 0 >= thr fails everywhere or nowhere
+                if tf > 0:
+                    for q in range(nq):
+                        w16f[iw + np.uint64(q)] |= one
+                continue
+            # sgn*m >= thr fails when m < thr (sgn 1) or m > -thr (sgn -1); m fits int16,
+            # so one of the two bounds below can never be crossed.
+            t16 = np.int16(min(max(tf if sf > 0 else -tf, -32768), 32767))
+            lo = t16 if sf > 0 else np.int16(-32768)
+            hi = t16 if sf < 0 else np.int16(32767)
+            for q in range(nq):
+                u = np.uint64(q)
+                s00 = np.int16(hsf[ia0 + u] + hsf[ib0 + u] + hsf[ic0 + u])
+                s10 = np.int16(hsf[id0 + u] + hsf[ie0 + u] + hsf[ig0 + u])
+                s01 = np.int16(hsf[ia1 + u] + hsf[ib1 + u] + hsf[ic1 + u])
+                s11 = np.int16(hsf[id1 + u] + hsf[ie1 + u] + hsf[ig1 + u])
+                m0 = s00 if s00 > s10 else s10
+                m1 = s01 if s01 > s11 else s11
+                m = m0 if m0 > m1 else m1
+                w16f[iw + u] |= one if (m < lo or m > hi) else np.uint16(0)
+        for fw in range(fw_n):
+            o64[:] = 0
+            for j in range(4):
+                g = 4 * fw + j
+                if g < g_n:
+                    wg = w16[g]
+                    sh = np.uint64(16 * j)
+                    for q in range(nq):
+                        o64[q] |= np.uint64(wg[q]) << sh
+            for py in range(hp):
+                for px in range(wp):
+                    out_bits[n, py * wp + px, fw] = o64[py * w2 + px]
 
 
 @nb.njit(**_JIT)
