@@ -23,7 +23,7 @@ from bnnlab.core.kernels import packing, xnor
 
 SHAPES = [(1, 1, 16), (3, 1, 1), (1, 576, 64), (7, 65, 17), (2, 64 * 31, 48), (5, 64 * 31 + 1, 32),
           (40, 64 * 9, 80), (33, 200, 15), (4, 64 * 5 - 3, 112), (3, 64 * 63 - 7, 47),
-          (2, 64 * 64, 16), (600, 64 * 31, 17)]
+          (2, 64 * 64, 16), (600, 64 * 31, 49), (200, 64 * 9, 64)]
 
 
 def _operands(m, k, n):
@@ -38,7 +38,8 @@ def _operands(m, k, n):
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("dtype", [np.int32, np.float32])
 def test_nibble_gemm_equals_twin(m, k, n, dtype):
-    assert 600 * 31 * 16 > xnor.NIB_BLOCK_BYTES  # 600 rows of 31 words: two row blocks
+    # 600 rows of 31 words against 49 columns: more than one block of rows in L2.
+    assert 600 * 31 * 16 > xnor.NIB_ROWS_L2_BYTES and 31 * 48 * 16 > xnor.NIB_L1_BYTES // 2
     abits, bbits, want = _operands(m, k, n)
     bt = np.ascontiguousarray(bbits.T)
     for nib in (1, 2):
