@@ -185,7 +185,7 @@ class ShortcutsPanel(QWidget):
         self._curves: list = []
         self._where = ""
         self._split = "training"
-        self._hint = self._shown_hint = ""
+        self._hint = self._shown_hint = self._result_text = ""
         self.effect = None
         self._show_note("Select a run (or open a model) of a residual network, e.g. the "
                         "bireal-mnist preset.")
@@ -279,8 +279,8 @@ class ShortcutsPanel(QWidget):
         fresh_run = self._measured_run != run.number
         if not training or fresh_run or initial or snap.event != "step":
             self.measure_now()
-        elif self.effect is not None:
-            self.status.setText(f"Measured at {self._where}; the run has trained on to step "
+        elif self.effect is not None and self._worker.idle():
+            self.status.setText(f"{self._result_text} The run has trained on to step "
                                 f"{snap.step:,}: measured again at the epoch's end, or press "
                                 "Measure now.")
 
@@ -361,10 +361,11 @@ class ShortcutsPanel(QWidget):
         self.input_chart.set_values([i_with, i_cut])
         data_readers = [g.name for g in e.with_shortcuts if g.input is None]
         loss_with, loss_cut = float(np.mean(e.loss_with)), float(np.mean(e.loss_without))
-        self.status.setText(
+        self._result_text = (
             f"At {where}: mean over {e.batches} batches of {e.batch_size} {self._split} "
             f"images (seed {e.seed}); loss on them {loss_with:.3f} with the shortcuts, "
             f"{loss_cut:.3f} cut.")
+        self.status.setText(self._result_text)
         cuts = "; ".join(f"<b>{s.add}</b> keeps {', '.join(s.kept)}, loses "
                          f"{', '.join(s.cut)}" for s in e.shortcuts)
         skipped = (f" Not in the right chart: {', '.join(data_readers)} (reads the data, "
