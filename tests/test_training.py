@@ -99,6 +99,41 @@ def test_snapshots_are_immutable_and_complete():
     np.testing.assert_array_equal(snaps[0].model_state["quant_dense/kernel"], first)
 
 
+@pytest.mark.parametrize("due", [lambda: False, "alternate"])
+def test_thinned_snapshots_keep_every_curve_point(due):
+    """snapshot_due skips whole snapshots of ordinary steps, not the curves' points: the
+    history (flips and gating counted over the same steps) equals an unthinned run's."""
+    x, y = _xor()
+
+    def run(snapshot_due):
+        tr = Trainer(_toy_model(), x, y, x, y, epochs=2, batch_size=16, snapshot_every=2)
+        if snapshot_due == "alternate":
+            flag = [False]
+
+            def snapshot_due():
+                flag[0] = not flag[0]
+                return flag[0]
+
+        tr.snapshot_due = snapshot_due
+        return list(tr)
+
+    full, thin = run(None), run(due)
+    assert len(thin) < len(full)
+    if due != "alternate":
+        assert [s.event for s in thin] == ["epoch", "done"]
+    a, b = full[-1].history, thin[-1].history
+    np.testing.assert_array_equal(a.step, b.step)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    np.testing.assert_array_equal(a.flip_ratio, b.flip_ratio)
+    np.testing.assert_array_equal(a.gated_fraction, b.gated_fraction)
+    np.testing.assert_array_equal(a.grad_norm, b.grad_norm)
+    assert np.nanmax(a.flip_ratio) > 0 and np.nanmax(a.gated_fraction) > 0
+    for s in thin:  # the snapshots that are built are the unthinned run's, step for step
+        twin = next(f for f in full if f.step == s.step)
+        assert s.layers[1].flip_ratio <= 1 and s.event == twin.event
+        np.testing.assert_array_equal(s.layers[1].preact_counts, twin.layers[1].preact_counts)
+
+
 def test_same_seed_same_run_and_different_seed_differs():
     x, y = _xor()
 

@@ -20,11 +20,12 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .evaluation import batchnorm_layers, evaluate_batch_stats, reestimate_batchnorm
+from .kernels.histogram import histogram_uniform
 from .layers import _QuantBase
 from .layerstats import LayerStats, flip_ratio, gated_fraction, grad_norm, layer_stats, weights_at_clip
 from .model import Sequential, softmax_cross_entropy
@@ -237,6 +238,12 @@ class Trainer:
     seed: seeds shuffling and stochastic binarizers, so a run is repeatable.
     snapshot_every: yield a snapshot every this many steps (and at epoch ends).
     telemetry: compute per-layer histograms at snapshots (off for benchmarks).
+
+    :attr:`snapshot_due`, when set (a callable without arguments), thins the snapshots
+    of ordinary steps: one is built and yielded only when it returns True. Epoch ends,
+    pauses, single steps and stops always yield. The curves still get a point every
+    ``snapshot_every`` steps, with sign flips and gating counted over exactly those
+    steps, so skipping a snapshot saves its histograms and copies and loses nothing.
     bn_reestimate_batches: at each epoch's end, recompute batch-norm running statistics
         from this many random training batches with the current weights (0: keep the
         moving averages alone, as Keras does). The batches are drawn from a generator of
@@ -294,6 +301,7 @@ class Trainer:
         self._lock = threading.Lock()
         self._step_budget = 0
         self.last_snapshot: Snapshot | None = None
+        self.snapshot_due: Callable[[], bool] | None = None
 
     # -- control (thread-safe)
     def pause(self) -> None:
@@ -387,6 +395,10 @@ class Trainer:
                         f"{opt.current_lr:g}) or turn weight clipping on")
                 paused_after = self.paused
                 if step % self.snapshot_every == 0 or last or paused_after or self._stop.is_set():
+                    due = self.snapshot_due
+                    if not (last or paused_after or self._stop.is_set() or due is None or due()):
+                        self._append_point(step, self._light_telemetry())
+                        continue
                     now = time.perf_counter()
                     if now > window_t:
                         ips = window_images / (now - window_t)
@@ -456,15 +468,8 @@ class Trainer:
         c = self._curves
         sm_loss, sm_acc = self._smoothed
         if seen:
-            c.step.append(step)
-            c.loss.append(sm_loss)
-            c.accuracy.append(sm_acc)
-            c.flip_ratio.append([t.flip_ratio for t in layers] if layers else [np.nan] * len(self._quant))
-            c.gated_fraction.append(
-                [np.nan if t.gated_fraction is None else t.gated_fraction for t in layers]
-                if layers else [np.nan] * len(self._quant))
-            c.grad_norm.append([t.grad_norm for t in layers] if layers
-                               else [np.nan] * len(self._quant))
+            self._append_point(step, [(t.flip_ratio, t.gated_fraction, t.grad_norm)
+                                      for t in layers])
         if epoch_end:
             c.epoch.append(epoch)
             c.epoch_loss.append(loss)
@@ -493,6 +498,35 @@ class Trainer:
         self.last_snapshot = snap
         return snap
 
+    def _append_point(self, step: int, per_layer) -> None:
+        """One point of the curves: the smoothed loss and accuracy, and each layer's
+        (flip ratio since the previous point, gated fraction, gradient norm) (empty: not
+        measured)."""
+        c = self._curves
+        sm_loss, sm_acc = self._smoothed
+        c.step.append(step)
+        c.loss.append(sm_loss)
+        c.accuracy.append(sm_acc)
+        if not per_layer:
+            per_layer = [(np.nan, None, np.nan)] * len(self._quant)
+        c.flip_ratio.append([f for f, _, _ in per_layer])
+        c.gated_fraction.append([np.nan if g is None else g for _, g, _ in per_layer])
+        c.grad_norm.append([n for _, _, n in per_layer])
+
+    def _light_telemetry(self) -> list[tuple[float, float | None, float]]:
+        """Each layer's (flip ratio since the last point, gated fraction, gradient norm):
+        the cheap part of the telemetry, for the curves' points between snapshots."""
+        if not self.telemetry:
+            return []
+        return [(*self._flips_and_gating(i, q), grad_norm(q.kernel.grad))
+                for i, q in enumerate(self._quant)]
+
+    def _flips_and_gating(self, i: int, q: _QuantBase) -> tuple[float, float | None]:
+        w = q.kernel.value
+        flips = flip_ratio(self._prev_signs[i], w)
+        self._prev_signs[i] = np.signbit(w)
+        return flips, gated_fraction(q.input_quantizer, q.last_input)
+
     def _all_telemetry(self) -> tuple[LayerTelemetry, ...]:
         if not self.telemetry:
             return ()
@@ -503,17 +537,14 @@ class Trainer:
         clip = q.kernel.clip
         amax = float(np.max(np.abs(w))) if w.size else 0.0
         r = max(1.25, amax * 1.05)
-        counts, edges = np.histogram(w, bins=WEIGHT_BINS, range=(-r, r))
+        counts, edges = histogram_uniform(w, -r, r, WEIGHT_BINS)
         at_clip = weights_at_clip(w, clip)
-        flips = flip_ratio(self._prev_signs[i], w)
-        self._prev_signs[i] = np.signbit(w)
-        pc = pe = window = gated = None
+        flips, gated = self._flips_and_gating(i, q)
+        pc = pe = window = None
         iq = q.input_quantizer
         if iq is not None and q.last_input is not None:
-            x = q.last_input
-            pc, pe = np.histogram(x, bins=PREACT_BINS, range=(-PREACT_RANGE, PREACT_RANGE))
+            pc, pe = histogram_uniform(q.last_input, -PREACT_RANGE, PREACT_RANGE, PREACT_BINS)
             window = iq.gate_window()
-            gated = gated_fraction(iq, x)
         g = q.kernel.grad
         return LayerTelemetry(
             name=q.name, type_name=q.type_name, binary_kernel=q.kernel_binary,

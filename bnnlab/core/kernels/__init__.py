@@ -7,6 +7,7 @@
 - :mod:`.pooling`: max pooling forward and backward;
 - :mod:`.batchnorm`: batch norm in training and inference;
 - :mod:`.sign`: the sign binarizer and its straight-through gradient;
+- :mod:`.histogram`: equal-width histograms for the trainer's telemetry;
 - :mod:`.optimizer`: fused optimizer updates;
 - :mod:`.threads`: when work is split over threads, and the process-wide tuning that the
   entry points apply (:func:`tune_process`);
@@ -31,6 +32,7 @@ from .batchnorm import bn_backward_train, bn_forward_train, scale_shift
 from .conv import (col2im, conv_backward, conv_forward_direct, im2col, offset_tables,
                    pad_input, padded_extent)
 from .float_gemm import gemm_offsets, matmul
+from .histogram import histogram_uniform
 from .optimizer import adam_update
 from .packing import (pack_conv_input, pack_patches, pack_patches_parallel, pack_rows,
                       pack_weights, words_for)
@@ -43,7 +45,7 @@ from .xnor import xnor_gemm, xnor_gemm_parallel, xnor_gemm_serial
 
 __all__ = [
     "POPCOUNT_MODE", "adam_update", "bn_backward_train", "bn_forward_train", "col2im",
-    "conv_backward", "conv_forward_direct", "gemm_offsets", "im2col", "matmul",
+    "conv_backward", "conv_forward_direct", "gemm_offsets", "histogram_uniform", "im2col", "matmul",
     "maxpool_backward", "maxpool_forward", "offset_tables", "pack_conv_input", "pack_patches",
     "pack_patches_parallel", "pack_rows", "pack_weights", "pad_input", "padded_extent", "compile_in_children", "prepare_kernels",
     "scale_shift", "sign_pack", "ste_gate", "tune_process", "warm_up", "words_for",

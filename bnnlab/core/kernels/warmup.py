@@ -23,6 +23,7 @@ import numpy as np
 from .batchnorm import bn_backward_train, bn_forward_train, scale_shift
 from .conv import col2im, conv_backward, conv_forward_direct, im2col
 from .float_gemm import matmul
+from .histogram import histogram_uniform
 from .optimizer import adam_update
 from .packing import pack_conv_input, pack_patches_parallel
 from .pooling import maxpool_backward, maxpool_forward
@@ -73,6 +74,7 @@ def _steps() -> list:
     x = np.random.default_rng(0).standard_normal((1, 5, 5, 3)).astype(np.float32)
     xb = np.random.default_rng(1).standard_normal((4, 9, 9, 64)).astype(np.float32)
     steps.append(lambda: pack_conv_input(x, 3, 3, 1, (1, 1), (5, 5), 0))
+    steps.append(lambda: histogram_uniform(x, -1.0, 1.0, 4))
     w4 = np.zeros(4, np.float32)
     for nt in (1, 2):
         steps.append(lambda nt=nt: scale_shift(xb.reshape(-1, 64), w4.repeat(16), w4.repeat(16),
