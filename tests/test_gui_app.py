@@ -28,7 +28,7 @@ def window(qtbot, monkeypatch, tmp_path):
     monkeypatch.setenv("BNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     w = MainWindow(Session())
     qtbot.addWidget(w)
-    w.ask_unsaved = lambda count: "discard"  # closing never waits on a dialog
+    w.ask_unsaved = lambda what: "discard"  # closing never waits on a dialog
     w.show()
     yield w
     w.close()
@@ -191,7 +191,7 @@ def test_missing_dataset_shows_an_error(window, qtbot, tmp_path, monkeypatch):
 def test_closing_during_training_leaves_no_thread(qtbot):
     w = MainWindow(Session(warm_up=False))
     qtbot.addWidget(w)
-    w.ask_unsaved = lambda count: "discard"  # closing never waits on a dialog
+    w.ask_unsaved = lambda what: "discard"  # closing never waits on a dialog
     w.show()
     s = w.session
     s.update_scene(epochs=50, limit_train=1024, limit_test=100)
@@ -274,13 +274,13 @@ def test_closing_with_unsaved_runs_asks_and_saves(qtbot, tmp_path, monkeypatch):
     s.start()
     _idle(w, qtbot)
     asked = []
-    w.ask_unsaved = lambda count: asked.append(count) or "cancel"
+    w.ask_unsaved = lambda what: asked.append(what) or "cancel"
     w.close()
-    assert asked == [1] and w.isVisible()  # cancelled: still open
+    assert asked == ["1 trained run"] and w.isVisible()  # cancelled: still open
     path = tmp_path / "mine.bnnlab.npz"
     monkeypatch.setattr("bnnlab.gui.actions.QFileDialog.getSaveFileName",
                         lambda *a, **k: (str(path), ""))
-    w.ask_unsaved = lambda count: "save"
+    w.ask_unsaved = lambda what: "save"
     w.close()
     assert not w.isVisible() and path.exists()
     reopened = Session(warm_up=False)

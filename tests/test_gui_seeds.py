@@ -25,7 +25,7 @@ def window(qtbot, monkeypatch, tmp_path):
     scene.limit_train, scene.limit_test = 128, 64
     w = MainWindow(Session(warm_up=False, scene=scene))
     qtbot.addWidget(w)
-    w.ask_unsaved = lambda count: "discard"
+    w.ask_unsaved = lambda what: "discard"
     w.show()
     yield w
     w.close()

@@ -23,7 +23,7 @@ WAIT_MS = 120_000
 def window(qtbot):
     w = MainWindow(Session())
     qtbot.addWidget(w)
-    w.ask_unsaved = lambda count: "discard"  # closing never waits on a dialog
+    w.ask_unsaved = lambda what: "discard"  # closing never waits on a dialog
     w.show()
     yield w
     w.close()

@@ -105,3 +105,45 @@ def test_compare_refuses_bad_requests(session):
     assert s.compare_seeds(["no-such-preset"], seeds=2) is None
     assert s.compare_seeds([_variant(s)], seeds=0) is None
     assert len(s.errors) == 3 and not s.comparing
+
+
+def test_comparisons_are_saved_in_workspaces_and_closing_knows(session, tmp_path):
+    import json
+
+    from bnnlab.app.workspace import WorkspaceError, load_workspace
+
+    s = session
+    c = s.compare_seeds([_variant(s)], seeds=2, epochs=1)
+    assert s.wait_comparison(WAIT_S) and c.state == "finished"
+    assert s.unsaved_comparisons == [c] and s.unsaved_text() == "1 comparison over seeds"
+    path = tmp_path / "w.bnnlab.npz"
+    assert s.save_workspace(path)
+    assert s.unsaved_comparisons == [] and s.unsaved_text() == ""
+
+    again = Session(warm_up=False)
+    try:
+        assert again.open_workspace(path)
+        (d,) = again.comparisons
+        assert (d.number, d.labels, d.seeds, d.epochs, d.state) == (1, c.labels, 2, 1, "finished")
+        assert d.runs == c.runs  # every figure and curve of every training
+        assert d.differs(d.labels[1]) == c.differs(c.labels[1])
+        assert d.report() == c.report()
+        assert again.unsaved_text() == ""
+        assert again.focus().comparison is d
+    finally:
+        again.shutdown()
+
+    # a damaged comparison is refused with the file's name and the reason
+    archive = dict(np.load(path, allow_pickle=False))
+    doc = json.loads(archive["workspace.json"].tobytes())
+    doc["comparisons"][0]["runs"]["elsewhere"] = []
+    archive["workspace.json"] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
+    bad = tmp_path / "bad.bnnlab.npz"
+    np.savez(bad, **archive)
+    with pytest.raises(WorkspaceError, match=r"bad\.bnnlab\.npz: comparison 1.*'elsewhere'"):
+        load_workspace(bad)
+    doc["comparisons"][0]["runs"] = {"toy-xor": [{"label": "toy-xor", "seed": "zero"}]}
+    archive["workspace.json"] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
+    np.savez(bad, **archive)
+    with pytest.raises(WorkspaceError, match="damaged workspace"):
+        load_workspace(bad)

@@ -18,7 +18,8 @@ __all__ = ["SceneEditing"]
 
 
 class SceneEditing:
-    """Scene methods of the session (uses its ``scene``, ``_emit``, ``stop``, ``_events``)."""
+    """Scene and workspace methods of the session (uses its ``scene``, ``runs``,
+    ``comparisons``, ``_emit``, ``stop``, ``cancel_comparison``, ``_events``)."""
 
     def set_scene(self, scene: Scene, path: str | None = None) -> None:
         """Make ``scene`` current (stopping any run: its settings no longer apply)."""
@@ -109,31 +110,37 @@ class SceneEditing:
 
     # ------------------------------------------------------------------ workspaces
     def save_workspace(self, path: str | os.PathLike) -> bool:
-        """Write the scene and every run (curves, weights, bit for bit) to ``path``."""
+        """Write the scene, every run (curves, weights, bit for bit) and every comparison
+        over seeds to ``path``."""
         path = os.fspath(path)
         try:
-            save_workspace(path, self.scene, self.runs)
+            save_workspace(path, self.scene, self.runs, self.comparisons)
         except (OSError, ValueError) as exc:
             self._emit("error", "Cannot save the workspace", f"{path}: {exc}")
             return False
         for run in self.runs:
             run.saved = True
+        for comparison in self.comparisons:
+            comparison.saved = True
         self.workspace_path = path
         return True
 
     def open_workspace(self, path: str | os.PathLike) -> bool:
-        """Replace the scene and the runs by a workspace file's (stops a live run)."""
+        """Replace the scene, the runs and the comparisons by a workspace file's (stops a
+        live run and cancels a running comparison)."""
         path = os.fspath(path)
         try:
-            scene, runs = load_workspace(path)
+            workspace = load_workspace(path)
         except WorkspaceError as exc:
             self._emit("error", "Cannot open the workspace", str(exc))
             return False
         self.stop(wait=True)
+        self.cancel_comparison(wait=True)
         self.runs.clear()
         self.selected = None
-        self.set_scene(scene, None)
-        for item in runs:
+        self.comparisons[:] = workspace.comparisons
+        self.set_scene(workspace.scene, None)
+        for item in workspace.runs:
             if item.opened_path is not None:
                 self.open_model(item.opened_path)  # arrives as a run once read again
             else:

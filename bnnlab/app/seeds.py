@@ -69,6 +69,7 @@ class Comparison:
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     version: int = 0
+    saved: bool = False  # written to a workspace file since it last changed
 
     @property
     def labels(self) -> list[str]:
@@ -192,7 +193,13 @@ class SeedComparisons:
         return self._seeds_job is None
 
     # events of the job, applied by Session.poll on the owner's thread
+    @property
+    def unsaved_comparisons(self) -> list[Comparison]:
+        """Comparisons with finished trainings not written to a workspace since."""
+        return [c for c in self.comparisons if not c.saved and any(c.runs.values())]
+
     def _touch(self, comparison: Comparison) -> None:
+        comparison.saved = False
         comparison.version += 1
         comparison.seconds = time.monotonic() - comparison.started
 

@@ -464,6 +464,15 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
     def unsaved_runs(self) -> list[Run]:
         return [r for r in self.runs if r.snapshot is not None and not r.saved]
 
+    def unsaved_text(self) -> str:
+        """What closing would lose ("2 trained runs and 1 comparison over seeds"), or ""."""
+        parts = []
+        if n := len(self.unsaved_runs):
+            parts.append(f"{n} trained run{'s' if n != 1 else ''}")
+        if n := len(self.unsaved_comparisons):
+            parts.append(f"{n} comparison{'s' if n != 1 else ''} over seeds")
+        return " and ".join(parts)
+
     def _relabel(self) -> None:
         trained = [r for r in self.runs if r.opened is None]
         for run, label in zip(trained, label_runs([r.scene for r in trained])):

@@ -12,7 +12,9 @@ with ``allow_pickle=False``, so nothing in the file becomes code) written atomic
 * ``run<N>/history/<field>`` — its curves.
 * ``run<N>/layer<i>/<field>`` — the per-layer histograms of its latest snapshot.
 
-Opened models are stored by path and opened again from their file.
+The header also keeps every comparison over seeds (``"comparisons"``): its scenes, and
+the figures and per-epoch curves of each training finished. Opened models are stored by
+path and opened again from their file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
@@ -29,10 +31,12 @@ from ..core.layerstats import LayerStats
 from ..core.trainer import History, LayerTelemetry, Snapshot
 from ..io.atomic import write_atomic
 from ..io.scenes import Scene, SceneError, scene_from_dict, scene_to_toml, tomllib
+from .compare import SeedRun
 from .runs import Run, RunState
+from .seeds import Comparison
 
-__all__ = ["FORMAT", "VERSION", "WorkspaceError", "WorkspaceRun", "load_workspace",
-           "save_workspace"]
+__all__ = ["FORMAT", "VERSION", "Workspace", "WorkspaceError", "WorkspaceRun",
+           "load_workspace", "save_workspace"]
 
 FORMAT = "bnnlab-workspace"
 VERSION = 1
@@ -65,8 +69,16 @@ def _plain(v):
     return float(v)
 
 
-def save_workspace(path: str | os.PathLike, scene: Scene, runs: list[Run]) -> None:
-    """Write ``scene`` and ``runs`` to ``path`` atomically."""
+class Workspace:
+    """What a workspace file holds: the scene, the runs and the comparisons over seeds."""
+
+    def __init__(self, scene: Scene, runs: list[WorkspaceRun], comparisons: list[Comparison]):
+        self.scene, self.runs, self.comparisons = scene, runs, comparisons
+
+
+def save_workspace(path: str | os.PathLike, scene: Scene, runs: list[Run],
+                   comparisons: list[Comparison] = ()) -> None:
+    """Write ``scene``, ``runs`` and ``comparisons`` to ``path`` atomically."""
     arrays: dict[str, np.ndarray] = {}
     doc_runs = []
     for run in runs:
@@ -100,7 +112,8 @@ def save_workspace(path: str | os.PathLike, scene: Scene, runs: list[Run]) -> No
                 layers.append(plain)
             entry["snapshot"]["layers"] = layers
         doc_runs.append(entry)
-    doc = {"format": FORMAT, "version": VERSION, "scene": scene_to_toml(scene), "runs": doc_runs}
+    doc = {"format": FORMAT, "version": VERSION, "scene": scene_to_toml(scene), "runs": doc_runs,
+           "comparisons": [_comparison_entry(c) for c in comparisons if any(c.runs.values())]}
     arrays[_HEADER] = np.frombuffer(json.dumps(doc).encode("utf-8"), np.uint8)
 
     def write(f):
@@ -118,8 +131,8 @@ def _scene(text: str, where: str) -> Scene:
         raise WorkspaceError(f"{where}: {exc}") from None
 
 
-def load_workspace(path: str | os.PathLike) -> tuple[Scene, list[WorkspaceRun]]:
-    """Read a workspace file: its scene and runs (raises :class:`WorkspaceError`)."""
+def load_workspace(path: str | os.PathLike) -> Workspace:
+    """Read a workspace file (raises :class:`WorkspaceError`)."""
     path = os.fspath(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -146,11 +159,64 @@ def load_workspace(path: str | os.PathLike) -> tuple[Scene, list[WorkspaceRun]]:
         try:
             scene = _scene(doc["scene"], f"{path}: scene")
             runs = [_run(archive, names, entry, path) for entry in doc["runs"]]
+            comparisons = [_comparison(entry, path) for entry in doc.get("comparisons", [])]
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, WorkspaceError):
                 raise
             raise WorkspaceError(f"{path}: damaged workspace ({type(exc).__name__}: {exc})") from None
-    return scene, runs
+    return Workspace(scene, runs, comparisons)
+
+
+def _comparison_entry(c: Comparison) -> dict:
+    def seed_run(r: SeedRun) -> dict:
+        d = asdict(r)
+        d["averaged"] = {str(k): float(v) for k, v in r.averaged.items()}
+        return d
+
+    return {"number": c.number, "seeds": c.seeds, "epochs": c.epochs,
+            "variants": [[label, scene_to_toml(scene)] for label, scene in c.variants],
+            # a comparison saved while it runs is kept as what it had finished
+            "state": "cancelled" if c.live else c.state, "error": c.error,
+            "seconds": c.seconds, "done": c.done, "total": c.total,
+            "runs": {label: [seed_run(r) for r in runs] for label, runs in c.runs.items()}}
+
+
+_COMPARISON_STATES = ("finished", "cancelled", "failed")
+
+
+def _comparison(e: dict, path: str) -> Comparison:
+    n = int(e["number"])
+    where = f"{path}: comparison {n}"
+    variants = [(str(label), _scene(text, f"{where}, scene {label!r}"))
+                for label, text in e["variants"]]
+    labels = [label for label, _ in variants]
+    if len(variants) < 2 or len(set(labels)) != len(labels):
+        raise WorkspaceError(f"{where}: needs two or more scenes with distinct names")
+    if e["state"] not in _COMPARISON_STATES:
+        raise WorkspaceError(f"{where}: unknown state {e['state']!r}")
+    runs = {label: [] for label in labels}
+    for label, items in dict(e["runs"]).items():
+        if label not in runs:
+            raise WorkspaceError(f"{where}: trainings of {label!r}, which it does not compare")
+        runs[label] = [_seed_run(d) for d in items]
+    epochs = e.get("epochs")
+    return Comparison(number=n, variants=variants, seeds=int(e["seeds"]),
+                      epochs=None if epochs is None else int(epochs), state=e["state"],
+                      runs=runs, done=int(e.get("done", 0)), total=int(e.get("total", 0)),
+                      error=str(e.get("error", "")), seconds=float(e.get("seconds", 0.0)),
+                      saved=True)
+
+
+def _seed_run(d: dict) -> SeedRun:
+    vb = d.get("val_accuracy_batch_stats")
+    return SeedRun(label=str(d["label"]), scene=str(d["scene"]), seed=int(d["seed"]),
+                   epochs=int(d["epochs"]), loss=float(d["loss"]), accuracy=float(d["accuracy"]),
+                   val_loss=float(d["val_loss"]), val_accuracy=float(d["val_accuracy"]),
+                   val_accuracy_batch_stats=None if vb is None else float(vb),
+                   seconds=float(d["seconds"]), parameters=int(d["parameters"]),
+                   epoch_val_accuracy=tuple(float(v) for v in d["epoch_val_accuracy"]),
+                   epoch_loss=tuple(float(v) for v in d["epoch_loss"]),
+                   averaged={int(k): float(v) for k, v in dict(d.get("averaged", {})).items()})
 
 
 def _run(archive, names: set[str], e: dict, path: str) -> WorkspaceRun:

@@ -190,9 +190,10 @@ class WindowActions:
             self.w.session.save_scene(path)
 
     def open_workspace(self) -> None:
-        if self.w.session.unsaved_runs and not self.w.confirm(
-                "Discard runs?", "Opening a workspace replaces the runs, and some are not "
-                                 "saved. Discard them?"):
+        unsaved = self.w.session.unsaved_text()
+        if unsaved and not self.w.confirm(
+                "Discard unsaved work?", f"Opening a workspace replaces the runs and the "
+                                         f"comparisons, and {unsaved} not saved. Discard?"):
             return
         path, _ = QFileDialog.getOpenFileName(self.w, "Open workspace", "",
                                               f"Workspaces (*{WORKSPACE_SUFFIX});;All files (*)")

@@ -83,7 +83,7 @@ class _StallRun:
         from PySide6.QtCore import QTimer
 
         self.window, self.seconds = window, seconds
-        window.ask_unsaved = lambda count: "discard"  # a measurement keeps nothing
+        window.ask_unsaved = lambda what: "discard"  # a measurement keeps nothing
         self.started = None
         window.session.start()
         self.timer = QTimer(window)

@@ -352,10 +352,11 @@ class MainWindow(QMainWindow):
         s.reset()
 
     # ------------------------------------------------------------------ closing
-    def ask_unsaved(self, count: int) -> str:
-        """"save", "discard" or "cancel" for closing with unsaved runs (tests replace it)."""
-        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved runs",
-                          f"{count} trained run(s) are not saved in a workspace. Save them "
+    def ask_unsaved(self, what: str) -> str:
+        """"save", "discard" or "cancel" for closing with ``what`` unsaved (e.g. "2 trained
+        runs"; tests replace it)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved work",
+                          f"{what[0].upper()}{what[1:]} not saved in a workspace. Save "
                           "before closing?", parent=self)
         save = box.addButton("Save…", QMessageBox.ButtonRole.AcceptRole)
         discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
@@ -364,9 +365,9 @@ class MainWindow(QMainWindow):
         return {save: "save", discard: "discard"}.get(box.clickedButton(), "cancel")
 
     def closeEvent(self, event) -> None:
-        unsaved = self.session.unsaved_runs
+        unsaved = self.session.unsaved_text()
         if unsaved:
-            answer = self.ask_unsaved(len(unsaved))
+            answer = self.ask_unsaved(unsaved)
             if answer == "cancel" or (answer == "save" and not self.actions_.save_workspace()):
                 event.ignore()
                 return
