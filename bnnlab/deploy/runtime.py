@@ -36,6 +36,9 @@ from .runtime_kernels import (_CHUNK_BYTES, _conv_bits, _conv_c1_pm1, _conv_raw,
 __all__ = ["Runtime", "available_cpus", "load_runtime", "pack_activations", "raw_from_unit",
            "unpack_activations"]
 
+_UINT8 = np.dtype(np.uint8)
+
+
 def pack_activations(signs: np.ndarray) -> np.ndarray:
     """(N, P, C) signs (negative = -1) -> (N, P, ceil(C/64)) uint64 words, bit 1 = -1."""
     n, p, c = signs.shape
@@ -290,13 +293,15 @@ class Runtime:
         # cannot be part of it); see runtime_chain.
         self._lead, self._chain = (len(self._blocks), None) if mf.nodes else \
             chain_for(self._blocks)
+        self._n_outputs = mf.n_outputs
+        self._input_shape = tuple(mf.input.shape)
         per_image = max(4 * (np.prod(b.conv_shape) + np.prod(b.in_shape)) for b in mf.blocks)
         # Keep a slice's buffers near 64 MiB however large the model's activations are.
         self.batch_size = int(max(1, min(1024, (64 << 20) // max(int(per_image), 1))))
 
     @property
     def n_outputs(self) -> int:
-        return self.model_file.n_outputs
+        return self._n_outputs
 
     def _check_input(self, raw: np.ndarray) -> None:
         spec = self.input
@@ -326,8 +331,11 @@ class Runtime:
         if self._chain is not None and trace is None:
             out = np.empty((raw.shape[0], self.n_outputs), np.float32)
             if self._chain.starts_with_pixels:  # uint8 pixels, converted in the chain
-                self._check_input(raw)
-                return self._chain.run(np.ascontiguousarray(raw).reshape(raw.shape[:3]), out)
+                if raw.dtype is not _UINT8 or raw.shape[1:] != self._input_shape:
+                    self._check_input(raw)  # raises unless only the dtype object differs
+                if not raw.flags.c_contiguous:
+                    raw = np.ascontiguousarray(raw)
+                return self._chain.run(raw, out)
             x = self._normalize(raw)
             for pb in self._blocks[:self._lead]:
                 x = pb.run(x)

@@ -44,21 +44,26 @@ MAX_GROUP = 64
 
 
 @nb.njit(**_JIT)
-def run_chain(pix8, xbits, desc, w64, i32c, f32c, x16, act0, act1, pbuf, zbuf, accbuf, m, i0,
-              i1, group, out):
+def run_chain(pix8, xbits, desc, w64, i32c, f32c, x16, s64, s32, n_act, n_z, n_acc, i0, i1,
+              group, out):
     """Logits of images [i0, i1) into out[i0:i1] (float32 (N, outputs)).
 
-    pix8: (N, h, w) uint8 pixels when the first row is a one-channel ±1 convolution
+    pix8: (N, h, w, 1) uint8 pixels when the first row is a one-channel ±1 convolution
     (KIND_C1), else xbits: (N, P, CW) uint64 input bits of the first row;
     desc: (blocks, N_COLS) int64 rows; w64: packed weights (each block's (KWN, F) in
     the GEMM's B layout); i32c: thresholds, their signs, zero-padding corrections and
-    sign patterns; f32c: the last block's scale and offset per output. x16 (padded
-    pixels), act0, act1 (bits
-    between blocks), pbuf (packed patches), zbuf, accbuf (accumulators) and m (one
-    pixel's pooled accumulators) are scratch sized by :class:`Chain` for ``group``
-    images.
+    sign patterns; f32c: the last block's scale and offset per output. Scratch, sized
+    by :class:`Chain` for ``group`` images: x16 (padded pixels); s64: the bits between
+    blocks (twice n_act words), then packed patches; s32: n_z accumulators, n_acc pooled
+    ones for the logits, then one pixel's pooled accumulators.
     """
     nl = desc.shape[0]
+    act0 = s64[:n_act]
+    act1 = s64[n_act:2 * n_act]
+    pbuf = s64[2 * n_act:]
+    zbuf = s32[:n_z]
+    accbuf = s32[n_z:n_z + n_acc]
+    m = s32[n_z + n_acc:]
     for g0 in range(i0, i1, group):
         nc = min(group, i1 - g0)
         src = act0
@@ -142,14 +147,14 @@ def run_chain(pix8, xbits, desc, w64, i32c, f32c, x16, act0, act1, pbuf, zbuf, a
 def _pad_pixels(pix8, g0, pt, pl, pad, xp):
     """xp[i] = pixels of image g0 + i as int16 at (pt, pl), ``pad`` around them."""
     nc, hpi, wpi = xp.shape
-    h, w = pix8.shape[1], pix8.shape[2]
+    h, w = pix8.shape[1], pix8.shape[2]  # pix8: (N, h, w, 1)
     padded = pt > 0 or pl > 0 or hpi > h + pt or wpi > w + pl
     for i in range(nc):
         if padded:
             xp[i] = pad
         for y in range(h):
             for x in range(w):
-                xp[i, pt + y, pl + x] = pix8[g0 + i, y, x]
+                xp[i, pt + y, pl + x] = pix8[g0 + i, y, x, 0]
 
 
 class Chain:
@@ -233,7 +238,7 @@ class Chain:
         self._sizes = (x16, act, pbuf, zbuf, accbuf, fmax)
         self._scratch: dict[int, tuple] = {}
         self._lock = threading.Lock()
-        self._no_pixels = np.zeros((0, 1, 1), np.uint8)
+        self._no_pixels = np.zeros((0, 1, 1, 1), np.uint8)
         self._no_bits = np.zeros((0, 1, 1), np.uint64)
 
     def __getstate__(self):  # pickled (a runtime sent to another process) without scratch
@@ -245,26 +250,25 @@ class Chain:
         self.__dict__.update(state, _scratch={}, _lock=threading.Lock())
 
     def _thread_scratch(self) -> tuple:
-        """This thread's scratch arrays, allocated at its first call."""
+        """This thread's scratch arrays and their parts' sizes, allocated at its first call."""
         key = threading.get_ident()
         got = self._scratch.get(key)
         if got is None:
             x16, act, pbuf, zbuf, accbuf, fmax = self._sizes
             g = self.group
-            got = (np.empty(g * x16, np.int16), np.empty(g * act, np.uint64), np.empty(g * act, np.uint64),
-                   np.empty(g * pbuf, np.uint64), np.empty(g * zbuf, np.int32),
-                   np.empty(g * accbuf, np.int32), np.empty(fmax, np.int32))
+            got = (np.empty(g * x16, np.int16), np.empty(g * (2 * act + pbuf), np.uint64),
+                   np.empty(g * (zbuf + accbuf) + fmax, np.int32),
+                   g * act, g * zbuf, g * accbuf)
             with self._lock:
                 self._scratch[key] = got
         return got
 
     def run(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out (N, outputs) float32 for x: uint8 pixels (N, h, w) if the chain starts
+        """out (N, outputs) float32 for x: uint8 pixels (N, h, w, 1) if the chain starts
         with pixels, else the first block's input bits (N, P, CW)."""
-        x16, a0, a1, pb, zb, ab, m = self._thread_scratch()
         pix, xb = (x, self._no_bits) if self.starts_with_pixels else (self._no_pixels, x)
-        return run_chain(pix, xb, self.desc, self.w64, self.i32c, self.f32c, x16, a0, a1, pb,
-                         zb, ab, m, 0, x.shape[0], self.group, out)
+        return run_chain(pix, xb, self.desc, self.w64, self.i32c, self.f32c,
+                         *self._thread_scratch(), 0, x.shape[0], self.group, out)
 
 
 def chain_for(blocks) -> tuple[int, Chain | None]:
