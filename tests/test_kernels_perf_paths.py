@@ -258,6 +258,10 @@ def test_maxpool_matches_reference(shape, p, s, paths):
     ref, ref_arg = pooling.maxpool_ref(x, p, s)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(arg, ref_arg)
+    # Inference keeps no winning taps and pools the same.
+    out2 = np.full_like(out, np.nan)
+    K.maxpool_forward(x, p, s, out2)
+    np.testing.assert_array_equal(out2, ref)
     dy = rng.standard_normal(out.shape).astype(np.float32)
     dx = np.full(shape, np.nan, np.float32)  # every element must be written
     K.maxpool_backward(dy, arg, p, s, dx)

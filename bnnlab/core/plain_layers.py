@@ -173,7 +173,8 @@ class MaxPool2D(Layer):
     def forward(self, x, training=False, rng=None):
         n = x.shape[0]
         out = np.empty((n, *self.output_shape), np.float32)
-        arg = np.empty(out.shape, np.int32)
+        # Only training needs the winning taps (for backward); inference skips them.
+        arg = np.empty(out.shape, np.int32) if training else None
         K.maxpool_forward(np.ascontiguousarray(x, dtype=np.float32), self.pool_size, self.strides, out, arg)
         self._arg = arg
         return out

@@ -17,7 +17,9 @@ __all__ = ["maxpool_forward", "maxpool_backward", "maxpool_ref", "maxpool_backwa
 def _maxpool_forward_rows(x2, q0, q1, h, w, p, s, ho, wo, out2, arg2):
     # Output rows q = (image, oy) in [q0, q1); x2/out2/arg2 are (pixels, C). A 2x2 window
     # reads its four taps in one channel loop, so the loop is entered once per pixel.
+    # An empty arg2 (inference) keeps no winning taps: less memory to write.
     c = x2.shape[1]
+    keep = arg2.shape[0] > 0
     for q in range(q0, q1):
         img = q // ho
         oy = q - img * ho
@@ -44,11 +46,13 @@ def _maxpool_forward_rows(x2, q0, q1, h, w, p, s, ho, wo, out2, arg2):
                     m = v if t else m
                     a = np.int32(3) if t else a
                     out2[r, cc] = m
-                    arg2[r, cc] = a
+                    if keep:
+                        arg2[r, cc] = a
             else:
                 for cc in range(c):
                     out2[r, cc] = x2[b0, cc]
-                    arg2[r, cc] = 0
+                    if keep:
+                        arg2[r, cc] = 0
                 for k in range(1, p * p):
                     src = b0 + (k // p) * w + k % p
                     kk = np.int32(k)
@@ -56,7 +60,8 @@ def _maxpool_forward_rows(x2, q0, q1, h, w, p, s, ho, wo, out2, arg2):
                         v = x2[src, cc]
                         t = v > out2[r, cc]
                         out2[r, cc] = v if t else out2[r, cc]
-                        arg2[r, cc] = kk if t else arg2[r, cc]
+                        if keep:
+                            arg2[r, cc] = kk if t else arg2[r, cc]
 
 
 @nb.njit(**JIT_PAR)
@@ -68,16 +73,16 @@ def _maxpool_forward_par(x2, n, h, w, p, s, ho, wo, out2, arg2, nch):
                               ho, wo, out2, arg2)
 
 
-def maxpool_forward(x, p, s, out, arg, threads=None):
+def maxpool_forward(x, p, s, out, arg=None, threads=None):
     """Max pooling, 'valid': x (N, H, W, C) float32 -> out (N, Ho, Wo, C) float32.
 
     arg (N, Ho, Wo, C) int32 receives the winning tap ``dy * p + dx``; ties go to the
-    first tap in row-major order.
+    first tap in row-major order. Without arg (inference) no taps are kept.
     """
     n, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
-    args = (x.reshape(n * h * w, c), n, h, w, p, s, ho, wo, out.reshape(n * ho * wo, c),
-            arg.reshape(n * ho * wo, c))
+    arg2 = np.empty((0, c), np.int32) if arg is None else arg.reshape(n * ho * wo, c)
+    args = (x.reshape(n * h * w, c), n, h, w, p, s, ho, wo, out.reshape(n * ho * wo, c), arg2)
     nch = _threads.chunks(n * ho, x.size, threads)
     if nch == 1:
         _maxpool_forward_rows(args[0], 0, n * ho, *args[2:])
