@@ -30,7 +30,7 @@ from ..core.kernels import offset_tables, pad_input, padded_extent, xnor_gemm_se
 from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError, read_file
 from .limits import check_runtime_cost
 from .runtime_chain import chain_for
-from .runtime_kernels import (_CHUNK_BYTES, _conv_bits, _conv_c1_pm1, _conv_raw,
+from .runtime_kernels import (_CHUNK_BYTES, GEMM_NIB, _conv_bits, _conv_c1_pm1, _conv_raw,
                               _conv_raw_exact_f32, _dense_raw, _scale_offset, _threshold_pack)
 
 __all__ = ["Runtime", "available_cpus", "load_runtime", "pack_activations", "raw_from_unit",
@@ -201,7 +201,7 @@ class _Prepared:
             acc = np.empty((n, 1, self.f), acc_dtype)
             if b.input == "bits":
                 xnor_gemm_serial(np.ascontiguousarray(x.reshape(n, -1)), self.wt, self.k,
-                                 acc.reshape(n, self.f))
+                                 acc.reshape(n, self.f), nib=GEMM_NIB)
             else:
                 _dense_raw(np.ascontiguousarray(x.reshape(n, -1)), self.wt, acc)
             if bits_out:

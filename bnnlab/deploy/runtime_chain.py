@@ -26,7 +26,7 @@ import numba as nb
 import numpy as np
 
 from ..core.kernels import pack_patches, xnor_gemm_serial
-from .runtime_kernels import (_CHUNK_BYTES, _JIT, _conv_c1_pm1, _pool_only,
+from .runtime_kernels import (_CHUNK_BYTES, _JIT, GEMM_NIB, _conv_c1_pm1, _pool_only,
                               _pool_threshold_pack)
 
 __all__ = ["Chain", "chain_for"]
@@ -118,7 +118,7 @@ def run_chain(pix8, xbits, desc, w64, i32c, f32c, x16, s64, s32, n_act, n_z, n_a
                 rows = nc
                 pa = src[:nc * kwn].reshape(nc, kwn)
             z = zbuf[:rows * f].reshape(rows, f)
-            xnor_gemm_serial(pa, wt, desc[li, K], z)
+            xnor_gemm_serial(pa, wt, desc[li, K], z, nib=GEMM_NIB)
             co = desc[li, CORR_OFF]
             cr = desc[li, CORR_ROWS]
             corr = i32c[co:co + cr * f].reshape(cr, f)
