@@ -196,12 +196,13 @@ def _put_dots(out, at, k, first, t0, t1, t2, t3):
 # in L2 against 83% in L1).
 
 NIB_KB_WORDS = 31
-NIB_MIN_ROWS = 64
+NIB_MIN_ROWS = 128
 # The ``nib`` argument of the GEMMs: the fewest rows a call needs for the nibble count
 # (0: never); by default in the "csa" popcount mode (the "bytes" mode keeps the
-# whole-byte count, "lanes" its vpopcntq). Splitting B is a pass over B that a few
-# rows of A do not repay: fewer rows (a batch of one through a dense layer) keep the
-# other counts.
+# whole-byte count, "lanes" its vpopcntq). Splitting B and allocating the blocks is a
+# cost per call that a few rows of A do not repay (Zen 3, 1 thread, CPU time, load
+# about 6: against the best other count, 0.88x at 64x576x64 and 0.89x at 32x576x64,
+# 1.12x at 128x576x64, 1.07x at 64x4608x256).
 NIB = NIB_MIN_ROWS if POPCOUNT_MODE == "csa" else 0
 # Bytes of A's split words kept per block of rows: in L1 beside all of B's panels, or
 # in L2.
