@@ -1,6 +1,6 @@
 """Check the way from bnnlab to Larq and Larq Compute Engine on the MNIST test set.
 
-    python benchmarks/larq_roundtrip.py --larq-python PY [--model MODEL.npz|MODEL.bnn]
+    python benchmarks/larq_roundtrip.py --larq-python PY [--model MODEL.npz|MODEL.h5]
            [--scene larq-mnist-bnn] [--epochs 1] [--dataset mnist] [--data-dir DIR]
            [--keep DIR]
 
@@ -68,15 +68,15 @@ def trained_model(args):
 
 def load_model_and_data(args):
     from bnnlab.data import load_dataset
-    from bnnlab.deploy import open_model
+    from bnnlab.deploy.larq_import import import_larq
     from bnnlab.io.checkpoints import load_checkpoint
 
     scale = "unit"
     if args.model.lower().endswith(".npz"):
         model, meta = load_checkpoint(args.model)
         scale = meta.get("input_scale", "unit")
-    else:
-        model = open_model(args.model)
+    else:  # a Keras/Larq .h5 (a .bnn keeps only signs: export it from its .npz)
+        model = import_larq(args.model)
     ds = load_dataset(args.dataset, args.data_dir)
     x = ds.x_test if scale == "unit" else (ds.x_test * 2.0 - 1.0).astype(np.float32)
     return model, x, ds.y_test
@@ -100,7 +100,7 @@ def min_margins(model, x, batch=500):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--larq-python", required=True)
-    ap.add_argument("--model", help="a checkpoint (.npz), .bnn or .h5 model; else train SCENE")
+    ap.add_argument("--model", help="a checkpoint (.npz) or a Keras/Larq .h5; else train SCENE")
     ap.add_argument("--scene", default="larq-mnist-bnn")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--dataset", default="mnist")

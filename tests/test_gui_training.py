@@ -199,6 +199,33 @@ def test_an_opened_model_file_shows_in_every_panel(window, qtbot, tmp_path):
     assert "runtime" in evaluate.result.text()
 
 
+def test_an_opened_model_says_why_its_training_plots_are_empty(window, qtbot, tmp_path):
+    pytest.importorskip("h5py")
+    s = window.session
+    s.update_scene(limit_train=512, limit_test=64, epochs=1)
+    s.start()
+    _idle(window, qtbot)
+    path = tmp_path / "mine.h5"
+    s.export_run_h5(s.runs[0], path)
+    dashboard = _show(window, "Training")
+    assert not dashboard.empty_note.isVisible()  # a trained run: curves, no note
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: (window._refresh(), len(s.runs) == 2)[1], timeout=WAIT_MS)
+    opened = s.runs[1]
+    assert s.selected is opened and opened.snapshot is not None
+    s.set_run_visible(s.runs[0], False)  # only the opened model's (absent) curves
+    dashboard = _show(window, "Training")
+    assert dashboard.empty_note.isVisible()
+    assert "was opened from a file, not trained here" in dashboard.empty_note.textItem.toPlainText()
+    weights = _show(window, "Latent weights")
+    assert len(weights.histograms) == len(opened.snapshot.layers) > 0
+    assert "no training steps recorded" in weights._flip_note.textItem.toPlainText()
+    assert not weights.flip_plot.legend.isVisible()
+    s.set_run_visible(s.runs[0], True)
+    dashboard = _show(window, "Training")
+    assert not dashboard.empty_note.isVisible()
+
+
 def test_tryit_averages_stochastic_passes(window, qtbot):
     from bnnlab.app.stochastic import averaged_proba
     from bnnlab.core.model import model_from_state

@@ -512,8 +512,25 @@ class Dashboard(QWidget):
         if max_epoch:
             for plot in (self.loss_plot, self.acc_plot):
                 plot.setXRange(0, max_epoch, padding=0.02)
-        self.empty_note.setVisible(not views)
-        self._show_selected(next((v for v in views if v.selected), None))
+        selected = next((v for v in views if v.selected), None)
+        self._show_empty_note(views, selected)
+        self._show_selected(selected)
+
+    def _show_empty_note(self, views, selected) -> None:
+        """Say why the plots are empty: nothing trained yet, or a model opened from a file
+        (it has no curves: nothing trained it here)."""
+        text = None
+        if not views:
+            text = "Press Start (Space) to train the scene"
+        elif selected is not None and selected.opened is not None and not any(
+                v.visible and v.snapshot is not None and len(v.snapshot.history.step)
+                for v in views):
+            text = (f"{legend_label(selected.title)}\nwas opened from a file, not trained "
+                    "here:\nit has no curves. Evaluate measures it;\nEvaluate > Continue "
+                    "training… trains it\nfurther and draws them.")
+        if text is not None:
+            self.empty_note.setText(text)
+        self.empty_note.setVisible(text is not None)
 
     def _show_bn_warning(self, v) -> None:
         """The selected run's batch-norm warning, from its latest epoch end (the snapshots

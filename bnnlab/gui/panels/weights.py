@@ -164,6 +164,13 @@ class WeightsPanel(PerLayerPanel):
             top = self._flip_y.fit(float(np.nanmax(flips)) if np.isfinite(flips).any() else 0.0)
             if top is not None:
                 self.flip_plot.setYRange(0, top, padding=0)
+        if self.flip_plot.legend is not None:  # no curves, no key (it would cover the note)
+            self.flip_plot.legend.setVisible(bool(len(h.step)))
+        if not len(h.step) and self._every != 0:
+            self._every = 0  # e.g. a model opened from a file
+            self._flip_note.setHtml("<span style='font-size:9pt'>no training steps "
+                                    "recorded:<br>flips are counted while<br>the model "
+                                    "trains</span>")
         if len(h.step) >= 2:
             # Snapshots come every N steps (fewer at epoch ends): flips are counted per N steps.
             # A note, not the title: a new title re-lays out every plot of the panel.
