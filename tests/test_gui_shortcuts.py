@@ -82,13 +82,20 @@ def test_panel_draws_bireal_with_and_without_its_shortcuts(qtbot, bireal_run):
     assert values[0][0] == pytest.approx(want.with_shortcuts[0].weight_mean
                                          / want.with_shortcuts[-1].weight_mean)
 
-    panel.weights.setCurrentIndex(1)  # the initial weights, rebuilt from the seed
-    panel.show_focus(_focus(snap, x, y))
+    panel.weights.setCurrentIndex(1)  # the initial weights, rebuilt from the seed: the
+    # choice measures again by itself (the window sends no new focus for a finished run)
     qtbot.waitUntil(lambda: panel.status.text().startswith("At the initial weights"),
                     timeout=WAIT_MS)
     initial = compare_shortcuts(Sequential.from_config(snap.model_config, seed=0), x, y,
                                 batches=4, batch_size=32, seed=0)
     assert panel.effect.with_shortcuts[2].weight == initial.with_shortcuts[2].weight
+
+    panel.batches.setValue(2)  # another number of batches: measured again
+    qtbot.waitUntil(lambda: panel.effect.batches == 2, timeout=WAIT_MS)
+    first = panel.effect
+    panel.measure_button.click()  # Measure now, with nothing new: measured again all the same
+    qtbot.waitUntil(lambda: panel.effect is not first, timeout=WAIT_MS)
+    assert panel.effect.with_shortcuts[0].weight == first.with_shortcuts[0].weight
     panel.close()
 
 

@@ -101,12 +101,12 @@ class ShortcutsPanel(QWidget):
         self.batches.setRange(1, 64)
         self.batches.setValue(DEFAULT_BATCHES)
         self.batches.setToolTip("Training batches the gradients are averaged over")
-        self.batches.valueChanged.connect(lambda *_: self.measure_now())
+        self.batches.valueChanged.connect(self._controls_changed)
         self.weights = QComboBox()
         self.weights.addItems(["latest weights", "initial weights"])
         self.weights.setToolTip("The run's latest weights, or those it started from (its "
                                 "scene's seed)")
-        self.weights.currentIndexChanged.connect(lambda *_: self.measure_now())
+        self.weights.currentIndexChanged.connect(self._controls_changed)
         self.scale = QComboBox()
         self.scale.addItems(["absolute", "relative to the output layer"])
         self.scale.setToolTip("Relative: each graph's norms divided by its own last layer's, "
@@ -178,6 +178,7 @@ class ShortcutsPanel(QWidget):
         self._worker = LatestOnly(self)
         self._worker.finished.connect(self._on_result)
         self._worker.failed.connect(self._on_failed)
+        self._focus = None  # the latest focus: the controls measure it again
         self._source = None  # what the shown (or pending) measurement is of
         self._pending = None  # (source, job args) of the latest snapshot, not yet measured
         self._measured_run = None
@@ -201,7 +202,12 @@ class ShortcutsPanel(QWidget):
         return self._worker.idle()
 
     # ------------------------------------------------------------------ focus
-    def show_focus(self, focus) -> None:
+    def _controls_changed(self, *_args) -> None:
+        if self._focus is not None:
+            self.show_focus(self._focus)
+
+    def show_focus(self, focus, force: bool = False) -> None:
+        self._focus = focus
         run = focus.run
         if run is None:
             self.heading.setText("")
@@ -237,7 +243,8 @@ class ShortcutsPanel(QWidget):
             return
         source = (run.number, id(opened) if opened is not None else id(snap),
                   self.weights.currentIndex(), self.batches.value())
-        if source == self._source or (self._pending and self._pending[0] == source):
+        if not force and (source == self._source
+                          or (self._pending and self._pending[0] == source)):
             return
         split = "training"
         if opened is not None:
@@ -277,8 +284,8 @@ class ShortcutsPanel(QWidget):
         self._pending = (source, args, where, run.number, split)
         training = run.state is RunState.TRAINING and opened is None
         fresh_run = self._measured_run != run.number
-        if not training or fresh_run or initial or snap.event != "step":
-            self.measure_now()
+        if force or not training or fresh_run or initial or snap.event != "step":
+            self._submit()
         elif self.effect is not None and self._worker.idle():
             self.status.setText(f"{self._result_text} The run has trained on to step "
                                 f"{snap.step:,}: measured again at the epoch's end, or press "
@@ -305,9 +312,13 @@ class ShortcutsPanel(QWidget):
                 "of images, in training mode (batch statistics); no weight is updated.")
 
     def measure_now(self) -> None:
-        """Measure the latest weights of the selected run now (on the worker)."""
-        if self._pending is None:
-            return
+        """Measure the selected run's latest weights (or the choice made) now, on the worker."""
+        if self._pending is not None:
+            self._submit()
+        elif self._focus is not None:
+            self.show_focus(self._focus, force=True)
+
+    def _submit(self) -> None:
         source, args, where, number, split = self._pending
         self._pending = None
         self._shown_hint = self._hint
