@@ -245,25 +245,7 @@ def _conv_c1_pm1(xp, pat, ho, wo, pool2, hp, wp, sgn, thr, out_bits):
     w16 = np.empty(((f_n + 15) // 16, qn), np.uint16)
     fw_n = out_bits.shape[2]
     for n in range(n_img):
-        x0 = xf[n][0:ln - 2]
-        x1 = xf[n][1:ln - 1]
-        x2 = xf[n][2:ln]
-        h0, h1, h2, h3 = hs[0], hs[1], hs[2], hs[3]
-        h4, h5, h6, h7 = hs[4], hs[5], hs[6], hs[7]
-        for i in range(ln - 2):
-            a = x0[i]
-            b = x1[i]
-            c = x2[i]
-            ab = np.int16(a + b)
-            amb = np.int16(a - b)
-            h0[i] = ab + c
-            h4[i] = ab - c
-            h2[i] = amb + c
-            h6[i] = amb - c
-            h1[i] = c - amb
-            h5[i] = -amb - c
-            h3[i] = c - ab
-            h7[i] = -ab - c
+        _signed_sums(xf[n][0:ln - 2], xf[n][1:ln - 1], xf[n][2:ln], hs, 0, 1, ln - 2)
         w16[:] = 0
         for f in range(f_n):
             if pool2 and kh == 3:  # accumulate and take the vertical max in one pass
@@ -330,11 +312,11 @@ def _conv_c1_pm1(xp, pat, ho, wo, pool2, hp, wp, sgn, thr, out_bits):
 
 
 @nb.njit(**_JIT_INLINE)
-def _signed_sums(a, b, c, hs, at, i_n):
+def _signed_sums(a, b, c, hs, at, step, i_n):
     # The eight signed three-tap sums of taps a, b, c (patterns 0..7, bit j: tap j is
-    # -1) into rows at, at + 4, ..., at + 28 of hs (a pattern's four phases are 4 apart).
-    h0, h1, h2, h3 = hs[at], hs[at + 4], hs[at + 8], hs[at + 12]
-    h4, h5, h6, h7 = hs[at + 16], hs[at + 20], hs[at + 24], hs[at + 28]
+    # -1) into rows at, at + step, ..., at + 7 * step of hs.
+    h0, h1, h2, h3 = hs[at], hs[at + step], hs[at + 2 * step], hs[at + 3 * step]
+    h4, h5, h6, h7 = hs[at + 4 * step], hs[at + 5 * step], hs[at + 6 * step], hs[at + 7 * step]
     for i in range(i_n):
         ab = np.int16(a[i] + b[i])
         amb = np.int16(a[i] - b[i])
@@ -387,8 +369,8 @@ def _c1_pool2_k3(xp, pat, hp, wp, sgn, thr, out_bits):
         # and (.., 0) at c2 + 1; of an odd one, (.., 1), (.., 0) at c2 + 1, (.., 1) at c2 + 1.
         for rp in range(2):
             e, o = xs[rp * 2], xs[rp * 2 + 1]
-            _signed_sums(e[0:ln], o[0:ln], e[1:ln + 1], hs, rp * 2, ln)
-            _signed_sums(o[0:ln], e[1:ln + 1], o[1:ln + 1], hs, rp * 2 + 1, ln)
+            _signed_sums(e[0:ln], o[0:ln], e[1:ln + 1], hs, rp * 2, 4, ln)
+            _signed_sums(o[0:ln], e[1:ln + 1], o[1:ln + 1], hs, rp * 2 + 1, 4, ln)
         w16[:] = 0
         hsf = hs.reshape(-1)
         w16f = w16.reshape(-1)
