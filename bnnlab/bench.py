@@ -46,17 +46,12 @@ def cpu_features() -> dict:
     """CPU name and the features the binary kernels care about (as LLVM sees them)."""
     import llvmlite.binding as llvm
 
-    from .core.kernels import POPCOUNT_MODE
+    from .core.kernels.roofline import popcount_method
 
     feats = llvm.get_host_cpu_features()
     keys = ("popcnt", "avx2", "avx512f", "avx512vpopcntdq", "avx512bw")
     return {"cpu": llvm.get_host_cpu_name(), "machine": platform.machine(),
-            **{k: bool(feats.get(k, False)) for k in keys},
-            "popcount": {"lanes": "vpopcntq per 64-bit lane",
-                         "bytes": "per-byte table lookup (vpshufb), byte counters",
-                         "csa": "nibbles split beforehand, per-nibble table lookup "
-                                "(vpshufb), byte counters; calls of few rows: Harley-Seal "
-                                "carry-save adders over 8 words"}[POPCOUNT_MODE]}
+            **{k: bool(feats.get(k, False)) for k in keys}, "popcount": popcount_method()}
 
 
 @contextmanager

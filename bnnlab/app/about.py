@@ -47,11 +47,10 @@ def _kernel_rows() -> list[tuple[str, str]]:
     wanted = ("avx2", "fma", "avx512f", "avx512vl", "avx512vpopcntdq")
     have = [f for f in wanted if features.get(f, False)]
     forced = os.environ.get("BNNLAB_POPCOUNT", "").strip()
+    from ..core.kernels.roofline import popcount_method
+
     mode = kernels.POPCOUNT_MODE
-    how = {"lanes": "vpopcntq per 64-bit lane (AVX-512 VPOPCNTDQ)",
-           "bytes": "per-byte table lookup (vpshufb), summed in registers",
-           "csa": "Harley-Seal carry-save adders over 8 words, then per-byte table lookup "
-                  "(vpshufb)"}.get(mode, mode)
+    how = popcount_method()
     import numba
 
     return [

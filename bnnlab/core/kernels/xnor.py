@@ -15,7 +15,8 @@ from . import threads as _threads
 from .caches import data_cache_bytes
 from .jit import JIT, JIT_INLINE
 from .simd import (POPCOUNT_MODE, popcount64, uadd, ubytesum, ucsa, ucsa_rest, uld, uload,
-                   unibpop, upopadd, usplat, ustore_dots, ustore_dots8, usub_dots, usub_dots8, utimes8,
+                   uhinib, ulonib, unibpop, upopadd, usplat, ustore, ustore_dots, ustore_dots8,
+                   usub_dots, usub_dots8, utimes8,
                    uxor, uxor_popadd, uzero)
 
 __all__ = ["xnor_gemm", "xnor_gemm_serial", "xnor_gemm_parallel", "xnor_gemm_ref",
@@ -291,6 +292,7 @@ def _xnor_gemm_rows_nibbles(a, bt, bp, k, out, r0, r1):
     n = bt.shape[1]
     n16 = n - n % 16
     o1 = out.reshape(-1)
+    a1 = a.reshape(-1)
     nkb = max(1, (nw + NIB_KB_WORDS - 1) // NIB_KB_WORDS)
     kbw = max(1, (nw + nkb - 1) // nkb)  # blocks of K as even as they can be
     budget = NIB_ROWS_L1_BYTES if kbw * n16 * 16 <= NIB_L1_BYTES // 2 else NIB_ROWS_L2_BYTES
@@ -306,11 +308,21 @@ def _xnor_gemm_rows_nibbles(a, bt, bp, k, out, r0, r1):
         for i0 in range(r0, r1, rows):
             i1 = min(r1, i0 + rows)
             for i in range(i0, i1):
-                r = i - i0
-                for w in range(cw):
-                    x = a[i, wa + w]
-                    al[r, w] = x & _LO
-                    ah[r, w] = (x >> _FOUR) & _LO
+                # Split four words at a time: done word by word, this pass took a tenth
+                # of the GEMM's time at N = 64.
+                src = i * nw + wa
+                dst = (i - i0) * kbw
+                w = 0
+                while w + 4 <= cw:
+                    v = uload(a1, src + w)
+                    ustore(al1, dst + w, ulonib(v))
+                    ustore(ah1, dst + w, uhinib(v))
+                    w += 4
+                while w < cw:
+                    x = uld(a1, src + w)
+                    al1[dst + w] = x & _LO
+                    ah1[dst + w] = (x >> _FOUR) & _LO
+                    w += 1
             for j0 in range(0, n16 - 16, 32):
                 p0 = (j0 * nw + wa * 16) * 2
                 p1 = ((j0 + 16) * nw + wa * 16) * 2
