@@ -15,7 +15,9 @@ changes the seconds between the window's snapshots, to see what they cost.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 
@@ -94,27 +96,28 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--period", type=float,
                    help="seconds between the window's snapshots (default: the app's)")
+    p.add_argument("--switch-interval", type=float,
+                   help="Python's thread switch interval in seconds (default: the app's)")
     args = p.parse_args()
 
     import bnnlab.gui  # noqa: F401 - before Qt: see bnnlab/gui/__init__.py
+    import bnnlab.app.jobs as jobs
     from PySide6.QtWidgets import QApplication
 
     from bnnlab.app.session import Session
+    from bnnlab.core.kernels import tune_process
     from bnnlab.experiment import prepare_data
     from bnnlab.gui.main_window import MainWindow
     from bnnlab.io.scenes import load_preset
 
-    import os
-
-    import bnnlab.app.jobs as jobs
-    from bnnlab.core.kernels import tune_process
-
     tune_process()  # as both entry points, `bnnlab` and `bnnlab train`, do
-
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     if args.period is not None:
         jobs.SNAPSHOT_PERIOD = args.period
-    print(f"{args.scene}: snapshots every {jobs.SNAPSHOT_PERIOD:g} s in the window, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{args.scene}: snapshots every {jobs.SNAPSHOT_PERIOD:g} s in the window, thread "
+          f"switch interval {sys.getswitchinterval() * 1e3:g} ms, load {os.getloadavg()[0]:.1f}",
+          flush=True)
     scene = load_preset(args.scene)
     data = prepare_data(scene, args.data_dir)
     app = QApplication.instance() or QApplication([])
