@@ -169,8 +169,9 @@ class TryItPanel(QWidget):
         self._extent = (-6.0, 6.0, -6.0, 6.0)
         self._grid_points = np.zeros((0, 2), np.float32)
         self._models, self._twin_models = _Models(), _Models()
-        self._asked: dict[str, int] = {}  # request generation per job kind
+        self._asked: dict[str, int] = {}  # generation of the last request sent, per job kind
         self._answered: dict[str, int] = {}
+        self._valid_from: dict[str, int] = {}  # answers to older requests are for another network
         self._worker = LatestOnly(self)
         self._worker.finished.connect(self._on_result)
         self._refresh = Throttle(self._request, 0.25, self)
@@ -203,8 +204,8 @@ class TryItPanel(QWidget):
         self._cleared = message
         self._snapshot = self._twin_snapshot = None
         self._probs = self._twin_probs = self._field = self._twin_field = None
-        for kind in list(self._asked):
-            self._asked[kind] += 1  # answers still on their way are for the old network
+        for kind, generation in self._asked.items():
+            self._valid_from[kind] = generation + 1  # answers on their way: the old network
         self.prob_chart.set_values([None, None])
         self.prediction.setText(message)
         self.boundary_label.setText(message)
@@ -431,7 +432,7 @@ class TryItPanel(QWidget):
     def _on_result(self, kind, payload) -> None:
         generation, result, error = payload
         self._answered[kind] = generation
-        if generation != self._asked.get(kind):
+        if generation != self._asked.get(kind) or generation < self._valid_from.get(kind, 0):
             return  # a newer request is on its way
         if error is not None:
             target = self.boundary_label if kind == "points" else self.prediction
