@@ -22,6 +22,22 @@ import time
 
 
 def terminal_rate(scene, data, steps: int, warm: int = 10) -> float:
+    """Images/s of the trainer as ``bnnlab train`` drives it, run on a thread that ends
+    with it: a thread that started parallel kernels keeps a pool of OpenMP workers for as
+    long as it lives, and a second pool (the window's training runs on another thread)
+    slows every parallel kernel (see ``bnnlab.core.kernels.threads.keep_serial``)."""
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(_terminal_rate(scene, data, steps, warm)))
+    t.start()
+    t.join()
+    if not out:
+        raise RuntimeError("the terminal run failed")
+    return out[0]
+
+
+def _terminal_rate(scene, data, steps: int, warm: int) -> float:
     from bnnlab.experiment import build_model, make_trainer
 
     model = build_model(scene, data.dataset.input_shape, data.dataset.num_classes)

@@ -546,3 +546,37 @@ def test_contention_is_others_cpu_time_over_the_threshold(monkeypatch):
     assert advance(1.0, 130, 0.9) is False  # others: 0.4 cores
     assert advance(1.0, 160, 0.0, column=7) is True  # hypervisor steal counts as others
     assert advance(1.0, 100, 0.95, idle_ticks=10**6) is False
+
+
+def test_keep_serial_keeps_kernels_of_that_thread_on_one_thread():
+    import threading
+
+    from bnnlab.core.kernels import threads as T
+
+    big = 1 << 30
+    seen = {}
+
+    def helper():
+        T.keep_serial()
+        seen["default"] = T.chunks(100, big)
+        seen["asked"] = T.chunks(100, big, threads=2)
+
+    t = threading.Thread(target=helper)
+    t.start()
+    t.join()
+    assert seen == {"default": 1, "asked": 2}  # a call that asks for threads still gets them
+    if not T.contended() and T.nb.get_num_threads() > 1:
+        assert T.chunks(100, big) > 1  # other threads are not affected
+
+
+def test_the_windows_background_workers_keep_kernels_serial(qtbot):
+    from bnnlab.core.kernels import threads as T
+    from bnnlab.gui.views.background import LatestOnly
+
+    worker = LatestOnly()
+    got = []
+    worker.finished.connect(lambda key, result: got.append(result))
+    worker.submit("k", lambda: T.chunks(100, 1 << 30))
+    qtbot.waitUntil(lambda: bool(got), timeout=30_000)
+    worker.close()
+    assert got == [1]

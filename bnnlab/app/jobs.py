@@ -27,7 +27,7 @@ __all__ = ["GUI_SNAPSHOT_EVERY", "SNAPSHOT_PERIOD", "Cancelled", "PreviewJob", "
 # ordinary steps come at most every SNAPSHOT_PERIOD seconds: training in the window then
 # loses little to the telemetry and the drawing, which share its cores.
 GUI_SNAPSHOT_EVERY = 5
-SNAPSHOT_PERIOD = 0.1  # s
+SNAPSHOT_PERIOD = 0.2  # s
 
 _PROGRESS_PERIOD = 0.1  # s between progress events while downloading
 

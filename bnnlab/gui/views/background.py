@@ -9,6 +9,8 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 from shiboken6 import isValid
 
+from ...core.kernels.threads import keep_serial
+
 __all__ = ["LatestOnly"]
 
 
@@ -51,6 +53,7 @@ class LatestOnly(QObject):
             self._wake.notify()
 
     def _loop(self) -> None:
+        keep_serial()  # small jobs; a pool of OpenMP workers here would slow training
         while True:
             with self._wake:
                 while not self._jobs and not self._closed:
