@@ -24,10 +24,13 @@ __all__ = ["GUI_SNAPSHOT_EVERY", "SNAPSHOT_PERIOD", "Cancelled", "PreviewJob", "
 # The curves get a point every 5 steps even for scenes that snapshot rarely (larq-mnist:
 # every 50 steps). A point is cheap; a whole snapshot (histograms of every binarizer's
 # input, copies of the weights) and the redraw it causes are not, so whole snapshots of
-# ordinary steps come at most every SNAPSHOT_PERIOD seconds: training in the window then
-# loses little to the telemetry and the drawing, which share its cores.
+# ordinary steps come at most every SNAPSHOT_PERIOD seconds. The drawing shares the cores
+# with the two threads of the training's parallel kernels, which wait for each other at
+# every region, so each redraw stalls both: on larq-mnist-bnn the window trained at 0.51 of
+# the terminal's images/s with 30 snapshots a second, about 0.85 with 5 and 0.93 with 2.5
+# (benchmarks/app_speed.py).
 GUI_SNAPSHOT_EVERY = 5
-SNAPSHOT_PERIOD = 0.2  # s
+SNAPSHOT_PERIOD = 0.4  # s
 
 _PROGRESS_PERIOD = 0.1  # s between progress events while downloading
 
