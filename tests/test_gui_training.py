@@ -283,6 +283,11 @@ def test_bits_panel_explains_a_clicked_unit_of_try_its_input(window, qtbot):
                              and bool(bits.blocks) and bits.explanation is not None)[1],
                     timeout=WAIT_MS)
     assert "test image #5" in bits.input_label.text()
+    assert "Computing" not in bits.input_label.text()  # the answer came
+    bits._ask()
+    assert "Computing the maps" in bits.input_label.text()  # until it comes again
+    qtbot.waitUntil(lambda: bits._worker.idle() and "Computing" not in bits.input_label.text(),
+                    timeout=WAIT_MS)
     x5 = s.runs[0].prepared.dataset.x_test[5]
     np.testing.assert_array_equal(bits.probe.raw, bits._opened.raw_inputs(x5[None])[0])
     xnor = [i for i, (b, kb, _t) in enumerate(bits.blocks) if kb is not None and b.input == "bits"]

@@ -159,6 +159,7 @@ class BitsPanel(QWidget):
         self._probe_x = None
         self._probe_label = ""
         self._generation = 0
+        self._input_text = ""
         self.blocks = []
         self.links = []
         self.probe = None
@@ -282,6 +283,7 @@ class BitsPanel(QWidget):
         if key == "model":
             self._waiting(f"No bits to show for this model: {msg}")
         else:
+            self.input_label.setText(self._input_text)
             self.verdict.setText(f"<b>Cannot compute this unit:</b> {msg}")
 
     def _on_result(self, key, result) -> None:
@@ -290,6 +292,7 @@ class BitsPanel(QWidget):
         elif key == "probe":
             generation, p = result
             if generation == self._generation:
+                self.input_label.setText(self._input_text)
                 self._show_probe(p)
 
     def _show_model(self, opened, mf, blocks, spans, links) -> None:
@@ -396,8 +399,10 @@ class BitsPanel(QWidget):
         if i is None or self._opened is None or self._raw_x is None:
             return
         x, label = self._input()
-        self.input_label.setText(f"Input: {label}. The maps are what the packed runtime "
-                                 "computes for it; click a unit of the output.")
+        self._input_text = (f"Input: {label}. The maps are what the packed runtime computes "
+                            "for it; click a unit of the output.")
+        # The maps stay empty (or show the previous input) until the answer comes.
+        self.input_label.setText(f"{self._input_text} <i>Computing the maps…</i>")
         self._generation += 1
         self._worker.submit("probe", _probe, self._generation, self._opened, x, i,
                             self.selected_unit())
