@@ -53,6 +53,23 @@ def test_nibble_gemm_equals_twin(m, k, n, dtype):
         np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_gemm_with_panels_made_beforehand_equals_twin(m, k, n):
+    # The runtime's GEMM: panels made once per model, then calls of any row count; an
+    # empty bp takes the count of this process's popcount mode for short calls.
+    abits, bbits, want = _operands(m, k, n)
+    bt = np.ascontiguousarray(bbits.T)
+    made = K.gemm_panels(bt)
+    if K.POPCOUNT_MODE == "csa" and n >= 16:
+        np.testing.assert_array_equal(made, xnor.nibble_panels_ref(bt, n // 16 * 16))
+    else:
+        assert made.size == 0
+    for bp in (xnor.nibble_panels(bt, n // 16 * 16), made, np.zeros(0, np.uint64)):
+        out = np.full((m, n), 7, np.int32)
+        K.xnor_gemm_prepared(abits, bt, bp, np.int64(k), out)
+        np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("nibbles", [True, False])
 def test_public_gemm_takes_either_count_for_short_rows(nibbles):
     abits, bbits, want = _operands(xnor.NIB_MIN_ROWS + 1, 64 * 9 + 5, 48)
@@ -85,6 +102,10 @@ NO_AVX2 = textwrap.dedent("""
             xnor.xnor_gemm_serial(abits, bt, np.int64(k), out, np.int64(32), np.int64(nib))
             if not np.array_equal(out, xnor.binary_dot_ref(a, b)):
                 bad.append([m, k, n, nib])
+        out = np.full((m, n), 7, np.int32)
+        xnor.xnor_gemm_prepared(abits, bt, xnor.nibble_panels(bt, n // 16 * 16), np.int64(k), out)
+        if not np.array_equal(out, xnor.binary_dot_ref(a, b)):
+            bad.append([m, k, n, "prepared"])
     print(json.dumps({"bad": bad}))
 """)
 

@@ -52,6 +52,14 @@ CHECK = textwrap.dedent("""
             xnor.xnor_gemm_serial(abits, bt, np.int64(k), out, np.int64(32), np.int64(nib))
             if not np.array_equal(out, want):
                 bad.append([m, k, n, "nib", nib])
+        # Panels made beforehand (the runtime's GEMM): forced, as this mode makes them,
+        # and none.
+        for bp in (xnor.nibble_panels(bt, n // 16 * 16), xnor.gemm_panels(bt),
+                   np.zeros(0, np.uint64)):
+            out = np.full((m, n), 7, np.int32)
+            xnor.xnor_gemm_prepared(abits, bt, bp, np.int64(k), out)
+            if not np.array_equal(out, want):
+                bad.append([m, k, n, "prepared", int(bp.size)])
     print(json.dumps({"mode": K.POPCOUNT_MODE, "bad": bad}))
 """)
 

@@ -26,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..core.kernels import offset_tables, pad_input, padded_extent, xnor_gemm_serial
+from ..core.kernels import (gemm_panels, offset_tables, pad_input, padded_extent,
+                            xnor_gemm_prepared)
 from .format import MODE_GE, MODE_LE, MODE_PLUS, Block, ModelFile, ModelFileError, read_file
 from .limits import check_runtime_cost
 from .runtime_chain import chain_for
-from .runtime_kernels import (_CHUNK_BYTES, GEMM_NIB, _conv_bits, _conv_c1_pm1, _conv_raw,
+from .runtime_kernels import (_CHUNK_BYTES, _conv_bits, _conv_c1_pm1, _conv_raw,
                               _conv_raw_exact_f32, _dense_raw, _scale_offset, _threshold_pack)
 
 __all__ = ["Runtime", "available_cpus", "load_runtime", "pack_activations", "raw_from_unit",
@@ -126,6 +127,8 @@ class _Prepared:
                 self.wt[:, f0:f1] = signs.T
         else:
             self.wt = np.ascontiguousarray(b.kernel_data.T.astype(dtype))
+        # The binary GEMM's nibble panels of the weights, made once (maybe empty).
+        self.bp = gemm_panels(self.wt) if b.input == "bits" else np.zeros(0, np.uint64)
         self.dtype = dtype
         # Empty stand-ins for the arrays a block's kernel takes but does not use.
         self._no_bits = np.empty((0, 0, 1), np.uint64)
@@ -200,8 +203,8 @@ class _Prepared:
         if b.kind == "dense":
             acc = np.empty((n, 1, self.f), acc_dtype)
             if b.input == "bits":
-                xnor_gemm_serial(np.ascontiguousarray(x.reshape(n, -1)), self.wt, self.k,
-                                 acc.reshape(n, self.f), nib=GEMM_NIB)
+                xnor_gemm_prepared(np.ascontiguousarray(x.reshape(n, -1)), self.wt, self.bp,
+                                   self.k, acc.reshape(n, self.f))
             else:
                 _dense_raw(np.ascontiguousarray(x.reshape(n, -1)), self.wt, acc)
             if bits_out:
@@ -217,8 +220,8 @@ class _Prepared:
             kh, kw = b.kernel_size
             pt, _, pl, _ = b.pads
             if b.input == "bits":
-                _conv_bits(x, self.wt, self.k, h, w, c, kh, kw, b.stride, pt, pl, self.pad_bit,
-                           self.corr, self.ho, self.wo, self.ps, self.pst, self.hp, self.wp,
+                _conv_bits(x, self.wt, self.bp, self.k, h, w, c, kh, kw, b.stride, pt, pl,
+                           self.pad_bit, self.corr, self.ho, self.wo, self.ps, self.pst, self.hp, self.wp,
                            min(self.chunk, n), sgn, thr, bits_out, out_bits, out_acc)
             elif self.c1_pm1:
                 _conv_c1_pm1(self.c1_input(x), self.pat, self.ho, self.wo, self.ps == 2,

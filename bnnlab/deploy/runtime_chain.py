@@ -25,16 +25,15 @@ import threading
 import numba as nb
 import numpy as np
 
-from ..core.kernels import pack_patches, xnor_gemm_serial
-from .runtime_kernels import (_CHUNK_BYTES, _JIT, GEMM_NIB, _conv_c1_pm1, _pool_only,
-                              _pool_threshold_pack)
+from ..core.kernels import pack_patches, xnor_gemm_prepared
+from .runtime_kernels import _CHUNK_BYTES, _JIT, _conv_c1_pm1, _pool_only, _pool_threshold_pack
 
 __all__ = ["Chain", "chain_for"]
 
 # Columns of a block's row.
 (KIND, H, W, C, KH, KW, STRIDE, PT, PL, PAD_BIT, HO, WO, PS, PST, HP, WP, F, K, KWN, W_OFF,
  SGN_OFF, THR_OFF, CORR_OFF, CORR_ROWS, LOGITS, SCALE_OFF, OFFSET_OFF, PAT_OFF, H_IN, W_IN,
- PAD_VALUE, N_COLS) = range(32)
+ PAD_VALUE, NIB_OFF, NIB_LEN, N_COLS) = range(34)
 # Kinds of block.
 KIND_C1, KIND_CONV, KIND_DENSE = 0, 1, 2
 
@@ -44,14 +43,14 @@ MAX_GROUP = 64
 
 
 @nb.njit(**_JIT)
-def run_chain(pix8, xbits, desc, w64, i32c, f32c, x16, s64, s32, n_act, n_z, n_acc, i0, i1,
-              group, out):
+def run_chain(pix8, xbits, desc, w64, nib64, i32c, f32c, x16, s64, s32, n_act, n_z, n_acc,
+              i0, i1, group, out):
     """Logits of images [i0, i1) into out[i0:i1] (float32 (N, outputs)).
 
     pix8: (N, h, w, 1) uint8 pixels when the first row is a one-channel ±1 convolution
     (KIND_C1), else xbits: (N, P, CW) uint64 input bits of the first row;
     desc: (blocks, N_COLS) int64 rows; w64: packed weights (each block's (KWN, F) in
-    the GEMM's B layout); i32c: thresholds, their signs, zero-padding corrections and
+    the GEMM's B layout); nib64: their nibble panels (each block's may be empty); i32c: thresholds, their signs, zero-padding corrections and
     sign patterns; f32c: the last block's scale and offset per output. Scratch, sized
     by :class:`Chain` for ``group`` images: x16 (padded pixels); s64: the bits between
     blocks (twice n_act words), then packed patches; s32: n_z accumulators, n_acc pooled
@@ -118,7 +117,8 @@ def run_chain(pix8, xbits, desc, w64, i32c, f32c, x16, s64, s32, n_act, n_z, n_a
                 rows = nc
                 pa = src[:nc * kwn].reshape(nc, kwn)
             z = zbuf[:rows * f].reshape(rows, f)
-            xnor_gemm_serial(pa, wt, desc[li, K], z, nib=GEMM_NIB)
+            bp = nib64[desc[li, NIB_OFF]:desc[li, NIB_OFF] + desc[li, NIB_LEN]]
+            xnor_gemm_prepared(pa, wt, bp, desc[li, K], z)
             co = desc[li, CORR_OFF]
             cr = desc[li, CORR_ROWS]
             corr = i32c[co:co + cr * f].reshape(cr, f)
@@ -166,7 +166,7 @@ class Chain:
     """
 
     def __init__(self, blocks):
-        rows, w64, i32c, f32c = [], [], [], []
+        rows, w64, nib64, i32c, f32c = [], [], [], [], []
         n32 = [0]
 
         def put32(a):
@@ -176,7 +176,7 @@ class Chain:
             n32[0] += a.size
             return at
 
-        n64 = 0
+        n64 = nnib = 0
         act = pbuf = zbuf = accbuf = fmax = x16 = 1
         for pb in blocks:
             b = pb.b
@@ -213,6 +213,9 @@ class Chain:
             d[W_OFF] = n64
             w64.append(pb.wt.reshape(-1))
             n64 += pb.wt.size
+            d[NIB_OFF], d[NIB_LEN] = nnib, pb.bp.size
+            nib64.append(pb.bp)
+            nnib += pb.bp.size
             d[CORR_ROWS] = pb.corr.shape[0] if b.kind == "conv2d" else 0
             d[CORR_OFF] = put32(pb.corr) if d[CORR_ROWS] else 0
             if b.kind == "conv2d":
@@ -231,6 +234,7 @@ class Chain:
             rows.append(d)
         self.desc = np.stack(rows)
         self.w64 = np.concatenate(w64) if w64 else np.zeros(1, np.uint64)
+        self.nib64 = np.concatenate(nib64 + [np.zeros(1, np.uint64)])
         self.i32c = np.concatenate(i32c) if i32c else np.zeros(1, np.int32)
         self.f32c = (np.concatenate(f32c) if f32c else np.zeros(1, np.float32)).astype(np.float32)
         self.starts_with_pixels = bool(self.desc[0, KIND] == KIND_C1)
@@ -267,7 +271,7 @@ class Chain:
         """out (N, outputs) float32 for x: uint8 pixels (N, h, w, 1) if the chain starts
         with pixels, else the first block's input bits (N, P, CW)."""
         pix, xb = (x, self._no_bits) if self.starts_with_pixels else (self._no_pixels, x)
-        return run_chain(pix, xb, self.desc, self.w64, self.i32c, self.f32c,
+        return run_chain(pix, xb, self.desc, self.w64, self.nib64, self.i32c, self.f32c,
                          *self._thread_scratch(), 0, x.shape[0], self.group, out)
 
 

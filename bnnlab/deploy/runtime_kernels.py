@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ..core.kernels import gemm_offsets, pack_patches, xnor_gemm_serial
+from ..core.kernels import gemm_offsets, pack_patches, xnor_gemm_prepared
 from ..core.kernels.jit import JIT
 
 _JIT = dict(JIT)  # cached only in the automatic popcount mode, like the kernels it calls
@@ -30,12 +30,9 @@ _JIT_INLINE = dict(_JIT, inline="always")
 # Images per GEMM chunk: about this many accumulator bytes at once (fits in L2).
 _CHUNK_BYTES = 1 << 18
 
-# The ``nib`` argument of every GEMM the runtime calls: never the split-nibble count.
-# It splits both operands into nibbles on each call, which pays only for thousands of
-# rows, and the runtime's calls hold a chunk or group of images (about a thousand rows at
-# most). AMD EPYC Zen 3, 1 thread, thread CPU time, T binary ops/s with and without it:
-# 121x320x64 0.05 / 0.50, 968x320x64 0.27 / 0.57, 968x576x64 0.37 / 0.62.
-GEMM_NIB = 0
+# Every binary GEMM of the runtime multiplies by a block's weights, the same on every
+# call: their nibble panels (:func:`~bnnlab.core.kernels.gemm_panels`) are made once per
+# model, so even one image's rows use the split-nibble count where it is this CPU's best.
 
 
 @nb.njit(**_JIT_INLINE)
@@ -113,12 +110,13 @@ def _pool_only(z, r0, ho, wo, corr, ps, pst, hp, wp, out, n, m):
 
 
 @nb.njit(**_JIT)
-def _conv_bits(x, wt, k, h, w, c, kh, kw, stride, pt, pl, pad_bit, corr, ho, wo, ps, pst,
+def _conv_bits(x, wt, bp, k, h, w, c, kh, kw, stride, pt, pl, pad_bit, corr, ho, wo, ps, pst,
                hp, wp, chunk, sgn, thr, bits_out, out_bits, out_acc):
     """Binary convolution of packed pixels, max pool, then thresholds or accumulators.
 
     x: (N, h*w, CW) uint64 pixel words; wt: (KW, F) uint64, filter rows of K = kh*kw*c bits
-    in (dy, dx, c) order stored word-major (the GEMM's B layout); pad_bit: what a padding
+    in (dy, dx, c) order stored word-major (the GEMM's B layout), bp its nibble panels
+    (:func:`~bnnlab.core.kernels.gemm_panels`, maybe empty); pad_bit: what a padding
     tap packs as (1 = -1); corr: (ho*wo, F) int32 subtracted from every dot (zero
     padding), or (0, F). With ``bits_out`` the thresholds give out_bits (N, hp*wp,
     ceil(F/64)); otherwise out_acc (N, hp*wp, F) int32 gets the pooled dots.
@@ -135,7 +133,7 @@ def _conv_bits(x, wt, k, h, w, c, kh, kw, stride, pt, pl, pad_bit, corr, ho, wo,
         r = nc * ho * wo
         pix = x[i0:i0 + nc].reshape(nc * h * w, cw)
         pack_patches(pix, nc, h, w, c, kh, kw, stride, pt, pl, ho, wo, pad_bit, a[:r])
-        xnor_gemm_serial(a[:r], wt, k, z[:r], nib=GEMM_NIB)
+        xnor_gemm_prepared(a[:r], wt, bp, k, z[:r])
         for i in range(nc):
             if bits_out:
                 _pool_threshold_pack(z, i * ho * wo, ho, wo, corr, ps, pst, hp, wp, sgn, thr,
