@@ -6,6 +6,7 @@ import os
 import re
 import struct
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -138,13 +139,35 @@ def test_threads_are_started_once_and_one_image_runs_alone(trained, digits_test)
     want = reference_logits(rt.model_file, raw)
     np.testing.assert_array_equal(rt.logits(raw, threads=2), want)
     started = _runtime_threads()
-    assert len(started) == 2
+    assert len(started) == 1  # the calling thread works too
     for _ in range(3):
         np.testing.assert_array_equal(rt.logits(raw, threads=2), want)
     assert _runtime_threads() == started  # the same threads, not new ones per call
     one = rt.logits(raw[5:6], threads=2)
     assert one.shape == (1, rt.n_outputs) and one.flags.c_contiguous
     np.testing.assert_array_equal(one, want[5:6])
+
+
+def test_a_late_thread_takes_fewer_pieces(trained, digits_test, monkeypatch):
+    # Pieces go to whichever thread is free: a pool worker that starts late (here: slow
+    # on every piece) leaves the rest to the caller instead of holding the batch up.
+    rt = load_runtime(trained[1])
+    raw = raw_from_unit(digits_test[0][:200], "uint8")
+    want = reference_logits(rt.model_file, raw)
+    run, done = rt._run, []
+
+    def slow_in_workers(x):
+        worker = threading.current_thread().name.startswith("bnn-runtime")
+        if worker:
+            time.sleep(0.2)
+        done.append((worker, len(x)))
+        return run(x)
+
+    monkeypatch.setattr(rt, "_run", slow_in_workers)
+    np.testing.assert_array_equal(rt.logits(raw, threads=2), want)
+    assert sum(n for _, n in done) == len(raw)
+    by_worker = sum(1 for w, _ in done if w)
+    assert len(done) >= 8 and by_worker <= 1 < len(done) - by_worker
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

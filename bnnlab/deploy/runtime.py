@@ -7,10 +7,11 @@ with its thresholds (bits out) or maps it to logits with a float scale and offse
 first block on float input and the final logits touch floating point.
 
 The kernels are plain compiled loops that release the GIL; :meth:`Runtime.logits` runs
-slices of a batch on Python threads of a pool kept for the process, one slice per thread
-through the whole network (Numba's ``prange`` stopped LLVM from vectorizing the loop
-bodies and was slower here; the serial kernels inside never start threads of their own). The NumPy oracle of all this is
-:mod:`bnnlab.deploy.reference`.
+pieces of a batch on the calling thread and Python threads of a pool kept for the
+process, each piece through the whole network, claimed by whichever thread is free
+(Numba's ``prange`` stopped LLVM from vectorizing the loop bodies and was slower here;
+the serial kernels inside never start threads of their own). The NumPy oracle of all
+this is :mod:`bnnlab.deploy.reference`.
 
 A graph file (version 2) runs its nodes in order: blocks as above (a block reading a float
 tensor packs its signs first), and the float operations between them (add, concatenate,
@@ -20,6 +21,7 @@ max pooling) on float32 (N, H, W, C) arrays.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -396,16 +398,50 @@ class Runtime:
         if len(raw) == 1:  # one image: no slicing, threads or copies (latency)
             return self._run(raw)
         threads = available_cpus() if threads is None else max(1, int(threads))
-        # Slices of at most 256 images, and at least one slice per thread.
-        step = max(1, min(self.batch_size, 256, -(-len(raw) // threads)))
-        slices = [raw[i:i + step] for i in range(0, len(raw), step)]
-        if threads == 1 or len(slices) < 2:
-            outs = [self._run(s) for s in slices]
-        else:
-            outs = list(_pool(min(threads, len(slices))).map(self._run, slices))
-        if len(outs) == 1:
-            return outs[0]
-        return np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), np.float32)
+        n = len(raw)
+        # Slices of at most 256 images (the batch size that keeps a block's data small).
+        step = max(1, min(self.batch_size, 256))
+        if threads == 1 or n < 2:
+            outs = [self._run(raw[i:i + step]) for i in range(0, n, step)]
+            if len(outs) == 1:
+                return outs[0]
+            return np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), np.float32)
+        return self._shared(raw, min(threads, n), step)
+
+    def _shared(self, raw: np.ndarray, threads: int, step: int) -> np.ndarray:
+        """The logits of ``raw`` by ``threads`` threads (this one and pool workers), each
+        claiming the next piece of the batch whenever it is free.
+
+        Handing each thread one equal slice would make the batch wait for the slowest:
+        a pool worker woken while another process holds its CPU may start a millisecond
+        or more late, and the other slice then ran alone (on a 2-CPU machine with a
+        niced process busy, two slices of 128 images took as long as one thread). With
+        pieces claimed as threads come free, a late thread just takes fewer.
+        """
+        n = len(raw)
+        piece = max(1, min(step, -(-n // (threads * 8))))  # about 8 pieces per thread
+        if self._chain is not None and not self.model_file.nodes:
+            group = self._chain.group
+            piece = min(step, -(-piece // group) * group)  # whole groups of the chain
+        out = np.empty((n, self.n_outputs), np.float32)
+        claim = itertools.count()  # next() of it is atomic under the GIL
+
+        def work() -> None:
+            while True:
+                i = next(claim) * piece
+                if i >= n:
+                    return
+                out[i:i + piece] = self._run(raw[i:i + piece])
+
+        pool = _pool(threads - 1)
+        helpers = [pool.submit(work) for _ in range(threads - 1)]
+        try:
+            work()
+        finally:
+            for h in helpers:  # one not started yet has nothing left to do
+                if not h.cancel():
+                    h.result()  # wait for its pieces (and re-raise its error)
+        return out
 
     def predict(self, raw: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Class index per input (first maximum, like ``numpy.argmax``)."""
