@@ -234,14 +234,40 @@ def bench_inference(repeats, roofline=False):
     return rows
 
 
+# One image per call: each sample is as many calls back to back as take this long (the
+# latency of a stream of single images); a lone call is timed on its own as well.
+STREAM_SAMPLE_S = 0.005
+LONE_PAUSE_S = 0.003
+
+
+def lone_call_seconds(fn, calls: int = 15, pause_s: float = LONE_PAUSE_S) -> float:
+    """Median time of ``fn()`` called alone, each call after ``pause_s`` of sleep: what one
+    request after a quiet moment waits, with caches and the CPU no longer warm (on a
+    virtual machine an idle CPU is given back to the host, and taking it again costs
+    tens of microseconds)."""
+    fn()
+    times = []
+    for _ in range(calls):
+        time.sleep(pause_s)
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def _throughput(case, nt, batch, binary_fn, float_fn, repeats, roofline=False, macs=None):
-    """Images/s and latency of a binary and a float32 pass over one batch, on nt threads."""
+    """Images/s and latency of a binary and a float32 pass over one batch, on nt threads;
+    for one image, calls back to back (see :data:`STREAM_SAMPLE_S`) and a lone call."""
+    stream = STREAM_SAMPLE_S if batch == 1 else 0.0
     with threads(nt):
-        tb, peaks = timed(binary_fn, repeats, 0.3, nt if roofline and macs else None)
-        tf = median_time(float_fn, repeats, 0.3)
+        tb, peaks = timed(binary_fn, repeats, 0.3, nt if roofline and macs else None, stream)
+        tf = timed(float_fn, repeats, 0.3, None, stream)[0]
+        lone = lone_call_seconds(binary_fn) if batch == 1 else None
     row = {"case": case, "threads": nt,
            "binary_images_per_s": batch / tb, "float32_images_per_s": batch / tf,
            "binary_latency_ms": tb * 1e3, "float32_latency_ms": tf * 1e3, "ratio": tf / tb}
+    if lone is not None:
+        row["binary_lone_call_ms"] = lone * 1e3
     if peaks is not None:
         row["roofline_images_per_s"] = batch / needed_seconds(peaks, batch * macs[0],
                                                               batch * macs[1])
@@ -373,9 +399,11 @@ def _fmt_times(row) -> str:
                 f"({row['binary_ms']:.3f} ms)  float32 {row['float32_gflops']:.1f} GFLOP/s "
                 f"({row['float32_ms']:.3f} ms)  ratio {row['ratio']:.1f}x")
     if "binary_images_per_s" in row:
+        lone = (f"  (a lone call: {row['binary_lone_call_ms']:.3f} ms)"
+                if "binary_lone_call_ms" in row else "")
         return (f"{case:<34} {row['threads']}T  binary {row['binary_images_per_s']:,.0f} img/s "
                 f"({row['binary_latency_ms']:.3f} ms)  float32 {row['float32_images_per_s']:,.0f} "
-                f"img/s  ratio {row['ratio']:.1f}x")
+                f"img/s  ratio {row['ratio']:.1f}x{lone}")
     if "epoch_s" in row:
         return (f"{case:<34} {row['threads']}T  {row['epoch_s']:.2f} s "
                 f"({row['images_per_s']:,.0f} img/s)")

@@ -37,3 +37,26 @@ def test_bench_refuses_bad_choices(args, msg):
 def test_bench_options_parse():
     a = build_parser().parse_args(["bench", "--only", "gemm,runtime", "--gemm", "5184x576x64"])
     assert a.only == ["gemm", "runtime"] and a.gemm == [(5184, 576, 64)]
+
+
+def test_one_image_cases_time_a_stream_and_a_lone_call(monkeypatch):
+    # Batch 1 is timed as calls back to back (several per sample) and, separately, as
+    # calls each after a pause; larger batches one call per sample and no lone call.
+    from bnnlab import bench
+
+    monkeypatch.setattr(bench, "STREAM_SAMPLE_S", 0.002)
+    calls = {1: 0, 8: 0}
+
+    def work(batch):
+        def fn():
+            calls[batch] += 1
+            t = bench.time.perf_counter()
+            while bench.time.perf_counter() - t < 1e-4:
+                pass
+        return fn
+
+    one = bench._throughput("b1", 1, 1, work(1), lambda: None, 3)
+    eight = bench._throughput("b8", 1, 8, work(8), lambda: None, 3)
+    assert one["binary_lone_call_ms"] >= 0.1 and "binary_lone_call_ms" not in eight
+    # A stream sample holds about 2 ms / 0.1 ms = 20 calls; a lone call is one.
+    assert calls[1] > 5 * calls[8]
