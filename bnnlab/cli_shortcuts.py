@@ -56,9 +56,19 @@ def format_effect(effect) -> str:
     return "\n".join(lines)
 
 
+def _require_shortcuts(model, target: str) -> None:
+    """Refuse a model without a shortcut in one line, before any data is loaded."""
+    from .core.shortcuts import find_shortcuts
+
+    if not find_shortcuts(model):
+        raise CliError(f"{target}: model {model.name!r} has no shortcut to cut (no Add joins a "
+                       "branch with weights and a parameter-free path around it); try a "
+                       "residual model such as the bireal-mnist preset")
+
+
 def cmd_shortcuts(args) -> int:
     from .core.shortcuts import NoShortcuts, compare_shortcuts
-    from .data import DatasetError, load_dataset
+    from .data import DatasetError, dataset_info, load_dataset
     from .experiment import build_model, scale_inputs
     from .io.scenes import Scene, SceneError
 
@@ -72,16 +82,19 @@ def cmd_shortcuts(args) -> int:
     try:
         if isinstance(target, Scene):
             dataset = args.dataset or target.dataset
+            info = dataset_info(dataset)  # the shapes, from the registry: no data yet
+            model = build_model(target, info.input_shape, len(info.class_names))
+            _require_shortcuts(model, args.target)
             ds = load_dataset(dataset, args.data_dir, seed=target.seed,
                               limit_train=args.limit_train or target.limit_train or None,
                               limit_test=target.limit_test or None, splits=(args.split,))
             x, y = (ds.x_train, ds.y_train) if args.split == "train" else (ds.x_test, ds.y_test)
-            model = build_model(target, x.shape[1:], len(ds.class_names))
             x = scale_inputs(x, target.input_scale, ds.kind)
             batch_size = args.batch_size or target.batch_size
         else:
             if target.model is None:
                 target.require_engine("bnnlab shortcuts")
+            _require_shortcuts(target.model, args.target)
             dataset = args.dataset or target.dataset
             if dataset is None:
                 raise CliError(f"{target.source}: does not say its dataset; pass --dataset")

@@ -132,3 +132,51 @@ def test_step_text_lists_bits_by_kernel_position(opened):
     w = max(e.windows, key=lambda w: w.dot)
     assert f"popcount of disagreements d = {w.popcount} of K = {w.k} taps" in text
     assert text.count("(0,0)") >= 3  # one row per kernel position in each of the three grids
+
+
+def _grey(title: str) -> dict[str, float]:
+    """The grey levels a title names: {'black': v, 'white': v, 'grey': v} where it says."""
+    import re
+
+    found = {}
+    for name in ("black", "grey", "white"):
+        m = re.search(name + r" ([+−-]?[0-9.e+]+)", title)
+        if m:
+            found[name] = float(m.group(1).replace("−", "-"))
+    return found
+
+
+def test_every_map_title_states_the_grey_levels_the_image_uses(opened):
+    from bnnlab.app.bits import input_title, output_title
+
+    mf = opened.model_file()
+    x = np.random.default_rng(5).random((13, 10, 1)).astype(np.float32)
+    last = len(mf.blocks) - 1
+    for block in range(last + 1):
+        p = probe(opened, x, block, (0, 0, 0))
+        out = block_output(p, mf, block)
+        values = np.asarray(p.maps[block].values, np.float32).reshape(out.shape)
+        levels = _grey(output_title(p, mf, block))
+        image = Mosaic.for_shape(out.shape).image(out)
+        mosaic = Mosaic.for_shape(out.shape)
+        # Each named level is the value drawn black (0), grey (0.5) or white (1).
+        for name, shade in (("black", 0.0), ("grey", 0.5), ("white", 1.0)):
+            if name in levels:
+                at = np.argwhere(np.isclose(values, levels[name], rtol=1e-3, atol=1e-6))
+                for unit in at[:3]:
+                    assert image[mosaic.cell(*unit)] == pytest.approx(shade, abs=1e-6), (block, name)
+        assert "lowest" not in output_title(p, mf, block)
+        if block == last:  # the logits: scaled by their largest magnitude, around zero
+            top = float(np.abs(values).max())
+            assert "logits" in output_title(p, mf, block)
+            assert levels["black"] == pytest.approx(-top, rel=1e-2)
+            assert levels["white"] == pytest.approx(top, rel=1e-2) and levels["grey"] == 0
+        else:
+            assert levels == {"black": -1.0, "white": 1.0}
+        inp = block_input(p, mf, block)
+        in_levels = _grey(input_title(p, mf, block))
+        if block == 0:  # pixels 0..255
+            assert in_levels == {"black": 0.0, "white": 255.0}
+            assert inp.min() >= -1 and inp.max() <= 1
+        else:
+            assert in_levels == {"black": -1.0, "white": 1.0}

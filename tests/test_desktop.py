@@ -10,7 +10,8 @@ import pytest
 
 from bnnlab.app.about import about_sections, version
 from bnnlab.cli import main
-from bnnlab.io.desktop import desktop_entry, icon_bytes, install_desktop, uninstall_desktop
+from bnnlab.io.desktop import (MIME_TYPE, desktop_entry, icon_bytes, install_desktop, mime_xml,
+                               uninstall_desktop)
 
 
 def test_version_flag_prints_the_installed_version(capsys):
@@ -36,7 +37,7 @@ def test_exec_line_quotes_reserved_characters():
 
 def test_install_writes_a_valid_entry_and_icon_and_remove_takes_them(tmp_path):
     paths = install_desktop(tmp_path, command=["/usr/bin/bnnlab"])
-    entry, icon = paths
+    entry, icon, mime, mime_icon = paths
     assert entry == tmp_path / "applications" / "bnnlab.desktop"
     assert icon == tmp_path / "icons" / "hicolor" / "scalable" / "apps" / "bnnlab.svg"
     text = entry.read_text()
@@ -46,9 +47,76 @@ def test_install_writes_a_valid_entry_and_icon_and_remove_takes_them(tmp_path):
     if shutil.which("desktop-file-validate"):
         r = subprocess.run(["desktop-file-validate", str(entry)], capture_output=True, text=True)
         assert r.returncode == 0 and "error" not in r.stdout, r.stdout
+    assert mime == tmp_path / "mime" / "packages" / "bnnlab.xml" and mime.is_file()
+    assert mime_icon.read_bytes() == icon_bytes()
     assert uninstall_desktop(tmp_path) == paths
-    assert not entry.exists() and not icon.exists()
+    assert not any(p.exists() for p in paths)
     assert uninstall_desktop(tmp_path) == []
+
+
+def _mime_match(xml_text: str):
+    """(MIME type, glob patterns, [(offset, bytes)] of the string magic) of the one type
+    in a shared-mime-info document, read as the specification says."""
+    import codecs
+    import xml.etree.ElementTree as ET
+
+    ns = {"m": "http://www.freedesktop.org/standards/shared-mime-info"}
+    (mt,) = ET.fromstring(xml_text).findall("m:mime-type", ns)
+    globs = [g.get("pattern") for g in mt.findall("m:glob", ns)]
+    magic = [(int(m.get("offset")), codecs.escape_decode(m.get("value"))[0])
+             for m in mt.findall("m:magic/m:match", ns) if m.get("type") == "string"]
+    return mt.get("type"), globs, magic
+
+
+def test_bnn_files_have_a_mime_type_that_matches_what_the_exporter_writes(tmp_path):
+    import fnmatch
+
+    from bnnlab.core.layers import layer_from_config
+    from bnnlab.core.model import Sequential
+    from bnnlab.deploy import export_model
+    from bnnlab.deploy.format import MAGIC
+
+    model = Sequential([layer_from_config({"type": "QuantDense", "units": 3,
+                                           "kernel_quantizer": "ste_sign"})], (4,), seed=0)
+    path = tmp_path / "model.bnn"
+    export_model(model, path)
+    data = path.read_bytes()
+    mime_type, globs, magic = _mime_match(mime_xml())
+    assert mime_type == MIME_TYPE and magic
+    assert any(fnmatch.fnmatch(path.name, g) for g in globs)
+    assert not any(fnmatch.fnmatch("model.h5", g) for g in globs)
+    for offset, value in magic:
+        assert data[offset:offset + len(value)] == value == MAGIC
+    entry = desktop_entry(["/usr/bin/bnnlab"])
+    assert f"MimeType={MIME_TYPE};" in entry.splitlines()
+
+
+def test_installed_mime_type_is_what_the_desktop_finds(tmp_path):
+    # What a file manager sees: Qt's MIME database (the freedesktop one) with the
+    # installed folder as XDG_DATA_HOME, for a .bnn file and for the same bytes renamed.
+    pytest.importorskip("PySide6")
+    home = tmp_path / "share"
+    install_desktop(home, command=["/usr/bin/bnnlab"])
+    assert _mime_match((home / "mime" / "packages" / "bnnlab.xml").read_text())[0] == MIME_TYPE
+    if shutil.which("update-mime-database"):
+        assert (home / "mime" / "mime.cache").is_file()  # the database was refreshed
+        assert f"{MIME_TYPE}:*.bnn" in (home / "mime" / "globs2").read_text()
+    from bnnlab.core.layers import layer_from_config
+    from bnnlab.core.model import Sequential
+    from bnnlab.deploy import export_model
+
+    model = Sequential([layer_from_config({"type": "QuantDense", "units": 2,
+                                           "kernel_quantizer": "ste_sign"})], (3,), seed=0)
+    named, renamed = tmp_path / "m.bnn", tmp_path / "m.data"
+    export_model(model, named)
+    renamed.write_bytes(named.read_bytes())
+    code = ("import sys; from PySide6.QtCore import QMimeDatabase; db = QMimeDatabase(); "
+            "print(*[db.mimeTypeForFile(p).name() for p in sys.argv[1:]])")
+    env = {**__import__("os").environ, "XDG_DATA_HOME": str(home), "QT_QPA_PLATFORM": "offscreen"}
+    r = subprocess.run([sys.executable, "-c", code, str(named), str(renamed)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [MIME_TYPE, MIME_TYPE]
 
 
 def test_install_desktop_command_into_an_unwritable_place_is_one_line(tmp_path, capsys):

@@ -183,3 +183,26 @@ def test_cli_prints_the_same_figures_and_refuses_a_stack(tmp_path, capsys):
     assert main(["shortcuts", str(stack)]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no shortcut" in err and len(err.splitlines()) == 1
+
+
+def test_cli_refuses_a_plain_stack_before_loading_any_data(tmp_path, capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    import bnnlab.data
+    from bnnlab.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_app_engineless import _files
+
+    normal_bnn, _ = _files(tmp_path)  # a .bnn stack of blocks
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before refusing")
+
+    monkeypatch.setattr(bnnlab.data, "load_dataset", no_loading)
+    for target in ("larq-mnist-bnn", "quickstart", str(normal_bnn)):
+        assert main(["shortcuts", target, "--data-dir", str(tmp_path / "none")]) == 2, target
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "has no shortcut" in err and target in err and "bireal-mnist" in err

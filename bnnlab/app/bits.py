@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GAP_VALUE", "Mosaic", "Probe", "block_input", "block_output", "probe", "receptive_field", "unit_text"]
+__all__ = ["GAP_VALUE", "Mosaic", "Probe", "block_input", "block_output", "input_title",
+           "output_title", "probe", "receptive_field", "unit_text"]
 
 GAP_VALUE = 0.5  # grey between tiles; -1 is black and +1 white
 STRIP_WIDTH = 32  # cells per row of a dense block's strip
@@ -165,14 +166,57 @@ def block_input(p: Probe, mf, block: int) -> np.ndarray:
 def block_output(p: Probe, mf, block: int) -> np.ndarray:
     """The output of ``block`` as (H, W, C) in [-1, 1]: its bits, or its float values
     (a graph's real-valued maps, or the logits as a strip) divided by their largest
-    magnitude."""
+    magnitude (:func:`output_scale`)."""
     m = p.maps[block]
     if m.bits:
         return np.asarray(m.values, np.float32)
     v = np.asarray(m.values, np.float32)
     v = v if v.ndim == 3 else v.reshape(1, 1, -1)
-    top = float(np.max(np.abs(v))) if v.size else 0.0
+    top = output_scale(p, block)
     return v / top if top > 0 else v
+
+
+def output_scale(p: Probe, block: int) -> float:
+    """The largest magnitude of a block's float output: drawn black at -it, white at
+    +it (1.0 for bits)."""
+    m = p.maps[block]
+    if m.bits:
+        return 1.0
+    v = np.asarray(m.values, np.float32)
+    return float(np.max(np.abs(v))) if v.size else 0.0
+
+
+def input_title(p: Probe, mf, block: int, source: str | None = None) -> str:
+    """The title of a block's input map: what it is and what its grey levels mean, as
+    :func:`block_input` draws it. ``source`` names the tensor a graph block reads."""
+    b = mf.blocks[block]
+    h, w, c = b.in_shape
+    if b.input == "raw" and mf.input.encoding == "uint8":
+        what, scale = "pixels", "black 0, white 255"
+    elif b.input == "raw":
+        what, scale = "inputs", "black −1 or less, white +1 or more"
+    else:
+        kind = "signs" if b.input == "signs" else "bits"
+        what = f"{kind} of {source}" if source else f"bits of block {block - 1}"
+        scale = "white +1, black −1"
+    return f"input: {what} ({c} × {h}×{w}; {scale}); shaded: receptive field"
+
+
+def output_title(p: Probe, mf, block: int) -> str:
+    """The title of a block's output map: what it is and what its grey levels mean, as
+    :func:`block_output` draws it."""
+    b = mf.blocks[block]
+    oh, ow, oc = b.out_shape
+    if b.output == "bits":
+        shape = f"a strip of {oc} bits" if (oh, ow) == (1, 1) else f"{oc} channels of {oh}×{ow}"
+        return f"output: {shape} (white +1, black −1); click one"
+    top = output_scale(p, block)
+    scale = (f"black −{top:.3g}, grey 0, white +{top:.3g}" if top > 0 else "all 0, grey")
+    if block == len(mf.blocks) - 1 and b.output == "logits":
+        what = f"{oc} logits" if (oh, ow) == (1, 1) else f"logits: {oc} × {oh}×{ow}"
+    else:
+        what = f"{oc} × {oh}×{ow} real values"
+    return f"output: {what} ({scale}); click one"
 
 
 # --------------------------------------------------------------------------- text

@@ -91,28 +91,42 @@ class _Job:
 
 
 class WarmUpJob(_Job):
-    """Compiles (or loads from cache) the Numba kernels, then sets ``ready``.
+    """Compiles (or loads from cache) the Numba kernels: the engine's, then sets
+    ``ready``; then the ``.bnn`` runtime's, then sets ``runtime_ready``.
 
     On a cold cache the compiling happens in child processes, one per core (see
-    :func:`bnnlab.core.kernels.prepare_kernels`); this thread then loads the result.
+    :func:`bnnlab.core.kernels.prepare_kernels` and
+    :func:`bnnlab.deploy.warmup.prepare_runtime_kernels`); this thread then loads the
+    result.
 
-    Events: ``progress(done, total)``, ``failed(message)``, ``ended``. The thread is a
-    daemon: closing the app does not wait for a compilation to finish.
+    Events: ``progress(what, done, total)`` (``what``: :data:`ENGINE` or :data:`RUNTIME`),
+    ``kernels_ready`` (the engine's are), ``failed(what, message)``, ``ended``. The thread
+    is a daemon: closing the app does not wait for a compilation to finish.
     """
 
-    def __init__(self, events: queue.Queue, ready: threading.Event):
+    ENGINE = "compiling kernels"
+    RUNTIME = "compiling runtime kernels"  # the .bnn runtime's
+
+    def __init__(self, events: queue.Queue, ready: threading.Event,
+                 runtime_ready: threading.Event):
         super().__init__(0, events, "bnnlab-warm-up")
         self.ready = ready
+        self.runtime_ready = runtime_ready
 
     def run(self) -> None:
-        try:
-            from ..core.kernels import prepare_kernels
+        from ..core.kernels import prepare_kernels
+        from ..deploy.warmup import prepare_runtime_kernels
 
-            prepare_kernels(lambda done, total: self.post("progress", done, total))
-        except Exception as exc:  # noqa: BLE001 - kernels then compile on first use instead
-            self.post("failed", f"{type(exc).__name__}: {exc}")
-        finally:
-            self.ready.set()
+        for what, prepare, event in ((self.ENGINE, prepare_kernels, self.ready),
+                                     (self.RUNTIME, prepare_runtime_kernels, self.runtime_ready)):
+            try:
+                prepare(lambda done, total, what=what: self.post("progress", what, done, total))
+            except Exception as exc:  # noqa: BLE001 - kernels then compile on first use instead
+                self.post("failed", what, f"{type(exc).__name__}: {exc}")
+            finally:
+                event.set()
+            if event is self.ready:
+                self.post("kernels_ready")
 
 
 class PreviewJob(_Job):

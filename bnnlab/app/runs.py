@@ -129,4 +129,6 @@ class Focus:
     evaluating: bool = False  # an evaluation is running
     comparison: Any = None  # seeds.Comparison, the newest comparison over seeds
     probe: Probe | None = None  # Try it's current input
+    runtime_ready: bool = True  # the .bnn runtime's kernels are compiled (or loaded)
+    runtime_progress: tuple[int, int] = (0, 0)  # (done, total) while they compile
     version: int = 0

@@ -59,7 +59,9 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
         self.selected: Run | None = None
         self.probe: Probe | None = None  # Try it's current input
         self.version = 0  # bumped on every change the views draw
-        self.kernels_ready = threading.Event()
+        self.kernels_ready = threading.Event()  # the engine's kernels (training waits for them)
+        self.runtime_ready = threading.Event()  # the .bnn runtime's (the Bits panel waits)
+        self.runtime_progress = (0, 0)  # (done, total) of compiling the runtime's kernels
         self.preview_config: tuple | None = None  # (config, fp_config) of the current scene
         self._listeners: dict[str, list[Callable]] = {name: [] for name in EVENTS}
         self._events: queue.Queue = queue.Queue()
@@ -75,6 +77,7 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
             self.start_warm_up()
         else:
             self.kernels_ready.set()
+            self.runtime_ready.set()
         self.preview_model()
 
     # ------------------------------------------------------------------ listeners
@@ -168,20 +171,32 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
         return not self.busy
 
     # warm-up
-    def _on_WarmUpJob_progress(self, job, done: int, total: int) -> None:
-        self._emit("progress", "compiling kernels", done, total)
+    def _on_WarmUpJob_progress(self, job, what: str, done: int, total: int) -> None:
+        if what == WarmUpJob.RUNTIME:
+            self.runtime_progress = (done, total)
+            self.version += 1  # the Bits panel says how far it is
+        self._emit("progress", what, done, total)
 
-    def _on_WarmUpJob_failed(self, job, message: str) -> None:
-        self._emit("error", "Kernel compilation failed",
-                   f"{message}\nTraining will compile kernels on first use (slower start).")
+    def _on_WarmUpJob_failed(self, job, what: str, message: str) -> None:
+        if what == WarmUpJob.RUNTIME:
+            self._emit("error", "Compiling the .bnn runtime's kernels failed",
+                       f"{message}\nThe runtime will compile them on first use (a slower "
+                       "first answer in Bits, Try it and Evaluate).")
+        else:
+            self._emit("error", "Kernel compilation failed",
+                       f"{message}\nTraining will compile kernels on first use (slower start).")
+
+    def _on_WarmUpJob_kernels_ready(self, job) -> None:
+        self._emit("progress", WarmUpJob.ENGINE, 0, 0)
+        run = self._active
+        if run is not None and run.state is RunState.COMPILING:
+            self._set_run_state(run, RunState.TRAINING)
+        self._changed(state=True)
 
     def _on_WarmUpJob_ended(self, job) -> None:
         if job is self._warm:
             self._warm = None
-        self._emit("progress", "compiling kernels", 0, 0)
-        run = self._active
-        if run is not None and run.state is RunState.COMPILING:
-            self._set_run_state(run, RunState.TRAINING)
+        self._emit("progress", WarmUpJob.RUNTIME, 0, 0)
         self._changed(state=True)
 
     # preview
@@ -282,7 +297,7 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
     def start_warm_up(self) -> None:
         if self._warm is not None or self.kernels_ready.is_set():
             return
-        self._warm = WarmUpJob(self._events, self.kernels_ready)
+        self._warm = WarmUpJob(self._events, self.kernels_ready, self.runtime_ready)
         self._warm.start()
         self._changed(state=True)
 
@@ -438,7 +453,8 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
                      prepared=run.prepared if run is not None else None,
                      model_config=config, fp_config=fp, results=tuple(self.result_table()),
                      evaluating=self.evaluating, comparison=self.comparison, probe=self.probe,
-                     version=self.version)
+                     runtime_ready=self.runtime_ready.is_set(),
+                     runtime_progress=self.runtime_progress, version=self.version)
 
     def result_table(self) -> list[dict]:
         """The results table: every run, then every training of every comparison over seeds."""

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = _StallRun(window, args.measure_stall) if args.measure_stall is not None else None
     code = app.exec()
     del probe  # held until here: Qt keeps no reference to a plain Python object's slot
-    if not session.kernels_ready.is_set():
+    if not (session.kernels_ready.is_set() and session.runtime_ready.is_set()):
         # Closed while the kernels still compile: a compilation cannot be interrupted, and
         # the interpreter's shutdown would wait for it (seconds to tens of seconds). Every
         # window is closed and every run stopped, and Numba writes each cached kernel with

@@ -30,7 +30,8 @@ from .pooling import maxpool_backward, maxpool_forward
 from .sign import sign_pack, ste_gate
 from .xnor import xnor_gemm
 
-__all__ = ["compile_in_children", "prepare_kernels", "warm_up"]
+__all__ = ["child_main", "compile_in_children", "prepare_kernels", "prepare_steps", "run_steps",
+           "warm_up"]
 
 # A kernel that loads from Numba's cache is ready in tens of milliseconds; one that
 # compiles takes seconds. The first kernel's time tells which case this start-up is.
@@ -42,15 +43,22 @@ def prepare_kernels(progress=None, cancelled=None) -> bool:
     threads: the first kernel is loaded here; if it had to be compiled (a cold cache), the
     rest is compiled by :func:`compile_in_children` before :func:`warm_up` loads it.
     ``progress(done, total)``. Returns True when the children compiled."""
-    steps = _steps()
+    return prepare_steps(_steps(), __name__, progress, cancelled)
+
+
+def prepare_steps(steps: list, module: str, progress=None, cancelled=None) -> bool:
+    """:func:`prepare_kernels` for any list of warm-up ``steps`` (callables): ``module``
+    is the module that, run as ``python -m MODULE PART PARTS``, runs its share of the
+    same steps (see :func:`child_main`); higher layers warm their own kernels this way."""
     total = len(steps) + 1
     t0 = time.perf_counter()
     steps[0]()
     cold = time.perf_counter() - t0 > CACHED_SECONDS
     if cold:
         compile_in_children(None if progress is None else lambda d, n: progress(d, total),
-                            cancelled=cancelled)
-    warm_up(None if progress is None else lambda d, n: progress(total if d == n else d, total))
+                            cancelled=cancelled, module=module, total=len(steps))
+    run_steps(steps, None if progress is None else
+              lambda d, n: progress(total if d == n else d, total))
     return cold
 
 
@@ -62,7 +70,12 @@ def warm_up(progress=None, part: int = 0, parts: int = 1) -> None:
     (``threads=``); nothing global changes. ``part`` of ``parts`` takes every
     ``parts``-th kernel from the ``part``-th on (for :func:`compile_in_children`).
     """
-    steps = _steps()[part::parts]
+    run_steps(_steps(), progress, part, parts)
+
+
+def run_steps(steps: list, progress=None, part: int = 0, parts: int = 1) -> None:
+    """Run every ``parts``-th of ``steps`` from the ``part``-th on; ``progress(i, total)``."""
+    steps = steps[part::parts]
     for i, step in enumerate(steps):
         step()
         if progress is not None:
@@ -134,13 +147,16 @@ def _stop_children() -> None:
 
 
 def compile_in_children(progress=None, processes: int | None = None,
-                        cancelled=None) -> bool:
+                        cancelled=None, *, module: str = __name__,
+                        total: int | None = None) -> bool:
     """Compile every kernel into Numba's cache in ``processes`` child processes (default:
     one per core this process may use, at most 4); ``progress(done, total)`` counts
     kernels over all of them. Returns True when every child finished cleanly; False when
     one failed or ``cancelled()`` turned true (the children are then stopped), and then
-    :func:`warm_up` compiles what is missing in this process."""
-    total = len(_steps())
+    :func:`warm_up` compiles what is missing in this process. ``module`` and ``total``:
+    another module's steps and their number (see :func:`prepare_steps`)."""
+    if total is None:
+        total = len(_steps())
     if processes is None:
         processes = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else (os.cpu_count() or 1))
@@ -151,7 +167,7 @@ def compile_in_children(progress=None, processes: int | None = None,
     try:
         for part in range(processes):
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(part), str(processes)],
+                [sys.executable, "-m", module, str(part), str(processes)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 text=True)
             with _children_lock:
@@ -188,7 +204,9 @@ def compile_in_children(progress=None, processes: int | None = None,
                 _children.discard(proc)
 
 
-def _main(argv: list[str]) -> int:
+def child_main(steps: list, argv: list[str]) -> int:
+    """The body of ``python -m MODULE PART PARTS``: run that share of ``steps``, printing
+    ``done`` after each; stop when the parent has gone."""
     part, parts = int(argv[0]), int(argv[1])
     parent = os.getppid()
 
@@ -197,9 +215,9 @@ def _main(argv: list[str]) -> int:
         if os.getppid() != parent:  # the parent is gone: stop compiling for nobody
             raise SystemExit(1)
 
-    warm_up(report, part, parts)
+    run_steps(steps, report, part, parts)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(child_main(_steps(), sys.argv[1:]))

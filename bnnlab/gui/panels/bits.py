@@ -41,7 +41,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ...app.bits import Mosaic, block_input, block_output, probe, receptive_field, unit_text
+from ...app.bits import (Mosaic, block_input, block_output, input_title, output_title, probe,
+                         receptive_field, unit_text)
 from ...deploy.explain import graph_links, kernel_bits, thresholds
 from ..views.background import LatestOnly
 from ..views.bitmap import BitMap
@@ -50,6 +51,7 @@ from ..views.picture import Picture
 __all__ = ["BitsPanel"]
 
 TRY_IT, TEST_IMAGE = 0, 1
+WEIGHT_CAPTION = "black: bit 1 (weight −1) · white: bit 0 (+1)"
 
 
 def _analyse(opened):
@@ -201,7 +203,7 @@ class BitsPanel(QWidget):
 
     def _build_weights(self) -> QWidget:
         self.plane = Picture("weight bits (rows: filters · columns: taps)", (0.0, 1.0),
-                             caption="black: bit 1 (weight −1) · white: bit 0 (+1)")
+                             caption=WEIGHT_CAPTION)
         self.plane.setMinimumSize(240, 150)
         self.thresholds = _table(["channel", "output from m, the (pooled) dot product"])
         split = QSplitter(Qt.Orientation.Horizontal)
@@ -248,6 +250,15 @@ class BitsPanel(QWidget):
         prepared = focus.prepared
         if prepared is None:
             self._waiting("Waiting for the test images…")
+            self._source = None
+            return
+        if not focus.runtime_ready:
+            done, total = focus.runtime_progress
+            count = f" ({done} of {total} steps done)" if total else ""
+            self._waiting("Waiting for the packed runtime's kernels to compile" + count + ". "
+                          "bnnlab compiles them in the background when it starts, once after "
+                          "it is installed or updated; this page shows the model as soon as "
+                          "they are ready.")
             self._source = None
             return
         ds = prepared.dataset
@@ -349,9 +360,11 @@ class BitsPanel(QWidget):
             self.plane.set_image(1.0 - kb.bits.astype(np.float32))
             self.plane.set_title(f"{kb.filters} filters × {kb.fan_in} taps (dy, dx, channel), "
                                  "in the file's order")
+            self.plane.set_caption(WEIGHT_CAPTION)
         else:
             self.plane.set_image(np.full((1, 1), 0.5, np.float32))
             self.plane.set_title("float32 weights: no bits to show")
+            self.plane.set_caption("")
         rules = [t.rule() for t in th] if b.output == "bits" else _epilogue_rules(b)
         self.thresholds.setRowCount(len(rules))
         for r, rule in enumerate(rules):
@@ -416,25 +429,9 @@ class BitsPanel(QWidget):
         in_mosaic, out_mosaic = Mosaic.for_shape(inp.shape), Mosaic.for_shape(out.shape)
         self.input_map.set_values(inp, in_mosaic)
         self.output_map.set_values(out, out_mosaic)
-        h, w, c = b.in_shape
-        if b.input == "raw":
-            what = "pixels" if mf.input.encoding == "uint8" else "inputs"
-        elif self.links:
-            what = f"{'signs' if b.input == 'signs' else 'bits'} of {self.links[i].source}"
-        else:
-            what = f"bits of block {i - 1}"
-        self.input_map.set_title(f"input: {what} ({c} × {h}×{w}); shaded: receptive field")
-        oh, ow, oc = b.out_shape
-        if b.output == "bits":
-            shape = f"a strip of {oc} bits" if (oh, ow) == (1, 1) else f"{oc} channels of {oh}×{ow}"
-            self.output_map.set_title(f"output: {shape} (white +1, black −1); click one")
-        elif i < len(mf.blocks) - 1:
-            top = float(np.max(np.abs(p.maps[i].values)))
-            self.output_map.set_title(f"output: {oc} × {oh}×{ow} real values (black −{top:.3g}, "
-                                      f"white +{top:.3g}); click one")
-        else:
-            self.output_map.set_title(f"output: {oc} logits (grey scale: black lowest, white "
-                                      "highest); click one")
+        source = self.links[i].source if self.links else None
+        self.input_map.set_title(input_title(p, mf, i, source))
+        self.output_map.set_title(output_title(p, mf, i))
         self.input_map.shade(receptive_field(b, e.unit))
         self.output_map.select(e.unit)
         self.input_map.select(None)

@@ -51,6 +51,10 @@ class Picture(pg.PlotWidget):
     def set_title(self, title: str) -> None:
         self.getPlotItem().setTitle(title, size="10pt")
 
+    def set_caption(self, caption: str) -> None:
+        """The line under the image (what its grey levels mean)."""
+        self.getPlotItem().setLabel("bottom", caption)
+
     def set_image(self, image: np.ndarray) -> None:
         image = np.asarray(image, dtype=np.float32)
         self.image_item.setImage(image, autoLevels=False, levels=self._levels)
