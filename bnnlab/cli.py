@@ -24,6 +24,8 @@ __all__ = ["main"]
 
 SUBCOMMANDS = ("train", "compare", "summary", "filters", "shortcuts", "bench", "gui", "export", "run",
                "import", "install-desktop")
+# The app's own options, which ``bnnlab`` without a command passes on to ``bnnlab gui``.
+GUI_OPTIONS = ("--data-dir", "--measure-stall")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -492,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0].split("=")[0] in GUI_OPTIONS:  # bnnlab --data-dir DIR [SCENE]
+            argv = ["gui", *argv]
         if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
             if argv and not _is_scene_ref(argv[0]):
                 raise CliError(f"{argv[0]!r} is not a command, a scene file or a preset; "

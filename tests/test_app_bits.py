@@ -146,8 +146,8 @@ def _grey(title: str) -> dict[str, float]:
     return found
 
 
-def test_every_map_title_states_the_grey_levels_the_image_uses(opened):
-    from bnnlab.app.bits import input_title, output_title
+def test_every_map_caption_states_the_grey_levels_the_image_uses(opened):
+    from bnnlab.app.bits import input_labels, output_labels
 
     mf = opened.model_file()
     x = np.random.default_rng(5).random((13, 10, 1)).astype(np.float32)
@@ -156,7 +156,8 @@ def test_every_map_title_states_the_grey_levels_the_image_uses(opened):
         p = probe(opened, x, block, (0, 0, 0))
         out = block_output(p, mf, block)
         values = np.asarray(p.maps[block].values, np.float32).reshape(out.shape)
-        levels = _grey(output_title(p, mf, block))
+        title, caption = output_labels(p, mf, block)
+        levels = _grey(caption)
         image = Mosaic.for_shape(out.shape).image(out)
         mosaic = Mosaic.for_shape(out.shape)
         # Each named level is the value drawn black (0), grey (0.5) or white (1).
@@ -165,16 +166,16 @@ def test_every_map_title_states_the_grey_levels_the_image_uses(opened):
                 at = np.argwhere(np.isclose(values, levels[name], rtol=1e-3, atol=1e-6))
                 for unit in at[:3]:
                     assert image[mosaic.cell(*unit)] == pytest.approx(shade, abs=1e-6), (block, name)
-        assert "lowest" not in output_title(p, mf, block)
+        assert "lowest" not in title + caption
         if block == last:  # the logits: scaled by their largest magnitude, around zero
             top = float(np.abs(values).max())
-            assert "logits" in output_title(p, mf, block)
+            assert "logits" in title
             assert levels["black"] == pytest.approx(-top, rel=1e-2)
             assert levels["white"] == pytest.approx(top, rel=1e-2) and levels["grey"] == 0
         else:
             assert levels == {"black": -1.0, "white": 1.0}
         inp = block_input(p, mf, block)
-        in_levels = _grey(input_title(p, mf, block))
+        in_levels = _grey(input_labels(p, mf, block)[1])
         if block == 0:  # pixels 0..255
             assert in_levels == {"black": 0.0, "white": 255.0}
             assert inp.min() >= -1 and inp.max() <= 1

@@ -203,3 +203,15 @@ def test_no_progress_bar_off_a_terminal_or_with_json(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert main(["train", "toy-xor", "--epochs", "1"]) == 0
     assert sys.stderr.getvalue() == ""
+
+
+def test_the_apps_options_open_the_app_without_a_command(monkeypatch, tmp_path):
+    # `bnnlab --data-dir DIR [SCENE]` is `bnnlab gui --data-dir DIR [SCENE]`, as the
+    # README's data section suggests; it used to be refused as an unknown command.
+    import bnnlab.gui.app
+
+    seen = []
+    monkeypatch.setattr(bnnlab.gui.app, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["--data-dir", str(tmp_path)]) == 0
+    assert main([f"--data-dir={tmp_path}", "quickstart"]) == 0
+    assert seen == [["--data-dir", str(tmp_path)], ["quickstart", "--data-dir", str(tmp_path)]]

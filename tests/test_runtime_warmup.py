@@ -139,7 +139,7 @@ def test_bits_page_says_it_waits_for_the_runtime_kernels(qtbot, tmp_path):
     w.tabs.setCurrentWidget(page)
     w._push_current_tab()
     bits = page.panel
-    text = bits.waiting.text()
+    text = bits.note.text()
     assert bits.pages.currentIndex() == 0 and "runtime's kernels" in text and "3 of 9" in text
     assert bits._worker.idle() and not bits.blocks  # nothing runs on the runtime meanwhile
     s.runtime_ready.set()

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GAP_VALUE", "Mosaic", "Probe", "block_input", "block_output", "input_title",
-           "output_title", "probe", "receptive_field", "unit_text"]
+__all__ = ["GAP_VALUE", "Mosaic", "Probe", "block_input", "block_output", "input_labels",
+           "output_labels", "output_scale", "probe", "receptive_field", "unit_text"]
 
 GAP_VALUE = 0.5  # grey between tiles; -1 is black and +1 white
 STRIP_WIDTH = 32  # cells per row of a dense block's strip
@@ -186,37 +186,37 @@ def output_scale(p: Probe, block: int) -> float:
     return float(np.max(np.abs(v))) if v.size else 0.0
 
 
-def input_title(p: Probe, mf, block: int, source: str | None = None) -> str:
-    """The title of a block's input map: what it is and what its grey levels mean, as
-    :func:`block_input` draws it. ``source`` names the tensor a graph block reads."""
+def input_labels(p: Probe, mf, block: int, source: str | None = None) -> tuple[str, str]:
+    """(title, caption) of a block's input map: what it is, and what its grey levels mean
+    as :func:`block_input` draws them. ``source`` names the tensor a graph block reads."""
     b = mf.blocks[block]
     h, w, c = b.in_shape
     if b.input == "raw" and mf.input.encoding == "uint8":
-        what, scale = "pixels", "black 0, white 255"
+        what, scale = "pixels", "black 0 · white 255"
     elif b.input == "raw":
-        what, scale = "inputs", "black −1 or less, white +1 or more"
+        what, scale = "inputs", "black −1 or less · white +1 or more"
     else:
         kind = "signs" if b.input == "signs" else "bits"
         what = f"{kind} of {source}" if source else f"bits of block {block - 1}"
-        scale = "white +1, black −1"
-    return f"input: {what} ({c} × {h}×{w}; {scale}); shaded: receptive field"
+        scale = "black −1 · white +1"
+    return f"input: {what} ({c} × {h}×{w}); shaded: receptive field", scale
 
 
-def output_title(p: Probe, mf, block: int) -> str:
-    """The title of a block's output map: what it is and what its grey levels mean, as
-    :func:`block_output` draws it."""
+def output_labels(p: Probe, mf, block: int) -> tuple[str, str]:
+    """(title, caption) of a block's output map: what it is, and what its grey levels
+    mean as :func:`block_output` draws them."""
     b = mf.blocks[block]
     oh, ow, oc = b.out_shape
     if b.output == "bits":
         shape = f"a strip of {oc} bits" if (oh, ow) == (1, 1) else f"{oc} channels of {oh}×{ow}"
-        return f"output: {shape} (white +1, black −1); click one"
+        return f"output: {shape}; click one", "black −1 · white +1"
     top = output_scale(p, block)
-    scale = (f"black −{top:.3g}, grey 0, white +{top:.3g}" if top > 0 else "all 0, grey")
+    scale = f"black −{top:.3g} · grey 0 · white +{top:.3g}" if top > 0 else "all 0 (grey)"
     if block == len(mf.blocks) - 1 and b.output == "logits":
-        what = f"{oc} logits" if (oh, ow) == (1, 1) else f"logits: {oc} × {oh}×{ow}"
+        what = f"{oc} logits" if (oh, ow) == (1, 1) else f"logits, {oc} × {oh}×{ow}"
     else:
         what = f"{oc} × {oh}×{ow} real values"
-    return f"output: {what} ({scale}); click one"
+    return f"output: {what}; click one", scale
 
 
 # --------------------------------------------------------------------------- text

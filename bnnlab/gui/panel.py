@@ -17,12 +17,13 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QScrollArea, QStackedWidget, QVBoxLayout, QWidget
 
 from ..app.runs import Focus
+from .views.background import LatestOnly
 from .views.banner import ErrorBanner
 
-__all__ = ["FitScrollArea", "Panel", "PanelPage"]
+__all__ = ["FitScrollArea", "NotedPanel", "Panel", "PanelPage"]
 
 
 @runtime_checkable
@@ -76,6 +77,57 @@ class FitScrollArea(QScrollArea):
         if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             self.fit()
         return super().eventFilter(obj, event)
+
+
+class NotedPanel(QWidget):
+    """A panel that computes off the GUI thread and shows a heading over either a centred
+    note (what it waits for, or why there is nothing to draw: no empty plots) or its
+    content.
+
+    A subclass builds its content, then calls :meth:`_frame`; it receives the worker's
+    answers in ``_on_result(key, result)`` and ``_on_failed(key, message)``.
+    """
+
+    def _frame(self, content: QWidget, heading_style: str = "") -> None:
+        """Lay out ``heading``, ``note`` / ``content`` (``pages``) and start ``_worker``."""
+        self.heading = QLabel("")
+        self.heading.setWordWrap(True)
+        self.heading.setTextFormat(Qt.TextFormat.RichText)
+        if heading_style:
+            self.heading.setStyleSheet(heading_style)
+        self.note = QLabel("")
+        self.note.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.note.setWordWrap(True)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.note)
+        self.pages.addWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.heading)
+        layout.addWidget(self.pages, 1)
+        self._worker = LatestOnly(self)
+        self._worker.finished.connect(self._on_result)
+        self._worker.failed.connect(self._on_failed)
+
+    def show_note(self, text: str) -> None:
+        """The note instead of the content."""
+        self.note.setText(text)
+        self.pages.setCurrentIndex(0)
+
+    def show_content(self) -> None:
+        self.pages.setCurrentIndex(1)
+
+    def heightForWidth(self, width: int) -> int:
+        # Word-wrapped labels give the layout a height-for-width, which a scroll area
+        # would honour with the panel's preferred height, taller than the window; -1
+        # lets it fit the panel to the view (never below the minimum size).
+        return -1
+
+    def _on_result(self, key, result) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _on_failed(self, key, message: str) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
 
 class PanelPage(QWidget):

@@ -33,7 +33,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QSpinBox,
     QSplitter,
-    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -41,10 +40,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ...app.bits import (Mosaic, block_input, block_output, input_title, output_title, probe,
+from ...app.bits import (Mosaic, block_input, block_output, input_labels, output_labels, probe,
                          receptive_field, unit_text)
 from ...deploy.explain import graph_links, kernel_bits, thresholds
-from ..views.background import LatestOnly
+from ..panel import NotedPanel
 from ..views.bitmap import BitMap
 from ..views.picture import Picture
 
@@ -101,14 +100,11 @@ def _column(*parts) -> QWidget:
     return box
 
 
-class BitsPanel(QWidget):
+class BitsPanel(NotedPanel):
     title = "Bits"
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.heading = QLabel("Select a run with a binary network, or open a .bnn file.")
-        self.heading.setWordWrap(True)
-        self.heading.setTextFormat(Qt.TextFormat.RichText)
         self.block = QComboBox()
         self.block.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.block.setMinimumContentsLength(24)
@@ -140,21 +136,7 @@ class BitsPanel(QWidget):
         self.tabs.addTab(self.byte_table, "File bytes")
         self.layout_table = self.byte_table
 
-        content = _column(top, self.input_label, (self.tabs, 1))
-        self.waiting = QLabel("")
-        self.waiting.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.waiting.setWordWrap(True)
-        self.pages = QStackedWidget()  # nothing drawn (no empty plots) before a model is there
-        self.pages.addWidget(self.waiting)
-        self.pages.addWidget(content)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(self.heading)
-        layout.addWidget(self.pages, 1)
-
-        self._worker = LatestOnly(self)
-        self._worker.finished.connect(self._on_result)
-        self._worker.failed.connect(self._on_failed)
+        self._frame(_column(top, self.input_label, (self.tabs, 1)))
         self._source = None
         self._opened = self._mf = None
         self._raw_x = None
@@ -166,7 +148,7 @@ class BitsPanel(QWidget):
         self.links = []
         self.probe = None
         self.explanation = None
-        self._waiting("Select a finished run with a binary network, or open a .bnn file "
+        self.show_note("Select a finished run with a binary network, or open a .bnn file "
                       "(File > Open model).")
 
     def _build_activations(self) -> QWidget:
@@ -214,19 +196,9 @@ class BitsPanel(QWidget):
         split.setSizes([600, 400])
         return split
 
-    def heightForWidth(self, width: int) -> int:
-        # Word-wrapped labels give the layout a height-for-width, which a scroll area
-        # would honour with the panel's preferred height, taller than the window; -1
-        # lets it fit the panel to the view (never below the minimum size).
-        return -1
-
     def _source_changed(self, *_args) -> None:
         self.image.setVisible(self.source.currentIndex() == TEST_IMAGE)
         self._ask()
-
-    def _waiting(self, text: str) -> None:
-        self.waiting.setText(text)
-        self.pages.setCurrentIndex(0)
 
     # ------------------------------------------------------------------ focus
     def show_focus(self, focus) -> None:
@@ -244,18 +216,18 @@ class BitsPanel(QWidget):
         self._opened = None
         self.heading.setText("")
         if opened is None:
-            self._waiting("Select a finished run with a binary network, or open a .bnn file "
+            self.show_note("Select a finished run with a binary network, or open a .bnn file "
                           "(File > Open model)." if run is None or run.opened is None else "")
             return
         prepared = focus.prepared
         if prepared is None:
-            self._waiting("Waiting for the test images…")
+            self.show_note("Waiting for the test images…")
             self._source = None
             return
         if not focus.runtime_ready:
             done, total = focus.runtime_progress
             count = f" ({done} of {total} steps done)" if total else ""
-            self._waiting("Waiting for the packed runtime's kernels to compile" + count + ". "
+            self.show_note("Waiting for the packed runtime's kernels to compile" + count + ". "
                           "bnnlab compiles them in the background when it starts, once after "
                           "it is installed or updated; this page shows the model as soon as "
                           "they are ready.")
@@ -267,7 +239,7 @@ class BitsPanel(QWidget):
         self.image.setRange(0, max(0, len(ds.x_test) - 1))
         self.image.blockSignals(False)
         self._title = f"<b style='color:{run.color}'>{run.title}</b>"
-        self._waiting(f"{run.title} as a .bnn file stores it: computing…")
+        self.show_note(f"{run.title} as a .bnn file stores it: computing…")
         self._worker.submit("model", _analyse, self._as_opened(run, focus))
 
     def _take_probe(self, p) -> None:
@@ -292,7 +264,7 @@ class BitsPanel(QWidget):
 
     def _on_failed(self, key, msg: str) -> None:
         if key == "model":
-            self._waiting(f"No bits to show for this model: {msg}")
+            self.show_note(f"No bits to show for this model: {msg}")
         else:
             self.input_label.setText(self._input_text)
             self.verdict.setText(f"<b>Cannot compute this unit:</b> {msg}")
@@ -308,7 +280,7 @@ class BitsPanel(QWidget):
 
     def _show_model(self, opened, mf, blocks, spans, links) -> None:
         self._opened, self._mf, self.blocks, self.links = opened, mf, blocks, links
-        self.pages.setCurrentIndex(1)
+        self.show_content()
         binary = sum(kb is not None for _b, kb, _t in blocks)
         size = f"{sum(s.size for s in spans):,} bytes"
         if mf.is_graph:
@@ -430,8 +402,10 @@ class BitsPanel(QWidget):
         self.input_map.set_values(inp, in_mosaic)
         self.output_map.set_values(out, out_mosaic)
         source = self.links[i].source if self.links else None
-        self.input_map.set_title(input_title(p, mf, i, source))
-        self.output_map.set_title(output_title(p, mf, i))
+        for view, (title, caption) in ((self.input_map, input_labels(p, mf, i, source)),
+                                       (self.output_map, output_labels(p, mf, i))):
+            view.set_title(title)
+            view.set_caption(caption)
         self.input_map.shade(receptive_field(b, e.unit))
         self.output_map.select(e.unit)
         self.input_map.select(None)

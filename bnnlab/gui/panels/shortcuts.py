@@ -23,11 +23,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSpinBox,
-                               QStackedWidget, QVBoxLayout, QWidget)
+                               QVBoxLayout, QWidget)
 
 from ...app.runs import RunState
 from ...core.layer_types import is_quantized
-from ..views.background import LatestOnly
+from ..panel import NotedPanel
 from ..views.bars import BarChart
 from ..views.style import epoch_axis, make_pen, make_plot, palette_color
 
@@ -86,17 +86,13 @@ class _Page(QWidget):
         return self.layout().minimumHeightForWidth(width)
 
 
-class ShortcutsPanel(QWidget):
+class ShortcutsPanel(NotedPanel):
     """Gradient norms per layer with and without the shortcuts, and over training."""
 
     title = "Shortcuts"
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.heading = QLabel("")
-        self.heading.setWordWrap(True)
-        self.heading.setTextFormat(Qt.TextFormat.RichText)
-        self.heading.setStyleSheet("font-size: 10pt; padding: 2px 4px;")
         self.batches = QSpinBox()
         self.batches.setRange(1, 64)
         self.batches.setValue(DEFAULT_BATCHES)
@@ -164,20 +160,7 @@ class ShortcutsPanel(QWidget):
         col.addWidget(self.cut_text)
         col.addWidget(self.history_plot, 2)
         col.addWidget(self.history_note)
-        self.note = QLabel("")
-        self.note.setWordWrap(True)
-        self.note.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.pages = QStackedWidget()  # a note instead of empty charts when there is nothing
-        self.pages.addWidget(self.note)
-        self.pages.addWidget(content)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(self.heading)
-        layout.addWidget(self.pages, 1)
-
-        self._worker = LatestOnly(self)
-        self._worker.finished.connect(self._on_result)
-        self._worker.failed.connect(self._on_failed)
+        self._frame(content, heading_style="font-size: 10pt; padding: 2px 4px;")
         self._focus = None  # the latest focus: the controls measure it again
         self._source = None  # what the shown (or pending) measurement is of
         self._pending = None  # (source, job args) of the latest snapshot, not yet measured
@@ -188,15 +171,9 @@ class ShortcutsPanel(QWidget):
         self._split = "training"
         self._hint = self._shown_hint = self._result_text = ""
         self.effect = None
-        self._show_note("Select a run (or open a model) of a residual network, e.g. the "
+        self.show_note("Select a run (or open a model) of a residual network, e.g. the "
                         "bireal-mnist preset.")
 
-    def heightForWidth(self, width: int) -> int:
-        return -1  # fit the view (word-wrapped labels would ask for their preferred height)
-
-    def _show_note(self, text: str) -> None:
-        self.note.setText(text)
-        self.pages.setCurrentIndex(0)
 
     def is_idle(self) -> bool:
         return self._worker.idle()
@@ -212,7 +189,7 @@ class ShortcutsPanel(QWidget):
         if run is None:
             self.heading.setText("")
             self._source = self._pending = None
-            self._show_note("Select a run (or open a model) of a residual network, e.g. the "
+            self.show_note("Select a run (or open a model) of a residual network, e.g. the "
                             "bireal-mnist preset.")
             return
         name = f"<b style='color:{run.color}'>{run.title}</b>"
@@ -299,10 +276,10 @@ class ShortcutsPanel(QWidget):
             self.status.setText(text)
             self.weight_chart.set_values([None, None])
             self.input_chart.set_values([None, None])
-            self.pages.setCurrentIndex(1)
+            self.show_content()
             return
         self.heading.setText("")
-        self._show_note(text)
+        self.show_note(text)
 
     def _caption(self, name: str) -> str:
         return (f"{name}: how the gradient of one training step reaches each quantized layer "
@@ -333,7 +310,7 @@ class ShortcutsPanel(QWidget):
     def _on_failed(self, key, msg: str) -> None:
         self.measure_button.setEnabled(True)
         self.effect = None
-        self._show_note(f"Cannot compare the shortcuts: {msg}")
+        self.show_note(f"Cannot compare the shortcuts: {msg}")
 
     def _on_result(self, key, result) -> None:
         source, where, effect = result
@@ -342,7 +319,7 @@ class ShortcutsPanel(QWidget):
             return  # a newer request is on its way
         self.effect = effect
         self._where = where
-        self.pages.setCurrentIndex(1)
+        self.show_content()
         self._draw(effect, where)
 
     def _redraw(self, *_args) -> None:

@@ -10,12 +10,24 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import QGraphicsRectItem
 
 from ...app.bits import Mosaic
-from .picture import image_plot
+from .picture import image_plot, set_caption
 
 __all__ = ["BitMap"]
 
 SELECTED = "#d62728"
+OUTLINE = "#888888"
 FIELD = (255, 127, 14, 110)  # translucent orange over the receptive field
+
+
+def _rectangle(item, color: str, width: int) -> QGraphicsRectItem:
+    """A hidden rectangle outline of ``width`` screen pixels, added to plot ``item``."""
+    rect = QGraphicsRectItem()
+    pen = pg.mkPen(color, width=width)
+    pen.setCosmetic(True)
+    rect.setPen(pen)
+    rect.setVisible(False)
+    item.addItem(rect)
+    return rect
 
 
 class BitMap(pg.PlotWidget):
@@ -31,17 +43,19 @@ class BitMap(pg.PlotWidget):
         item.addItem(self.image_item)
         self.field_item = pg.ImageItem(axisOrder="row-major")
         item.addItem(self.field_item)
-        self.frame = QGraphicsRectItem()
-        pen = pg.mkPen(SELECTED, width=2)
-        pen.setCosmetic(True)
-        self.frame.setPen(pen)
-        self.frame.setVisible(False)
-        item.addItem(self.frame)
+        self.frame = _rectangle(item, SELECTED, 2)  # the selected unit
+        # A thin outline around the whole map: a white cell at its edge (a +1 bit, the
+        # largest logit) would otherwise vanish into the white background.
+        self.outline = _rectangle(item, OUTLINE, 1)
         self.mosaic: Mosaic | None = None
         self.scene().sigMouseClicked.connect(self._clicked)
 
     def set_title(self, title: str) -> None:
         self.getPlotItem().setTitle(title, size="10pt")
+
+    def set_caption(self, caption: str) -> None:
+        """The line under the map: what its grey levels mean."""
+        set_caption(self.getPlotItem(), caption)
 
     def set_values(self, values: np.ndarray, mosaic: Mosaic) -> None:
         image = mosaic.image(np.clip(values, -1.0, 1.0))
@@ -51,6 +65,8 @@ class BitMap(pg.PlotWidget):
             self.field_item.clear()
             self.frame.setVisible(False)
             h, w = mosaic.size
+            self.outline.setRect(QRectF(0, 0, w, h))
+            self.outline.setVisible(True)
             self.getPlotItem().getViewBox().setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
 
     def select(self, unit: tuple[int, int, int] | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 
-__all__ = ["Picture", "image_plot"]
+__all__ = ["Picture", "image_plot", "set_caption"]
 
 
 def image_plot(widget: pg.PlotWidget, title: str):
@@ -24,6 +24,16 @@ def image_plot(widget: pg.PlotWidget, title: str):
     return item
 
 
+def set_caption(item, caption: str) -> None:
+    """Write ``caption`` under a still picture's plot ``item`` (what its grey levels mean):
+    the bottom axis's label, without the axis."""
+    item.setLabel("bottom", caption)
+    item.showAxis("bottom")
+    axis = item.getAxis("bottom")
+    axis.setStyle(showValues=False)
+    axis.setPen(pg.mkPen(None))
+
+
 class Picture(pg.PlotWidget):
     """Shows a 2-D array with fixed grey levels (``levels[0]`` black, ``levels[1]`` white).
 
@@ -36,10 +46,7 @@ class Picture(pg.PlotWidget):
         super().__init__(parent=parent)
         item = image_plot(self, title)
         if caption:
-            item.setLabel("bottom", caption)
-            item.showAxis("bottom")
-            item.getAxis("bottom").setStyle(showValues=False)
-            item.getAxis("bottom").setPen(pg.mkPen(None))
+            set_caption(item, caption)
         self.image_item = pg.ImageItem(axisOrder="row-major")
         self.image_item.setLevels(levels)
         if colormap is not None:
@@ -53,7 +60,7 @@ class Picture(pg.PlotWidget):
 
     def set_caption(self, caption: str) -> None:
         """The line under the image (what its grey levels mean)."""
-        self.getPlotItem().setLabel("bottom", caption)
+        set_caption(self.getPlotItem(), caption)
 
     def set_image(self, image: np.ndarray) -> None:
         image = np.asarray(image, dtype=np.float32)
