@@ -272,16 +272,9 @@ class QuantConv2D(_QuantBase):
         kh, kw = self.kernel_size
         self.last_input = x
         if self.binary:
-            pad_bit = 1 if self.pad_values == -1.0 else 0
             wq_t, bt = self._packed_kernel(rng)
             xq, pix = self._sign_and_pack(x, rng)
-            a = K.pack_patches_parallel(pix, n, h, w, c, kh, kw, self.strides, self._pt,
-                                        self._pl, ho, wo, pad_bit)
-            z = np.empty((n * ho * wo, self.filters), np.float32)
-            K.xnor_gemm(a, bt, kh * kw * c, out=z)
-            if self.pad_values == 0.0 and self._has_padding():
-                z = z.reshape(n, ho * wo, self.filters)
-                z -= self._pad_correction(wq_t.T)[None]
+            z = self.binary_product(pix, n, wq_t, bt)
         else:
             # Direct convolution reading patches in place: no im2col copy and no BLAS.
             wq = self.quantized_kernel(rng)
@@ -295,6 +288,33 @@ class QuantConv2D(_QuantBase):
             self._xq = xq
             self._wt = wq_t.reshape(self.filters, kh, kw, c)
         return self._epilogue(z.reshape(n, ho, wo, self.filters))
+
+    @property
+    def pad_bit(self) -> int:
+        """The packed value of a padded tap: 1 (-1) with ``pad_values=-1``, else 0 (+1)."""
+        return 1 if self.pad_values == -1.0 else 0
+
+    def pad_correction(self, wq_t) -> np.ndarray | None:
+        """(Ho*Wo, F) to subtract from the packed product, or None: with zero padding the
+        packed path counts padded taps as +1 (see :meth:`_pad_correction`)."""
+        if self.pad_values == 0.0 and self._has_padding():
+            return self._pad_correction(wq_t.T)
+        return None
+
+    def binary_product(self, pix, n, wq_t, bt) -> np.ndarray:
+        """The binary convolution before the epilogue, (N*Ho*Wo, F) float32, from packed
+        input pixels ``pix`` (N*H*W, words_for(C)) and :meth:`_packed_kernel`'s output."""
+        h, w, c, ho, wo = self._geometry()
+        kh, kw = self.kernel_size
+        a = K.pack_patches_parallel(pix, n, h, w, c, kh, kw, self.strides, self._pt,
+                                    self._pl, ho, wo, self.pad_bit)
+        z = np.empty((n * ho * wo, self.filters), np.float32)
+        K.xnor_gemm(a, bt, kh * kw * c, out=z)
+        corr = self.pad_correction(wq_t)
+        if corr is not None:
+            z = z.reshape(n, ho * wo, self.filters)
+            z -= corr[None]
+        return z
 
     def backward(self, dy):
         n = dy.shape[0]
@@ -380,8 +400,7 @@ class QuantDense(_QuantBase):
         if self.binary:
             wq_t, bt = self._packed_kernel(rng)
             xq, a = self._sign_and_pack(x, rng)
-            z = np.empty((x.shape[0], self.units), np.float32)
-            K.xnor_gemm(a, bt, self.input_shape[0], out=z)
+            z = self.binary_product(a, x.shape[0], wq_t, bt)
         else:
             wq = self.quantized_kernel(rng)
             wq_t = np.ascontiguousarray(np.transpose(wq), dtype=np.float32)
@@ -390,6 +409,13 @@ class QuantDense(_QuantBase):
         self._wq_t = wq_t  # (units, in): backward needs dz @ wq.T
         self._xq = xq
         return self._epilogue(z)
+
+    def binary_product(self, bits, n, wq_t, bt) -> np.ndarray:
+        """The binary product before the epilogue, (N, units) float32, from the packed
+        input rows ``bits`` (N, words_for(in)) and :meth:`_packed_kernel`'s output."""
+        z = np.empty((n, self.units), np.float32)
+        K.xnor_gemm(bits, bt, self.input_shape[0], out=z)
+        return z
 
     def backward(self, dy):
         dz = self._epilogue_backward(dy)

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .graph import INPUT, assign_names, wire
+from .inference import fused_forward
 from .layers import Layer, Param, _QuantBase, layer_from_config
 from .layerstats import grad_norm
 
@@ -169,11 +170,17 @@ class Sequential:
             layer.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
     # -- computation
-    def forward(self, x: np.ndarray, training: bool = False, rng=None) -> np.ndarray:
+    def forward(self, x: np.ndarray, training: bool = False, rng=None,
+                fused: bool = True) -> np.ndarray:
+        """Logits of the batch x. In inference mode (``training`` False) the layers
+        between two binary layers run fused (:mod:`bnnlab.core.inference`), with the same
+        bits as running them one by one, which ``fused=False`` does."""
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"model expects input (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if fused and not training:
+            return fused_forward(self, x, rng)
         outs: dict[int, np.ndarray] = {}
         left = list(self._readers)
         for i, (layer, src) in enumerate(zip(self.layers, self.sources)):

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from .batchnorm import bn_backward_train, bn_forward_train, scale_shift
+from .chains import ChainGeometry, binary_conv_chain, chain_bits, float_conv_chain
 from .conv import col2im, conv_backward, conv_forward_direct, im2col
 from .float_gemm import matmul
 from .histogram import histogram_uniform
@@ -131,6 +132,22 @@ def _steps() -> list:
         steps.append(lambda nt=nt, out=out, arg=arg: maxpool_backward(out, arg, 2, 2,
                                                                       np.empty_like(xb),
                                                                       threads=nt))
+    # The fused inference chains (bnnlab.core.inference), each serial and parallel: two
+    # images of 64 x 64 pixels make two blocks. (Names of their own: the lambdas above
+    # read their variables when they run.)
+    c_ones, c_zeros = np.ones(8, np.float32), np.zeros(8, np.float32)
+    c_geo = ChainGeometry(64, 64, 8, 2, 2, c_ones, c_zeros)
+    c_pix = np.zeros((2 * 66 * 66, 1), np.uint64)
+    c_bt = np.zeros((1, 8), np.uint64)
+    for nt in (1, 2):
+        steps.append(lambda nt=nt: chain_bits(np.zeros((2, 64, 64, 8), np.float32), c_geo,
+                                              threads=nt))
+        steps.append(lambda nt=nt: float_conv_chain(
+            np.zeros((2, 66, 66, 1), np.float32), np.zeros((3, 3, 1, 8), np.float32), 1, 0, 0,
+            np.float32(0), None, False, c_geo, threads=nt))
+        steps.append(lambda nt=nt: binary_conv_chain(c_pix, 2, (66, 66, 3), (3, 3), 1, (0, 0),
+                                                     0, c_bt, 27, None, None, False, c_geo,
+                                                     threads=nt))
     return steps
 
 
