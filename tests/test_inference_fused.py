@@ -345,7 +345,10 @@ def _finish(z, bvec, relu, pool, a, b):
     (3, 9, 8, 3, 37, 3, 2, "same", 2, True, True),
     (2, 6, 6, 5, 70, 1, 1, "valid", 3, True, False),
     (5, 5, 5, 2, 8, 2, 1, "same", 0, False, True),
-    (9, 28, 28, 1, 32, 3, 1, "valid", 2, False, False)])
+    (9, 28, 28, 1, 32, 3, 1, "valid", 2, False, False),
+    (3, 10, 10, 3, 32, 3, 2, "same", 2, True, True),
+    (2, 9, 9, 2, 48, 2, 1, "same", 2, True, False),
+    (2, 8, 8, 8, 64, 3, 1, "valid", 2, True, True)])  # 72 taps: two blocks of K
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float_conv_chain_matches_the_kernels_one_by_one(n, h, w, c, f, k, stride, padding,
                                                          pool, bias, relu, threads):

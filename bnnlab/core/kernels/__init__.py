@@ -7,6 +7,8 @@
 - :mod:`.pooling`: max pooling forward and backward;
 - :mod:`.batchnorm`: batch norm in training and inference;
 - :mod:`.sign`: the sign binarizer and its straight-through gradient;
+- :mod:`.chains`: inference between two binary layers (product, pooling, batch norm and
+  sign) in one pass that writes only packed bits;
 - :mod:`.histogram`: equal-width histograms for the trainer's telemetry;
 - :mod:`.optimizer`: fused optimizer updates;
 - :mod:`.threads`: when work is split over threads, and the process-wide tuning that the

@@ -166,6 +166,8 @@ def _epilogue(z, rows, f, npix, corr, bias, relu):
     # order: z -= padding correction (per output pixel), z += bias, z *= (z > 0).
     hc = corr.shape[0] > 0
     hb = bias.shape[0] > 0
+    if not (hc or hb or relu):
+        return
     for r in range(rows):
         p = r % npix
         for j in range(f):
