@@ -436,8 +436,15 @@ def run_bench(args) -> int:
 
     quick = bool(getattr(args, "quick", False))
     repeats = args.repeats or (5 if quick else 15)
+    from .core.kernels.threads import set_contention_sampling
+
     warm_up()
-    out = {"cpu": cpu_features(), "repeats": repeats, "load_average_before": _load()}
+    # Each case asks for its thread count. With the sampler on, the training kernels
+    # would go serial on their own while another process is busy, and a "2 threads"
+    # row would time one thread.
+    set_contention_sampling(False)
+    out = {"cpu": cpu_features(), "repeats": repeats, "load_average_before": _load(),
+           "contention_sampling": False}
     roof = measure_roofline((1, 2), 0.3 if quick else 0.8)
     out["roofline"] = roof
     out["results"] = []

@@ -19,6 +19,7 @@ def test_bench_runs_only_the_gemm_shapes_asked_for():
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
+    assert d["contention_sampling"] is False  # a 2-thread case runs on 2 threads
     assert [(row["case"], row["threads"]) for row in d["results"]] == [
         ("gemm 40x100x16", 1), ("gemm 1024x64x32", 1), ("gemm 1024x64x32", 2)]
     by_method = d["roofline"]["by_method"]
@@ -60,3 +61,16 @@ def test_one_image_cases_time_a_stream_and_a_lone_call(monkeypatch):
     assert one["binary_lone_call_ms"] >= 0.1 and "binary_lone_call_ms" not in eight
     # A stream sample holds about 2 ms / 0.1 ms = 20 calls; a lone call is one.
     assert calls[1] > 5 * calls[8]
+
+
+def test_contention_sampling_can_be_turned_off_and_on_again():
+    from bnnlab.core.kernels import threads
+
+    was = threads.set_contention_sampling(True)
+    try:
+        assert threads.contention is not None
+        assert threads.set_contention_sampling(False) is True
+        assert threads.contention is None and threads.contended() is False
+        assert threads.set_contention_sampling(False) is False
+    finally:
+        threads.set_contention_sampling(was)

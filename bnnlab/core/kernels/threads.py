@@ -22,7 +22,7 @@ import time
 
 import numba as nb
 
-__all__ = ["keep_serial", "PARALLEL_MIN_ROWS", "PARALLEL_MIN_WORK", "REDUCE_PARTS", "ContentionSampler",
+__all__ = ["keep_serial", "set_contention_sampling", "PARALLEL_MIN_ROWS", "PARALLEL_MIN_WORK", "REDUCE_PARTS", "ContentionSampler",
            "chunks", "contended", "reduce_parts", "tune_process"]
 
 # Below this many output rows a parallel region costs more than it saves.
@@ -164,6 +164,18 @@ def _keep_freed_memory_mapped() -> bool:
     return True
 
 
+def set_contention_sampling(on: bool) -> bool:
+    """Turn the sampler the kernels consult on or off; returns whether it was on. A
+    benchmark turns it off so that a case run on two threads is timed on two threads."""
+    global contention
+    was = contention is not None
+    if on and contention is None:
+        contention = ContentionSampler()
+    elif not on:
+        contention = None
+    return was
+
+
 def tune_process(sample_contention: bool = True) -> dict:
     """Process-wide settings for fast kernels; entry points call this once, early.
 
@@ -175,12 +187,10 @@ def tune_process(sample_contention: bool = True) -> dict:
 
     Returns what was done, for logging. Calling it again changes nothing more.
     """
-    global contention
     os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     done = {"malloc": _keep_freed_memory_mapped(), "gomp_spincount": os.environ["GOMP_SPINCOUNT"],
             "contention_sampling": False}
     if sample_contention:
-        if contention is None:
-            contention = ContentionSampler()
+        set_contention_sampling(True)
         done["contention_sampling"] = True
     return done
