@@ -11,14 +11,13 @@ import importlib
 import os
 import time
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtWidgets import (
     QDockWidget,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
-    QScrollArea,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -28,7 +27,7 @@ from ..app.runs import RunState
 from ..app.session import Session
 from ..io.scenes import preset_dir, preset_names
 from .actions import WindowActions
-from .panel import PanelPage
+from .panel import FitScrollArea, PanelPage
 from .panels.training import ExperimentForm, RunList
 from .views.banner import ErrorBanner
 from .views.stall import StallMonitor
@@ -43,6 +42,7 @@ FRAME_MS = 33
 HEAVY_PANEL_PERIOD = 0.25
 DEFAULT_SIZE = (1280, 800)
 NARROW_SCREEN = 1200  # px: below this the sidebar starts hidden
+SIDEBAR_WIDTH = 270  # px at start (the dock can be dragged wider)
 
 
 # (tab title, module in gui/panels, class, heavy): panels are imported and built the first
@@ -67,6 +67,14 @@ def _panel_factory(module: str, cls: str):
     def build():
         return getattr(importlib.import_module(f"{__package__}.panels.{module}"), cls)()
     return build
+
+
+class _Sidebar(FitScrollArea):
+    """The sidebar's scroll area: as wide as :data:`SIDEBAR_WIDTH` at start (its widget,
+    fitted to the view, would otherwise ask for the width it was last given)."""
+
+    def sizeHint(self) -> QSize:
+        return QSize(SIDEBAR_WIDTH, super().sizeHint().height())
 
 
 class MainWindow(QMainWindow):
@@ -112,10 +120,12 @@ class MainWindow(QMainWindow):
         side_col.addWidget(self.form)
         side_col.addWidget(QLabel("<b>Runs</b> (overlaid in the plots)"))
         side_col.addWidget(self.run_list, 1)
-        scroll = QScrollArea()
-        scroll.setWidget(side)
-        scroll.setWidgetResizable(True)
+        # Fitted to the width, so that a long word-wrapped scene description gets the
+        # height it needs there (a plain scroll area sized it for another width: its first
+        # and last lines were cut off).
+        scroll = _Sidebar()
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(side)
         self.dock = QDockWidget("Experiment")
         self.dock.setObjectName("experimentDock")
         self.dock.setWidget(scroll)

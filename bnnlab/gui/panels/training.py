@@ -388,9 +388,9 @@ class Dashboard(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.epoch_bar = QProgressBar()
-        self.epoch_bar.setFormat("epoch %v / %m")
+        self.epoch_bar.setFormat("epoch –")
         self.batch_bar = QProgressBar()
-        self.batch_bar.setFormat("batch %v / %m")
+        self.batch_bar.setFormat("batch –")
         for bar in (self.epoch_bar, self.batch_bar):
             bar.setRange(0, 1)
             bar.setValue(0)
@@ -426,6 +426,7 @@ class Dashboard(QWidget):
         self.loss_legend, self.acc_legend = self.loss_plot.legend, self.acc_plot.legend
         # Accuracy curves climb to the top right: their legend sits bottom right instead.
         self.acc_legend.anchor(itemPos=(1, 1), parentPos=(1, 1), offset=(-8, -8))
+        self._show_legends()
         self.acc_plot.setYRange(0, 100, padding=0.02)
         self.acc_plot.enableAutoRange(axis="y", enable=False)
         for plot in (self.loss_plot, self.acc_plot):
@@ -512,9 +513,14 @@ class Dashboard(QWidget):
         if max_epoch:
             for plot in (self.loss_plot, self.acc_plot):
                 plot.setXRange(0, max_epoch, padding=0.02)
+        self._show_legends()
         selected = next((v for v in views if v.selected), None)
         self._show_empty_note(views, selected)
         self._show_selected(selected)
+
+    def _show_legends(self) -> None:
+        for legend in (self.loss_legend, self.acc_legend):
+            legend.setVisible(bool(legend.items))  # an empty legend is a bare box
 
     def _show_empty_note(self, views, selected) -> None:
         """Say why the plots are empty: nothing trained yet, or a model opened from a file
@@ -551,8 +557,10 @@ class Dashboard(QWidget):
                 c[key].value.setText("–")
             self.epoch_bar.setRange(0, 1)
             self.epoch_bar.setValue(0)
+            self.epoch_bar.setFormat("epoch –")  # not "0 / 1": nothing has run
             self.batch_bar.setRange(0, 1)
             self.batch_bar.setValue(0)
+            self.batch_bar.setFormat("batch –")
             return
         s = v.snapshot
         c["run"].value.setText(f"{v.title}\n{v.state}")
@@ -568,3 +576,4 @@ class Dashboard(QWidget):
         self.epoch_bar.setFormat(f"epoch {s.epoch} / {s.epochs}")
         self.batch_bar.setRange(0, s.batches_per_epoch)
         self.batch_bar.setValue(s.batch)
+        self.batch_bar.setFormat("batch %v / %m")
