@@ -53,3 +53,43 @@ def test_before_any_run_the_dashboard_shows_no_counts_and_no_empty_legends(windo
     window._push_current_tab()
     assert dash.loss_legend.isVisible() and dash.acc_legend.isVisible()
     assert dash.epoch_bar.text() == "epoch 1 / 1"
+
+
+def test_an_opened_model_shows_no_epoch_counts(window, qtbot, tmp_path):
+    # A model opened from a file was not trained here: "epoch 1 / 1" said otherwise.
+    from bnnlab.core.layers import layer_from_config
+    from bnnlab.core.model import Sequential
+    from bnnlab.io.checkpoints import save_checkpoint
+
+    model = Sequential([layer_from_config({"type": "Flatten"}),
+                        layer_from_config({"type": "QuantDense", "units": 10,
+                                           "kernel_quantizer": "ste_sign"})], (28, 28, 1), seed=0)
+    path = tmp_path / "m.npz"
+    save_checkpoint(path, model, {"dataset": "digits", "seed": 0})
+    s = window.session
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: (window._refresh(), bool(s.runs) and s.runs[0].prepared is not None)[1],
+                    timeout=120_000)
+    window.tabs.setCurrentIndex(0)
+    window._push_current_tab()
+    dash = window.page("Training").panel
+    assert dash.epoch_bar.text() == "epoch –" and dash.batch_bar.text() == "batch –"
+
+
+def test_a_short_bar_chart_keeps_room_for_its_value_labels(qtbot):
+    # Filters' "MACs saved" chart at 1024 x 640 is about 80 px high: 18 % of the range
+    # above the tallest bar was less than its label, cut by the top.
+    from bnnlab.gui.views.bars import BarChart
+
+    chart = BarChart("t", "", "y", [("a", ["#888", "#2a2"])], value_format=lambda v: f"{v:.0f} k")
+    qtbot.addWidget(chart)
+    chart.resize(300, 150)
+    chart.show()
+    qtbot.waitExposed(chart)
+    chart.set_categories(["all", "distinct"])
+    chart.set_values([[332.0, 284.0]])
+    qtbot.wait(20)
+    vb = chart.getPlotItem().getViewBox()
+    (_, y_max) = vb.viewRange()[1]
+    room_px = (y_max - 332.0) / y_max * vb.height()
+    assert vb.height() < 120 and room_px >= 18  # a 10 pt label and a margin

@@ -551,7 +551,8 @@ class Dashboard(QWidget):
     def _show_selected(self, v) -> None:
         c = self.cards
         self._show_bn_warning(v)
-        if v is None or v.snapshot is None:
+        if v is None or v.snapshot is None or not v.snapshot.step:
+            # Nothing has run (e.g. a model opened from a file, not trained here): no counts.
             c["run"].value.setText("–" if v is None else f"{v.title}\n{v.state}")
             for key in ("loss", "accuracy", "val_accuracy", "ips"):
                 c[key].value.setText("–")

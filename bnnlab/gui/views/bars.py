@@ -12,6 +12,9 @@ from .style import style_plot
 __all__ = ["BarChart"]
 
 
+LABEL_PX = 20  # height of a value label above a bar, with a margin
+
+
 class BarChart(pg.PlotWidget):
     """Bars for a few named series over named categories.
 
@@ -48,6 +51,8 @@ class BarChart(pg.PlotWidget):
             item.addItem(bar)
             self._bars.append(bar)
         self._labels: list[list[pg.TextItem]] = [[] for _ in series]
+        self._top = 0.0  # the tallest bar
+        item.getViewBox().sigResized.connect(lambda *_: self._fit_y())
 
     def set_value_format(self, value_format: Callable[[float], str] | None) -> None:
         self._format = value_format
@@ -130,7 +135,21 @@ class BarChart(pg.PlotWidget):
                 t.setAnchor((0.5, 0.5) if self._stacked else (0.5, 1.0))
                 t.setPos(float(xi), float(yi - v / 2) if self._stacked else float(yi))
                 t.setVisible(not self._stacked or bool(v > too_thin))
-        # A legend needs head-room above the bars, value labels a little.
-        head = 1.7 if self._legend is not None else 1.18
-        y_max = self._y_max if self._y_max is not None else (top * head if top > 0 else 1.0)
+        self._top = top
+        self._fit_y()
+
+    def _fit_y(self) -> None:
+        """The y range: the data, a legend's head-room, and above the tallest bar room for
+        its value label, in pixels (a fraction of the range was too little in a short
+        chart: the label was cut by the top)."""
+        top = self._top
+        if self._y_max is not None or top <= 0:
+            y_max = self._y_max if self._y_max is not None else 1.0
+        else:
+            head = 1.7 if self._legend is not None else 1.18
+            height = self.getPlotItem().getViewBox().height()
+            if self._format is not None and not self._stacked and height > 0:
+                # The label (about LABEL_PX tall) must fit between the bar and the top.
+                head = max(head, 1.0 / (1.0 - min(0.6, LABEL_PX / height)))
+            y_max = top * head
         self.getPlotItem().setYRange(0, y_max, padding=0)
