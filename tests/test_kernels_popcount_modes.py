@@ -132,3 +132,23 @@ def test_only_the_automatic_mode_uses_the_disk_cache(tmp_path):
     assert forced["mode"] == other and forced["cached"] == [False]
     same = _run(CACHING, {"BNNLAB_POPCOUNT": auto["auto"]}, tmp_path)
     assert same["cached"] == [True]
+
+
+METHOD = textwrap.dedent("""
+    import json
+    from bnnlab.core.kernels.roofline import popcount_method
+    from bnnlab.core.kernels.simd import HOST_FEATURES
+    print(json.dumps({"method": popcount_method(),
+                      "vpopcntdq": bool(HOST_FEATURES.get("avx512vpopcntdq"))}))
+""")
+
+
+def test_forced_lanes_mode_does_not_claim_vpopcntq_the_cpu_lacks(tmp_path):
+    # bench prints this method beside its roofline: on a CPU without VPOPCNTDQ the
+    # forced per-lane count runs as LLVM spells it there, not as vpopcntq.
+    got = _run(METHOD, {"BNNLAB_POPCOUNT": "lanes"}, tmp_path)
+    if got["vpopcntdq"]:
+        assert "vpopcntq" in got["method"] and "forced" not in got["method"]
+    else:
+        assert "forced on a CPU without AVX-512 VPOPCNTDQ" in got["method"]
+        assert "not vpopcntq" in got["method"]

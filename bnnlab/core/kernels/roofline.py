@@ -235,6 +235,10 @@ def float_probe(iters, x, m, c):
 
 def popcount_method() -> str:
     """How the binary kernels count bits in this process, in words."""
+    if POPCOUNT_MODE == "lanes" and not HOST_FEATURES.get("avx512vpopcntdq"):
+        return ("XOR + a per-64-bit-lane count + add, forced on a CPU without AVX-512 "
+                "VPOPCNTDQ: LLVM spells each lane's count in the instructions it has "
+                "(vpshufb nibble tables + vpsadbw on AVX2), not vpopcntq")
     return {"lanes": "XOR + vpopcntq per 64-bit lane + add (AVX-512 VPOPCNTDQ)",
             "bytes": "XOR + per-byte nibble-table counts (vpshufb) + byte adds, "
                      "folded to lanes with vpsadbw every 31 words",
