@@ -93,3 +93,23 @@ def test_a_short_bar_chart_keeps_room_for_its_value_labels(qtbot):
     (_, y_max) = vb.viewRange()[1]
     room_px = (y_max - 332.0) / y_max * vb.height()
     assert vb.height() < 120 and room_px >= 18  # a 10 pt label and a margin
+
+
+def test_an_opened_bnn_is_not_offered_further_training(window, qtbot, tmp_path):
+    # A .bnn keeps only the signs: Evaluate offers no Continue training for it, and the
+    # dashboard's note said it did.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_app_engineless import _files
+
+    normal, _ = _files(tmp_path)
+    s = window.session
+    window.open_path(str(normal))
+    qtbot.waitUntil(lambda: (window._refresh(), bool(s.runs))[1], timeout=120_000)
+    window.tabs.setCurrentIndex(0)
+    window._push_current_tab()
+    note = window.page("Training").panel.empty_note.textItem.toPlainText()
+    assert "was opened from a file" in note and "Continue training" not in note
+    assert "cannot be trained further" in note

@@ -531,9 +531,13 @@ class Dashboard(QWidget):
         elif selected is not None and selected.opened is not None and not any(
                 v.visible and v.snapshot is not None and len(v.snapshot.history.step)
                 for v in views):
-            text = (f"{legend_label(selected.title)}\nwas opened from a file, not trained "
-                    "here:\nit has no curves. Evaluate measures it;\nEvaluate > Continue "
-                    "training… trains it\nfurther and draws them.")
+            head = (f"{legend_label(selected.title)}\nwas opened from a file, not trained "
+                    "here:\nit has no curves. Evaluate measures it")
+            if selected.opened.has_latent_weights:
+                text = head + ";\nEvaluate > Continue training… trains it\nfurther and draws them."
+            else:  # a .bnn: only the signs of the weights, nothing to train further
+                text = head + ".\nA .bnn file keeps only the signs of\nthe weights: it cannot be " \
+                    "trained further."
         if text is not None:
             self.empty_note.setText(text)
         self.empty_note.setVisible(text is not None)
@@ -554,6 +558,9 @@ class Dashboard(QWidget):
         if v is None or v.snapshot is None or not v.snapshot.step:
             # Nothing has run (e.g. a model opened from a file, not trained here): no counts.
             c["run"].value.setText("–" if v is None else f"{v.title}\n{v.state}")
+            if v is not None:
+                c["run"].value.setStyleSheet(f"font-size: 11pt; font-weight: 600; "
+                                             f"color: {v.color};")
             for key in ("loss", "accuracy", "val_accuracy", "ips"):
                 c[key].value.setText("–")
             self.epoch_bar.setRange(0, 1)
