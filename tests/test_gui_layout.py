@@ -113,3 +113,39 @@ def test_an_opened_bnn_is_not_offered_further_training(window, qtbot, tmp_path):
     note = window.page("Training").panel.empty_note.textItem.toPlainText()
     assert "was opened from a file" in note and "Continue training" not in note
     assert "cannot be trained further" in note
+
+
+@pytest.mark.parametrize("tab", [0, 1, 2])
+def test_bits_fits_a_1024x640_view_without_scrolling(qtbot, tmp_path, tab):
+    # The page's minimum height for its width must be its parts' minimum heights, not
+    # their preferred ones: a stacked page passed the preferred height on, so the page
+    # scrolled at 1280 x 800 on the weight-bits tab and hid the maps' captions.
+    import sys
+    from pathlib import Path
+
+    from bnnlab.app.session import Session
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_app_engineless import _files
+
+    normal, _ = _files(tmp_path)
+    w = MainWindow(Session(warm_up=False))
+    qtbot.addWidget(w)
+    w.ask_unsaved = lambda what: "discard"
+    w.resize(1008, 592)  # a 1024 x 640 screen less the window's frame
+    w.show()
+    w.open_path(str(normal))
+    s = w.session
+    qtbot.waitUntil(lambda: (w._refresh(), bool(s.runs) and s.runs[0].prepared is not None)[1],
+                    timeout=120_000)
+    page = w.page("Bits")
+    w.tabs.setCurrentWidget(page)
+    qtbot.waitUntil(lambda: (w._push_current_tab(), page.panel is not None
+                             and page.panel.explanation is not None)[1], timeout=120_000)
+    bits = page.panel
+    bits.tabs.setCurrentIndex(tab)
+    qtbot.wait(50)
+    view = page.scroll.viewport().height()
+    assert bits.layout().minimumHeightForWidth(bits.width()) <= view
+    assert not page.scroll.verticalScrollBar().isVisible()
+    w.close()

@@ -23,7 +23,7 @@ from ..app.runs import Focus
 from .views.background import LatestOnly
 from .views.banner import ErrorBanner
 
-__all__ = ["FitScrollArea", "NotedPanel", "Panel", "PanelPage"]
+__all__ = ["FitPage", "FitScrollArea", "NotedPanel", "Panel", "PanelPage"]
 
 
 @runtime_checkable
@@ -79,12 +79,23 @@ class FitScrollArea(QScrollArea):
         return super().eventFilter(obj, event)
 
 
+class FitPage(QWidget):
+    """A page whose height for a width is its layout's minimum for that width, not the
+    preferred one: a stacked widget passes it on as the panel's minimum height, and the
+    preferred height of plots and tables would push them off the view (the scroll area
+    scrolls only below the minimum)."""
+
+    def heightForWidth(self, width: int) -> int:
+        return self.layout().minimumHeightForWidth(width)
+
+
 class NotedPanel(QWidget):
     """A panel that computes off the GUI thread and shows a heading over either a centred
     note (what it waits for, or why there is nothing to draw: no empty plots) or its
     content.
 
-    A subclass builds its content, then calls :meth:`_frame`; it receives the worker's
+    A subclass builds its content (a :class:`FitPage`, so that the panel fits the view),
+    then calls :meth:`_frame`; it receives the worker's
     answers in ``_on_result(key, result)`` and ``_on_failed(key, message)``.
     """
 

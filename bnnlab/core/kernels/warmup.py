@@ -52,6 +52,8 @@ def prepare_steps(steps: list, module: str, progress=None, cancelled=None) -> bo
     is the module that, run as ``python -m MODULE PART PARTS``, runs its share of the
     same steps (see :func:`child_main`); higher layers warm their own kernels this way."""
     total = len(steps) + 1
+    if progress is not None:
+        progress(0, total)  # started: the first step may take seconds on a cold cache
     t0 = time.perf_counter()
     steps[0]()
     cold = time.perf_counter() - t0 > CACHED_SECONDS

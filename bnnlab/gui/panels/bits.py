@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 from ...app.bits import (Mosaic, block_input, block_output, input_labels, output_labels, probe,
                          receptive_field, unit_text)
 from ...deploy.explain import graph_links, kernel_bits, thresholds
-from ..panel import NotedPanel
+from ..panel import FitPage, NotedPanel
 from ..views.bitmap import BitMap
 from ..views.picture import Picture
 
@@ -87,8 +87,9 @@ def _table(headers: list[str]) -> QTableWidget:
 
 
 def _column(*parts) -> QWidget:
-    """A widget stacking layouts and widgets (``(widget, stretch)`` to stretch one)."""
-    box = QWidget()
+    """A widget stacking layouts and widgets (``(widget, stretch)`` to stretch one), as
+    tall as its parts' minimum heights need (:class:`~bnnlab.gui.panel.FitPage`)."""
+    box = FitPage()
     col = QVBoxLayout(box)
     col.setContentsMargins(0, 0, 0, 0)
     for part in parts:

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSpi
 
 from ...app.runs import RunState
 from ...core.layer_types import is_quantized
-from ..panel import NotedPanel
+from ..panel import FitPage, NotedPanel
 from ..views.bars import BarChart
 from ..views.style import epoch_axis, make_pen, make_plot, palette_color
 
@@ -74,16 +74,6 @@ def _ratio(a: float | None, b: float | None) -> str:
     if a is None or not b:
         return ""
     return f"×{a / b:.2f}"
-
-
-class _Page(QWidget):
-    """A page whose height for a width is its layout's minimum for that width, not the
-    preferred one: a stacked widget passes it on as the panel's minimum height, and the
-    preferred height of the plots would push them off the view (the scroll area scrolls
-    only below the minimum)."""
-
-    def heightForWidth(self, width: int) -> int:
-        return self.layout().minimumHeightForWidth(width)
 
 
 class ShortcutsPanel(NotedPanel):
@@ -151,7 +141,7 @@ class ShortcutsPanel(NotedPanel):
         charts = QHBoxLayout()
         charts.addWidget(self.weight_chart, 1)
         charts.addWidget(self.input_chart, 1)
-        content = _Page()
+        content = FitPage()
         col = QVBoxLayout(content)
         col.setContentsMargins(0, 0, 0, 0)
         col.addLayout(controls)
