@@ -336,3 +336,30 @@ def test_session_names_a_model_opened_as_a_scene(files):
     assert errors == [f"{files['bnn']}: a .bnn model, not a scene (.toml)"]
     assert session.open_scene(files["scene"]) is True
     session.shutdown()
+
+
+def test_results_row_of_an_opened_model_takes_its_evaluation(files):
+    # An opened model has no epochs and was not trained here: its row used to show no
+    # validation accuracy after Evaluate and the time it took to open as training time.
+    import time
+
+    from bnnlab.app.results import result_rows
+    from bnnlab.app.session import Session
+
+    session = Session(warm_up=False)
+    session.open_model(files["checkpoint"])
+    end = time.monotonic() + 120
+    while (not session.runs or session.runs[-1].prepared is None) and time.monotonic() < end:
+        session.poll()
+        time.sleep(0.02)
+    run = session.runs[-1]
+    (row,) = result_rows([run])
+    assert row["val_accuracy"] is None and row["seconds"] is None and row["epochs"] == 0
+    dataset = run.opened.dataset or run.scene.dataset
+    session.evaluate(run, dataset)
+    while (run.evaluation is None or session.evaluating) and time.monotonic() < end:
+        session.poll()
+        time.sleep(0.02)
+    (row,) = result_rows([run])
+    assert run.evaluation.complete and row["val_accuracy"] == pytest.approx(run.evaluation.accuracy)
+    session.shutdown()

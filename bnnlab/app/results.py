@@ -48,13 +48,23 @@ def result_rows(runs: Sequence[Run]) -> list[dict]:
     """One dict per run with the keys of :data:`RESULT_COLUMNS` (None where unknown).
 
     Loss and accuracy are the last finished epoch's training figures; validation is
-    that epoch's evaluation on the test set.
+    that epoch's evaluation on the test set. A model opened from a file has no epochs
+    and took no training time: its validation accuracy is that of its latest complete
+    evaluation (Evaluate) on its own dataset, if any.
     """
     rows = []
     for run in runs:
         s = run.snapshot
         h = s.history if s is not None else None
         epochs_done = int(h.epoch[-1]) if h is not None and len(h.epoch) else 0
+        val_accuracy = _final(h.val_accuracy) if h is not None else None
+        seconds = float(s.elapsed) if s is not None else None
+        if run.opened is not None:
+            seconds = None  # not trained here (the snapshot's time is the opening's)
+            ev = run.evaluation
+            own = run.opened.dataset or run.scene.dataset
+            if val_accuracy is None and ev is not None and ev.complete and ev.dataset == own:
+                val_accuracy = float(ev.accuracy)
         rows.append({
             "run": run.number,
             "scene": run.scene.name,
@@ -65,8 +75,8 @@ def result_rows(runs: Sequence[Run]) -> list[dict]:
             "loss": _final(h.epoch_loss) if h is not None else None,
             "accuracy": _final(h.epoch_accuracy) if h is not None else None,
             "val_loss": _final(h.val_loss) if h is not None else None,
-            "val_accuracy": _final(h.val_accuracy) if h is not None else None,
-            "seconds": float(s.elapsed) if s is not None else None,
+            "val_accuracy": val_accuracy,
+            "seconds": seconds,
             "parameters": run.parameters,
         })
     return rows
