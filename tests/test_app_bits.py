@@ -181,3 +181,17 @@ def test_every_map_caption_states_the_grey_levels_the_image_uses(opened):
             assert inp.min() >= -1 and inp.max() <= 1
         else:
             assert in_levels == {"black": -1.0, "white": 1.0}
+
+
+@pytest.mark.parametrize("shape", [(13, 10, 5), (1, 1, 37), (2, 3, 64)])
+def test_mosaic_gaps_are_exactly_the_pixels_of_no_unit(shape):
+    m = Mosaic.for_shape(shape)
+    gaps = m.gaps()
+    assert gaps.shape == m.size
+    units = np.zeros(m.size, bool)
+    h, w, c = shape
+    for y in range(h):
+        for x in range(w):
+            for ch in range(c):
+                units[m.cell(y, x, ch)] = True
+    np.testing.assert_array_equal(gaps, ~units)

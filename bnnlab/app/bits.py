@@ -2,8 +2,9 @@
 pixel of a mosaic is, the receptive field of a unit, and one unit's computation as text.
 
 * :class:`Mosaic` lays a block's output (H, W, C) out as one image: one H x W tile per
-  channel, tiles in rows, separated by a grey gap; a dense block's output (1, 1, C) becomes
-  a strip of C one-pixel cells, 32 to a row. :meth:`Mosaic.unit_at` turns a pixel of that
+  channel, tiles in rows, separated by a gap (:meth:`Mosaic.gaps`, which the view
+  colours apart from every value); a dense block's output (1, 1, C) becomes a strip of
+  C one-pixel cells, 32 to a row. :meth:`Mosaic.unit_at` turns a pixel of that
   image into the output unit ``(row, column, channel)`` it shows, :meth:`Mosaic.cell` does
   the reverse;
 * :func:`receptive_field`: the input positions one output unit reads (its pooling windows'
@@ -88,6 +89,15 @@ class Mosaic:
         if y >= h or x >= w or tc >= self.columns or ch >= c:
             return None
         return y, x, ch
+
+    def gaps(self) -> np.ndarray:
+        """(height, width) bool: the pixels between and around the tiles (no unit)."""
+        h, w, c = self.shape
+        mask = np.ones(self.size, bool)
+        for ch in range(c):
+            r0, c0 = self.cell(0, 0, ch)
+            mask[r0:r0 + h, c0:c0 + w] = False
+        return mask
 
     def image(self, values: np.ndarray) -> np.ndarray:
         """``values`` (H, W, C) of ±1 as the mosaic in [0, 1]: -1 black, +1 white."""

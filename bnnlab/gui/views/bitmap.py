@@ -16,6 +16,7 @@ __all__ = ["BitMap"]
 
 SELECTED = "#d62728"
 OUTLINE = "#888888"
+GAP = (176, 196, 222, 255)  # light steel blue between tiles
 FIELD = (255, 127, 14, 110)  # translucent orange over the receptive field
 
 
@@ -41,6 +42,10 @@ class BitMap(pg.PlotWidget):
         item = image_plot(self, title)
         self.image_item = pg.ImageItem(axisOrder="row-major")
         item.addItem(self.image_item)
+        # The gaps between tiles in a colour no value takes (their grey would read as 0
+        # in a map of real values, which is drawn grey at 0).
+        self.gap_item = pg.ImageItem(axisOrder="row-major")
+        item.addItem(self.gap_item)
         self.field_item = pg.ImageItem(axisOrder="row-major")
         item.addItem(self.field_item)
         self.frame = _rectangle(item, SELECTED, 2)  # the selected unit
@@ -62,6 +67,9 @@ class BitMap(pg.PlotWidget):
         self.image_item.setImage(image, autoLevels=False, levels=(0.0, 1.0))
         if mosaic != self.mosaic:
             self.mosaic = mosaic
+            gaps = np.zeros((*mosaic.size, 4), np.uint8)
+            gaps[mosaic.gaps()] = GAP
+            self.gap_item.setImage(gaps, autoLevels=False, levels=(0, 255))
             self.field_item.clear()
             self.frame.setVisible(False)
             h, w = mosaic.size
