@@ -99,3 +99,35 @@ def test_chain_matches_the_oracle_in_every_popcount_mode(mode, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["mode"] == mode and got["bad"] == [] and got["chains"] >= 20
+
+
+def test_chain_scratch_stays_within_what_the_memory_limit_counts():
+    # runtime_cost counts CHAIN_SCRATCH_BYTES (or one image's scratch when that is more)
+    # for the chain; a group never needs more, on random stacks and on a wide one.
+    from bnnlab.deploy.limits import CHAIN_SCRATCH_BYTES, chain_image_bytes
+
+    from bnnlab.core.layers import BatchNorm, Flatten, QuantConv2D, QuantDense
+    from bnnlab.core.model import Sequential
+    from bnnlab.deploy.fold import fold_model
+
+    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    # 512 channels into 16 filters: long patches and few accumulators, so the group the
+    # accumulators alone allow (40 images) would need 3.3 MB of scratch.
+    wide = Sequential([QuantConv2D(512, 1, kernel_quantizer="ste_sign"), BatchNorm(),
+                       QuantConv2D(16, 3, **binary), BatchNorm(), Flatten(),
+                       QuantDense(10, **binary), BatchNorm()], (12, 12, 3), seed=0)
+    models = [fold_model(wide, F.InputSpec((12, 12, 3), "uint8", float(np.float32(1 / 255)), 0.0))]
+    rng = np.random.default_rng(11)
+    models += [F.decode(F.encode(random_model_file(rng, max_blocks=5))) for _ in range(60)]
+    checked = capped = 0
+    for mf in models:
+        chain = Runtime(mf)._chain
+        if chain is None:
+            continue
+        x16, act, pbuf, zbuf, accbuf, _ = chain._sizes
+        per_image = 2 * x16 + 8 * (2 * act + pbuf) + 4 * (zbuf + accbuf)
+        assert per_image <= chain_image_bytes(mf.blocks)
+        assert chain.group * per_image <= max(CHAIN_SCRATCH_BYTES, per_image)
+        capped += (runtime_chain._CHUNK_BYTES // (4 * zbuf)) * per_image > CHAIN_SCRATCH_BYTES
+        checked += 1
+    assert checked >= 20 and capped >= 1

@@ -36,6 +36,13 @@ WORK_ENV = "BNNLAB_MAX_RUNTIME_WORK"
 # Weights unpacked at once while a block is prepared (runtime._GROUP_WEIGHTS), in bytes
 # of the int8 signs and their unpacked bits.
 _GROUP_BYTES = 2 << 22
+# Bytes kept per byte of a binary block's packed weights beyond the weights themselves:
+# their nibble panels (twice their size, see kernels.gemm_panels), and a stack's chain
+# keeps a copy of both (runtime_chain.Chain).
+_BITS_WEIGHT_COPIES = 5
+# A stack's chain runs a group of images with scratch for each thread: at most this many
+# bytes, or one image's when that is more (runtime_chain.SCRATCH_BYTES).
+CHAIN_SCRATCH_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def _block_cost(b: Block) -> tuple[int, int]:
     epilogue = hp * wp * f * ps * ps
     if b.input == "bits" and b.kind == "conv2d":
         taps = k // c
-        prepared = 8 * _words(k) * f + 8 * f * taps + group
+        prepared = 8 * _words(k) * f * (1 + _BITS_WEIGHT_COPIES) + 8 * f * taps + group
         if b.pad_value == 0 and any(b.pads):
             # the padding table: a mask, its (ho, wo, taps) stack twice, the product
             prepared += 8 * (h + b.pads[0] + b.pads[1]) * (w + b.pads[2] + b.pads[3])
@@ -72,7 +79,7 @@ def _block_cost(b: Block) -> tuple[int, int]:
         ops = pos * f * _words(k) + pos * _words(k) * 2 + pos * taps
         return prepared + run + out, ops + epilogue
     if b.input == "bits":  # dense on bits
-        prepared = 8 * (h * w * _words(c)) * f + 8 * f * h * w * _words(c) + group
+        prepared = 8 * (h * w * _words(c)) * f * (2 + _BITS_WEIGHT_COPIES) + group
         return prepared + 4 * f + out, f * h * w * _words(c) + epilogue
     # raw input: a (K, F) weight table of 2 or 4 bytes, perhaps a float32 copy of it
     width = 2 if (b.acc == "int32" and 255 * k <= 0x7FFF) else 4
@@ -88,6 +95,33 @@ def _block_cost(b: Block) -> tuple[int, int]:
     else:
         run = inputs + 8 * f
     return prepared + run + out, pos * f * k + epilogue
+
+
+def chain_image_bytes(blocks) -> int:
+    """Scratch bytes one image needs in a stack's chain (:class:`~.runtime_chain.Chain`):
+    padded pixels (int16), the bits between blocks twice and the packed patches (uint64),
+    the largest block's accumulators and the last block's pooled ones (int32)."""
+    x16 = act = pbuf = zbuf = acc = 1
+    for b in blocks:
+        h, w, c = b.in_shape
+        f, k = b.out_channels, b.fan_in
+        ho, wo, _ = b.conv_shape
+        hp, wp, _ = b.out_shape
+        if b.input == "raw" and b.kind == "conv2d":
+            x16 = max(x16, (h + b.pads[0] + b.pads[1] + 2) * (w + b.pads[2] + b.pads[3] + 2))
+        act = max(act, h * w * _words(c), hp * wp * _words(f))
+        if b.kind == "conv2d":
+            pbuf = max(pbuf, ho * wo * _words(k))
+            zbuf = max(zbuf, ho * wo * f)
+        else:
+            zbuf = max(zbuf, f)
+        acc = max(acc, hp * wp * f)
+    return 2 * x16 + 8 * (2 * act + pbuf) + 4 * (zbuf + acc)
+
+
+def _chain_scratch(mf: ModelFile) -> int:
+    return max(CHAIN_SCRATCH_BYTES, chain_image_bytes(mf.blocks)) + 4 * max(
+        (b.out_channels for b in mf.blocks), default=1)
 
 
 def _graph_cost(mf: ModelFile) -> tuple[int, int]:
@@ -124,7 +158,7 @@ def runtime_cost(mf: ModelFile) -> RuntimeCost:
     per = [_block_cost(dataclasses.replace(b, input="bits") if b.input == "signs" else b)
            for b in mf.blocks]
     raw = 8 * math.prod(mf.input.shape)  # the raw input and its normalized copy
-    extra_mem, extra_work = _graph_cost(mf) if mf.nodes else (0, 0)
+    extra_mem, extra_work = _graph_cost(mf) if mf.nodes else (_chain_scratch(mf), 0)
     mem = raw + sum(m for m, _ in per) + extra_mem
     return RuntimeCost(mem, sum(o for _, o in per) + extra_work, tuple(m for m, _ in per),
                        tuple(o for _, o in per))

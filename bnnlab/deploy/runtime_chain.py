@@ -26,6 +26,7 @@ import numba as nb
 import numpy as np
 
 from ..core.kernels import pack_patches, xnor_gemm_prepared
+from .limits import CHAIN_SCRATCH_BYTES
 from .runtime_kernels import _CHUNK_BYTES, _JIT, _conv_c1_pm1, _pool_only, _pool_threshold_pack
 
 __all__ = ["Chain", "chain_for"]
@@ -238,7 +239,11 @@ class Chain:
         self.i32c = np.concatenate(i32c) if i32c else np.zeros(1, np.int32)
         self.f32c = (np.concatenate(f32c) if f32c else np.zeros(1, np.float32)).astype(np.float32)
         self.starts_with_pixels = bool(self.desc[0, KIND] == KIND_C1)
-        self.group = int(max(1, min(MAX_GROUP, _CHUNK_BYTES // (4 * zbuf))))
+        # Scratch for a group stays within CHAIN_SCRATCH_BYTES (the figure the runtime's
+        # memory limit counts) unless one image needs more.
+        per_image = 2 * x16 + 8 * (2 * act + pbuf) + 4 * (zbuf + accbuf)
+        self.group = int(max(1, min(MAX_GROUP, _CHUNK_BYTES // (4 * zbuf),
+                                    CHAIN_SCRATCH_BYTES // per_image)))
         self._sizes = (x16, act, pbuf, zbuf, accbuf, fmax)
         self._scratch: dict[int, tuple] = {}
         self._lock = threading.Lock()
