@@ -60,6 +60,23 @@ CHECK = textwrap.dedent("""
             xnor.xnor_gemm_prepared(abits, bt, bp, np.int64(k), out)
             if not np.array_equal(out, want):
                 bad.append([m, k, n, "prepared", int(bp.size)])
+    # The fused inference pass (its binary chains call the GEMM on blocks of rows, short
+    # and long) against the layer-by-layer one, in this mode.
+    from bnnlab.core.model import Sequential
+    q = {"input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign"}
+    model = Sequential.from_config({"input_shape": [9, 9, 2], "layers": [
+        {"type": "Conv2D", "filters": 16, "kernel_size": 2}, {"type": "MaxPool2D"},
+        {"type": "BatchNorm"}, {"type": "QuantConv2D", "filters": 70, "kernel_size": 3, **q},
+        {"type": "BatchNorm"}, {"type": "Flatten"},
+        {"type": "QuantDense", "units": 5, **q}]}, seed=3)
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        if hasattr(layer, "moving_mean"):
+            layer.moving_mean[...] = rng.normal(0, 2, layer.moving_mean.shape)
+    for n in (1, 40):
+        x = rng.normal(0, 1, (n, 9, 9, 2)).astype(np.float32)
+        if not np.array_equal(model.forward(x), model.forward(x, fused=False)):
+            bad.append(["fused inference", n])
     print(json.dumps({"mode": K.POPCOUNT_MODE, "bad": bad}))
 """)
 
