@@ -140,8 +140,9 @@ class _Plan:
         if bn is None:
             return ChainGeometry(*shape, pool, stride, ones, zeros)
         a, b = bn.scale_offset()
-        return ChainGeometry(*shape, pool, stride, np.tile(a, rlen // a.shape[0]),
-                             np.tile(b, rlen // b.shape[0]))
+        if a.shape[0] != rlen:  # per channel, repeated over the flattened pixels
+            a, b = np.tile(a, rlen // a.shape[0]), np.tile(b, rlen // b.shape[0])
+        return ChainGeometry(*shape, pool, stride, a, b)
 
 
 def _plan(model) -> _Plan:
