@@ -149,3 +149,26 @@ def test_bits_fits_a_1024x640_view_without_scrolling(qtbot, tmp_path, tab):
     assert bits.layout().minimumHeightForWidth(bits.width()) <= view
     assert not page.scroll.verticalScrollBar().isVisible()
     w.close()
+
+
+def test_export_model_suggests_the_scenes_name_and_adds_the_suffix(window, qtbot, tmp_path,
+                                                                   monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    from bnnlab.deploy.format import read_file
+
+    s = window.session
+    s.update_scene(epochs=1, limit_train=128, limit_test=32)
+    s.start()
+    qtbot.waitUntil(lambda: (window._refresh(), not s.busy)[1], timeout=120_000)
+    asked = []
+
+    def save_path(title, name, filt):
+        asked.append(name)
+        return str(tmp_path / "mine")  # typed without the suffix
+
+    monkeypatch.setattr(window.actions_, "_save_path", save_path)
+    monkeypatch.setattr(QMessageBox, "information", lambda *a, **k: None)
+    window.actions_.export_model()
+    assert asked == ["quickstart.bnn"]
+    assert read_file(tmp_path / "mine.bnn").blocks and not (tmp_path / "mine").exists()

@@ -273,11 +273,14 @@ class WindowActions:
         if snap is None:
             self.w.banner.show_error("Nothing to export", "Train a run first (Start), then export it.")
             return
-        path = self._save_path("Export model", "model.bnn", "bnnlab model (*.bnn)")
+        run = self.w.session.selected
+        path = self._save_path("Export model", f"{run.scene.name}.bnn", "bnnlab model (*.bnn)")
         if not path:
             return
+        if not path.lower().endswith(".bnn"):
+            path += ".bnn"  # what Open model and file managers recognise it by
         try:
-            size, fp = self.w.session.export_run(self.w.session.selected, path)
+            size, fp = self.w.session.export_run(run, path)
         except Exception as exc:  # noqa: BLE001 - shown in the window, never a traceback
             self.w.banner.show_error("Cannot export the model", str(exc))
             return
