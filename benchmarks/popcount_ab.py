@@ -4,7 +4,9 @@
 
 Per-word byte tables ("bytes"), Harley-Seal carry-save adders ("csa") and nibbles split
 beforehand ("nibbles"): in each round, in rotating order, the register-only probe of
-each method and the 1-thread binary GEMM with each, on the same operands. Prints the
+each method and the 1-thread binary GEMM with each, on the same operands; and the GEMM
+as the ``.bnn`` runtime calls it ("panels": nibbles, with B's panels made once
+beforehand by ``gemm_panels``, measured against the nibble probe). Prints the
 medians in T binary ops/s (2 per bit), each GEMM as a fraction of its own method's probe
 and of the fastest probe, and the speed-up of each method over "bytes", both per second
 of wall time and per second of this thread's CPU time (which other processes on a
@@ -57,7 +59,8 @@ def main() -> None:
         kw = (k + 63) // 64
         a = rng.integers(0, 2**63, (m, kw), dtype=np.uint64)
         bt = rng.integers(0, 2**63, (kw, n), dtype=np.uint64)
-        cases.append((spec, m, k, n, a, bt, np.empty((m, n), np.int32)))
+        cases.append((spec, m, k, n, a, bt, np.empty((m, n), np.int32),
+                      xnor.nibble_panels(bt, n // 16 * 16)))
     # (csa, nib) arguments of the GEMM for each method.
     csa_arg = {"bytes": (np.int64(0), np.int64(0)),
                "csa": (np.int64(1 if args.force else xnor.CSA_MIN_WORDS), np.int64(0)),
@@ -65,9 +68,10 @@ def main() -> None:
     load0 = open("/proc/loadavg").read().split()[:3]
     for fn, _ in probes.values():  # compile or load
         fn()
-    for spec, m, k, n, a, bt, out in cases:
+    for spec, m, k, n, a, bt, out, bp in cases:
         for c in csa_arg.values():
             xnor.xnor_gemm_serial(a, bt, np.int64(k), out, *c)
+        xnor.xnor_gemm_prepared(a, bt, bp, np.int64(k), out)
     got: dict[tuple, list] = {}
     for r in range(args.rounds):
         order = methods[r % 3:] + methods[:r % 3]
@@ -76,10 +80,13 @@ def main() -> None:
             w, c = _timed(fn)
             got.setdefault(("probe", method), []).append((nwords * OPS_PER_WORD / w,
                                                           nwords * OPS_PER_WORD / c))
-        for spec, m, k, n, a, bt, out in cases:
-            for method in order:
-                w, c = _timed(lambda: xnor.xnor_gemm_serial(a, bt, np.int64(k), out,
-                                                            *csa_arg[method]))
+        for spec, m, k, n, a, bt, out, bp in cases:
+            for method in order + ("panels",) if r % 2 else ("panels",) + order:
+                if method == "panels":
+                    w, c = _timed(lambda: xnor.xnor_gemm_prepared(a, bt, bp, np.int64(k), out))
+                else:
+                    w, c = _timed(lambda: xnor.xnor_gemm_serial(a, bt, np.int64(k), out,
+                                                                *csa_arg[method]))
                 got.setdefault((spec, method), []).append((2 * m * n * k / w, 2 * m * n * k / c))
     load1 = open("/proc/loadavg").read().split()[:3]
     med = {key: [float(np.median([v[i] for v in vals])) / 1e12 for i in (0, 1)]
@@ -94,9 +101,9 @@ def main() -> None:
     top = [max(med[("probe", m)][i] for m in methods) for i in (0, 1)]
     for spec, *_ in cases:
         print(f"  {spec}")
-        for method in methods:
+        for method in methods + ("panels",):
             w, c = med[(spec, method)]
-            pw, pc = med[("probe", method)]
+            pw, pc = med[("probe", "nibbles" if method == "panels" else method)]
             sw = w / med[(spec, "bytes")][0]
             sc = c / med[(spec, "bytes")][1]
             print(f"    {method:7s} {w:.3f} | {c:.3f}  ({100 * w / pw:.0f}% | {100 * c / pc:.0f}% "
