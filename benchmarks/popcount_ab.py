@@ -6,7 +6,8 @@ Per-word byte tables ("bytes"), Harley-Seal carry-save adders ("csa") and nibble
 beforehand ("nibbles"): in each round, in rotating order, the register-only probe of
 each method and the 1-thread binary GEMM with each, on the same operands; and the GEMM
 as the ``.bnn`` runtime calls it ("panels": nibbles, with B's panels made once
-beforehand by ``gemm_panels``, measured against the nibble probe). Prints the
+beforehand by ``gemm_panels``, measured against the nibble probe). A sample of a small
+shape is the mean of calls back to back lasting about 2 ms. Prints the
 medians in T binary ops/s (2 per bit), each GEMM as a fraction of its own method's probe
 and of the fastest probe, and the speed-up of each method over "bytes", both per second
 of wall time and per second of this thread's CPU time (which other processes on a
@@ -23,10 +24,11 @@ import time
 import numpy as np
 
 
-def _timed(fn):
+def _timed(fn, calls=1):
     w, c = time.perf_counter(), time.thread_time()
-    fn()
-    return time.perf_counter() - w, time.thread_time() - c
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - w) / calls, (time.thread_time() - c) / calls
 
 
 def main() -> None:
@@ -68,10 +70,15 @@ def main() -> None:
     load0 = open("/proc/loadavg").read().split()[:3]
     for fn, _ in probes.values():  # compile or load
         fn()
+    # A sample of a small shape is as many calls back to back as take about 2 ms: one
+    # lone call would time a cold cache after the largest shape's calls.
+    calls = {}
     for spec, m, k, n, a, bt, out, bp in cases:
         for c in csa_arg.values():
             xnor.xnor_gemm_serial(a, bt, np.int64(k), out, *c)
         xnor.xnor_gemm_prepared(a, bt, bp, np.int64(k), out)
+        one = _timed(lambda: xnor.xnor_gemm_prepared(a, bt, bp, np.int64(k), out))[0]
+        calls[spec] = max(1, min(1000, round(2e-3 / max(one, 1e-9))))
     got: dict[tuple, list] = {}
     for r in range(args.rounds):
         order = methods[r % 3:] + methods[:r % 3]
@@ -83,10 +90,11 @@ def main() -> None:
         for spec, m, k, n, a, bt, out, bp in cases:
             for method in order + ("panels",) if r % 2 else ("panels",) + order:
                 if method == "panels":
-                    w, c = _timed(lambda: xnor.xnor_gemm_prepared(a, bt, bp, np.int64(k), out))
+                    w, c = _timed(lambda: xnor.xnor_gemm_prepared(a, bt, bp, np.int64(k), out),
+                                  calls[spec])
                 else:
                     w, c = _timed(lambda: xnor.xnor_gemm_serial(a, bt, np.int64(k), out,
-                                                                *csa_arg[method]))
+                                                                *csa_arg[method]), calls[spec])
                 got.setdefault((spec, method), []).append((2 * m * n * k / w, 2 * m * n * k / c))
     load1 = open("/proc/loadavg").read().split()[:3]
     med = {key: [float(np.median([v[i] for v in vals])) / 1e12 for i in (0, 1)]
