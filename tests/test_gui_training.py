@@ -137,14 +137,27 @@ def test_runs_are_overlaid_with_distinct_labels(window, qtbot):
     assert s.runs[1].twin_of is None  # its run is gone
 
 
-def test_tryit_uses_the_selected_runs_own_twin(window, qtbot):
+def _short_run(window, qtbot):
+    """Trains a one-epoch run on a few images and returns the session."""
     s = window.session
     s.update_scene(limit_train=512, limit_test=64, epochs=1)
     s.start()
     _idle(window, qtbot)
+    return s
+
+
+def _tryit_after_a_short_run(window, qtbot):
+    """Trains a one-epoch run on a few images and returns Try it once it has answered."""
+    _short_run(window, qtbot)
     tryit = _show(window, "Try it")
     qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
                              and tryit.probabilities() is not None)[1], timeout=WAIT_MS)
+    return tryit
+
+
+def test_tryit_uses_the_selected_runs_own_twin(window, qtbot):
+    s = window.session
+    tryit = _tryit_after_a_short_run(window, qtbot)
     assert tryit.twin_probabilities() is None
     assert "Binary network (#1)" in tryit.prediction.text()
     s.train_twin()
@@ -170,12 +183,7 @@ def test_tryit_uses_the_selected_runs_own_twin(window, qtbot):
 
 def test_tryit_clearing_leaves_it_idle(window, qtbot):
     s = window.session
-    s.update_scene(limit_train=512, limit_test=64, epochs=1)
-    s.start()
-    _idle(window, qtbot)
-    tryit = _show(window, "Try it")
-    qtbot.waitUntil(lambda: (window._push_current_tab(), tryit.is_idle()
-                             and tryit.probabilities() is not None)[1], timeout=WAIT_MS)
+    tryit = _tryit_after_a_short_run(window, qtbot)
     tryit.clear("nothing to try")
     assert tryit.is_idle() and tryit.probabilities() is None  # nothing is on its way
     tryit.show_focus(s.focus())  # the run again: asked, answered, idle
@@ -184,10 +192,7 @@ def test_tryit_clearing_leaves_it_idle(window, qtbot):
 
 
 def test_an_opened_model_file_shows_in_every_panel(window, qtbot, tmp_path):
-    s = window.session
-    s.update_scene(limit_train=512, limit_test=64, epochs=1)
-    s.start()
-    _idle(window, qtbot)
+    s = _short_run(window, qtbot)
     path = tmp_path / "exported.bnn"
     s.export_run(s.runs[0], path)
     window.open_path(str(path))
@@ -216,10 +221,7 @@ def test_an_opened_model_file_shows_in_every_panel(window, qtbot, tmp_path):
 
 def test_an_opened_model_says_why_its_training_plots_are_empty(window, qtbot, tmp_path):
     pytest.importorskip("h5py")
-    s = window.session
-    s.update_scene(limit_train=512, limit_test=64, epochs=1)
-    s.start()
-    _idle(window, qtbot)
+    s = _short_run(window, qtbot)
     path = tmp_path / "mine.h5"
     s.export_run_h5(s.runs[0], path)
     dashboard = _show(window, "Training")

@@ -193,13 +193,18 @@ def _chain_images(z, i0, i1, bimg, h, w, c, pool, stride, ho, wo, a_row, b_row, 
                      a_row, b_row, pooled2, noarg, out[b0 * rows_img:b1 * rows_img])
 
 
+@nb.njit(**dict(JIT, inline="always"))
+def _span(ch, n, bimg, nch):
+    # Images [i0, i1) of chunk ch of nch: whole blocks of bimg images, as even as they go.
+    per = ((n + bimg - 1) // bimg + nch - 1) // nch
+    i0 = min(n, ch * per * bimg)
+    return i0, min(n, i0 + per * bimg)
+
+
 @nb.njit(parallel=True, **JIT)
 def _chain_par(z, n, bimg, h, w, c, pool, stride, ho, wo, a_row, b_row, rows_img, out, nch):
-    nblk = (n + bimg - 1) // bimg
-    per = (nblk + nch - 1) // nch
     for ch in nb.prange(nch):
-        i0 = min(n, ch * per * bimg)
-        i1 = min(n, i0 + per * bimg)
+        i0, i1 = _span(ch, n, bimg, nch)
         _chain_images(z, i0, i1, bimg, h, w, c, pool, stride, ho, wo, a_row, b_row, rows_img,
                       out)
 
@@ -252,11 +257,8 @@ def _float_conv_images(xp, orig, toff, w1, f, bias, relu, npix, i0, i1, bimg, h,
 @nb.njit(parallel=True, **JIT)
 def _float_conv_par(xp, orig, toff, w1, f, bias, relu, npix, n, bimg, h, w, c, pool, stride,
                     ho, wo, a_row, b_row, rows_img, out, nch):
-    nblk = (n + bimg - 1) // bimg
-    per = (nblk + nch - 1) // nch
     for ch in nb.prange(nch):
-        i0 = min(n, ch * per * bimg)
-        i1 = min(n, i0 + per * bimg)
+        i0, i1 = _span(ch, n, bimg, nch)
         _float_conv_images(xp, orig, toff, w1, f, bias, relu, npix, i0, i1, bimg, h, w, c,
                            pool, stride, ho, wo, a_row, b_row, rows_img, out)
 
@@ -320,11 +322,8 @@ def _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad
 def _binary_conv_par(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, k, corr,
                      bias, relu, n, bimg, h, w, c, pool, stride, ho, wo, a_row, b_row, rows_img,
                      out, nch):
-    nblk = (n + bimg - 1) // bimg
-    per = (nblk + nch - 1) // nch
     for ch in nb.prange(nch):
-        i0 = min(n, ch * per * bimg)
-        i1 = min(n, i0 + per * bimg)
+        i0, i1 = _span(ch, n, bimg, nch)
         _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, k,
                             corr, bias, relu, i0, i1, bimg, h, w, c, pool, stride, ho, wo, a_row,
                             b_row, rows_img, out)
