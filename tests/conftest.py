@@ -17,3 +17,22 @@ except ImportError:
 from bnnlab.core.kernels import tune_process  # noqa: E402
 
 tune_process()
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _collect_qt_garbage_on_the_main_thread(request):
+    """After a test that used Qt, collect its garbage here, on the main thread.
+
+    Windows and panels left in reference cycles are otherwise freed by whichever thread
+    next triggers a collection. A later test's background job did, in one run: its
+    thread destroyed a QObject (holding Qt's object lock) and waited for the GIL, while
+    the main thread held the GIL and waited for that lock in another destructor.
+    """
+    yield
+    if "qtbot" in request.fixturenames or "window" in request.fixturenames:
+        gc.collect()

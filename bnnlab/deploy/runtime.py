@@ -391,8 +391,8 @@ class Runtime:
     def logits(self, raw: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, n_outputs) float32 logits of raw inputs (N, *input shape).
 
-        ``threads`` (default: every CPU this process may use) run slices of the batch at
-        once; the kernels release the GIL, so plain Python threads share the work.
+        ``threads`` (default: every CPU this process may use) share the batch in pieces
+        (:meth:`_shared`); the kernels release the GIL, so plain Python threads do.
         """
         raw = np.asarray(raw)
         if len(raw) == 1:  # one image: no slicing, threads or copies (latency)
