@@ -30,6 +30,7 @@ from .actions import WindowActions
 from .panel import FitScrollArea, PanelPage
 from .panels.training import ExperimentForm, RunList
 from .views.banner import ErrorBanner
+from .views.collector import MainThreadCollector
 from .views.stall import StallMonitor
 from .views.style import configure_pyqtgraph
 from .views.throttle import Throttle
@@ -81,6 +82,9 @@ class MainWindow(QMainWindow):
     def __init__(self, session: Session | None = None, *, measure_stall: bool = False):
         super().__init__()
         configure_pyqtgraph()
+        # Qt objects in reference cycles are freed on this thread, never on a job's.
+        self.collector = MainThreadCollector(self)
+        self.collector.start()
         self.session = session if session is not None else Session()
         self.setWindowTitle("bnnlab")
         self.setMinimumSize(640, 400)
@@ -387,6 +391,7 @@ class MainWindow(QMainWindow):
         # start-up is not waited for (its thread does not keep the process alive).
         self.hide()
         self.session.shutdown()
+        self.collector.stop()
         super().closeEvent(event)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
