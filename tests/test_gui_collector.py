@@ -89,18 +89,19 @@ def test_collection_stays_off_after_closing_when_it_was_off_before(qtbot):
 
 def test_garbage_is_collected_while_training_runs(window, qtbot):
     s = window.session
-    s.update_scene(limit_train=1024, limit_test=200, epochs=2)
+    s.update_scene(epochs=100)  # runs until stopped
     s.start()
     qtbot.waitUntil(lambda: (window._refresh(), s.latest_snapshot is not None)[1], timeout=WAIT_MS)
     young = window.collector.collections[0]
     seen = []
 
-    def trained():
+    def collected_while_training():
         window._refresh()
+        assert s.busy
         seen.append(gc.get_count()[0])
-        return not s.busy
+        return window.collector.collections[0] >= young + 3
 
-    qtbot.waitUntil(trained, timeout=WAIT_MS)
-    assert window.collector.collections[0] > young  # collected during the run, by the timer
+    qtbot.waitUntil(collected_while_training, timeout=WAIT_MS)
+    s.stop(wait=True)
     # The young generation never piles up: each check empties it.
     assert max(seen) < 50 * gc.get_threshold()[0]
