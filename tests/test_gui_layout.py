@@ -40,6 +40,24 @@ def test_a_long_scene_description_is_shown_whole_in_the_sidebar(window, qtbot, p
     assert window.dock.width() < 400  # the sidebar keeps its width
 
 
+@pytest.mark.parametrize("size", [(1264, 752), (1008, 592)])  # on 1280x800 and 1024x640 screens
+def test_the_runs_list_is_in_view_without_scrolling_the_sidebar(window, qtbot, size):
+    window.resize(*size)
+    window.dock.show()  # hidden at start on a narrow screen
+    qtbot.wait(100)
+    runs = window.run_list.list
+    seen = runs.visibleRegion().boundingRect()
+    assert seen.height() == runs.height() >= 3 * runs.fontMetrics().height()
+    assert seen.width() == runs.width()
+    assert window.run_list.twin.visibleRegion().boundingRect().height() == window.run_list.twin.height()
+    settings = window.settings
+    if size[0] >= 1200:  # quickstart's settings fit a 1280x800 screen whole too
+        assert settings.verticalScrollBar().maximum() == 0
+        assert settings.widget().height() <= settings.viewport().height()
+    # The settings are never cut on the right (they scroll vertically only).
+    assert settings.widget().width() <= settings.viewport().width()
+
+
 def test_before_any_run_the_dashboard_shows_no_counts_and_no_empty_legends(window, qtbot):
     window.tabs.setCurrentIndex(0)
     window._push_current_tab()

@@ -14,10 +14,12 @@ import time
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtWidgets import (
     QDockWidget,
+    QFrame,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QSizePolicy,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -70,12 +72,22 @@ def _panel_factory(module: str, cls: str):
     return build
 
 
-class _Sidebar(FitScrollArea):
-    """The sidebar's scroll area: as wide as :data:`SIDEBAR_WIDTH` at start (its widget,
-    fitted to the view, would otherwise ask for the width it was last given)."""
+class _Settings(FitScrollArea):
+    """The sidebar's settings: as wide as :data:`SIDEBAR_WIDTH` at start (its widget, fitted
+    to the view, would otherwise ask for the width it was last given) and as tall as they
+    are, so that the runs below them get the rest of the sidebar; on a short screen the
+    settings scroll and the runs stay in view."""
 
     def sizeHint(self) -> QSize:
-        return QSize(SIDEBAR_WIDTH, super().sizeHint().height())
+        height = self.needed_height(self.maximumViewportSize().width()) + 2 * self.frameWidth()
+        form = self.widget().minimumSizeHint().width() if self.widget() is not None else 0
+        # Wide enough for the settings beside a vertical scroll bar: none is cut off.
+        return QSize(max(SIDEBAR_WIDTH - 12, form + self.verticalScrollBar().sizeHint().width()),
+                     height)
+
+    def fit(self) -> None:
+        super().fit()
+        self.updateGeometry()  # the settings' height changes with the scene's description
 
 
 class MainWindow(QMainWindow):
@@ -118,21 +130,23 @@ class MainWindow(QMainWindow):
 
         self.form = ExperimentForm()
         self.run_list = RunList()
-        side = QWidget()
-        side_col = QVBoxLayout(side)
-        side_col.setContentsMargins(6, 6, 6, 6)
-        side_col.addWidget(self.form)
-        side_col.addWidget(QLabel("<b>Runs</b> (overlaid in the plots)"))
-        side_col.addWidget(self.run_list, 1)
         # Fitted to the width, so that a long word-wrapped scene description gets the
         # height it needs there (a plain scroll area sized it for another width: its first
         # and last lines were cut off).
-        scroll = _Sidebar()
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(side)
+        self.settings = _Settings()
+        self.settings.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.settings.setFrameShape(QFrame.Shape.NoFrame)
+        self.settings.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.settings.setWidget(self.form)
+        side = QWidget()
+        side_col = QVBoxLayout(side)
+        side_col.setContentsMargins(6, 6, 6, 6)
+        side_col.addWidget(self.settings)
+        side_col.addWidget(QLabel("<b>Runs</b> (overlaid in the plots)"))
+        side_col.addWidget(self.run_list, 1)
         self.dock = QDockWidget("Experiment")
         self.dock.setObjectName("experimentDock")
-        self.dock.setWidget(scroll)
+        self.dock.setWidget(side)
         self.dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
                               | QDockWidget.DockWidgetFeature.DockWidgetFloatable
                               | QDockWidget.DockWidgetFeature.DockWidgetClosable)

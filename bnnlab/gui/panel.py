@@ -52,6 +52,17 @@ class FitScrollArea(QScrollArea):
         widget.installEventFilter(self)
         self.fit()
 
+    def needed_height(self, width: int) -> int:
+        """The height the widget needs at ``width`` (word-wrapped labels included)."""
+        w = self.widget()
+        if w is None:
+            return 0
+        need = w.minimumSizeHint().expandedTo(w.minimumSize()).height()
+        layout = w.layout()
+        if layout is not None and layout.hasHeightForWidth():
+            need = max(need, layout.minimumHeightForWidth(width))
+        return need
+
     def fit(self) -> None:
         w = self.widget()
         if w is None:
@@ -59,14 +70,10 @@ class FitScrollArea(QScrollArea):
         view = self.maximumViewportSize()  # the viewport without scroll bars
         hint = w.minimumSizeHint().expandedTo(w.minimumSize())
         width = max(view.width(), hint.width())
-        layout = w.layout()
-        need = hint.height()
-        if layout is not None and layout.hasHeightForWidth():
-            need = max(need, layout.minimumHeightForWidth(width))
+        need = self.needed_height(width)
         if need > view.height():  # a vertical scroll bar takes its width from the widget
             width = max(view.width() - self.verticalScrollBar().sizeHint().width(), hint.width())
-            if layout is not None and layout.hasHeightForWidth():
-                need = max(hint.height(), layout.minimumHeightForWidth(width))
+            need = self.needed_height(width)
         w.resize(width, max(view.height(), need))
 
     def resizeEvent(self, event) -> None:

@@ -53,6 +53,14 @@ def _compact(combo: QComboBox) -> QComboBox:
     return combo
 
 
+def _tight(form: QFormLayout) -> QFormLayout:
+    # Rows closer together than the style's default: the sidebar's settings and the runs
+    # below them fit a 1280 x 800 screen without scrolling.
+    form.setContentsMargins(8, 2, 8, 4)
+    form.setVerticalSpacing(3)
+    return form
+
+
 def _set_combo(combo: QComboBox, data) -> None:
     i = combo.findData(data)
     if i < 0:
@@ -82,8 +90,7 @@ class _BinarizerBox(QGroupBox):
         self.gate = QCheckBox("gate gradients where |x| > 1")
         self.gate.setToolTip("ste_sign clip_value = 1 (checked) or none: with gating, units "
                              "saturated beyond ±1 get no gradient")
-        form = QFormLayout(self)
-        form.setContentsMargins(8, 4, 8, 4)
+        form = _tight(QFormLayout(self))
         form.addRow("binarizer", self.mode)
         form.addRow("gradient", self.ste)
         form.addRow(self.gate)
@@ -168,22 +175,26 @@ class ExperimentForm(QWidget):
         self.weights.layout().addRow(self.clip)
 
         scene_box = QGroupBox("Scene")
-        sf = QFormLayout(scene_box)
-        sf.setContentsMargins(8, 4, 8, 4)
+        sf = _tight(QFormLayout(scene_box))
         sf.addRow("preset", self.preset)
         sf.addRow(self.description)
         data_box = QGroupBox("Data and training")
-        df = QFormLayout(data_box)
-        df.setContentsMargins(8, 4, 8, 4)
+        df = _tight(QFormLayout(data_box))
         df.addRow("dataset", self.dataset)
         df.addRow("train examples", self.limit)
         df.addRow("optimizer", self.optimizer)
         df.addRow("learning rate", self.lr)
-        df.addRow("epochs", self.epochs)
-        df.addRow("batch size", self.batch)
+        sizes = QHBoxLayout()  # two short numbers share a row
+        sizes.addWidget(self.epochs, 1)
+        batch_label = QLabel("batch")
+        batch_label.setToolTip("Batch size: examples per training step")
+        sizes.addWidget(batch_label)
+        sizes.addWidget(self.batch, 1)
+        df.addRow("epochs", sizes)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
         for box in (scene_box, data_box, self.activations, self.weights):
             layout.addWidget(box)
 
@@ -286,6 +297,13 @@ class RunList(QWidget):
                              "weights, gating and filters")
         self.list.itemChanged.connect(self._on_item_changed)
         self.list.currentItemChanged.connect(self._on_current)
+        # A long title is cut at its end (its tooltip and the selected run's header show it
+        # whole) rather than behind a scroll bar that would hide a row.
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        # Three runs stay in view however short the window: the settings above give way.
+        rows = 3 * max(self.list.fontMetrics().height() + 4, 18)
+        self.list.setMinimumHeight(rows + 2 * self.list.frameWidth())
         self.remove = QPushButton("Remove")
         self.remove.setToolTip("Forget the selected run (stops it if it is training)")
         self.remove.clicked.connect(self._on_remove)
