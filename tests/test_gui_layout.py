@@ -94,6 +94,60 @@ def test_an_opened_model_shows_no_epoch_counts(window, qtbot, tmp_path):
     assert dash.epoch_bar.text() == "epoch –" and dash.batch_bar.text() == "batch –"
 
 
+def _open_small_model(window, qtbot, tmp_path):
+    from bnnlab.core.layers import layer_from_config
+    from bnnlab.core.model import Sequential
+    from bnnlab.io.checkpoints import save_checkpoint
+
+    model = Sequential([layer_from_config({"type": "Flatten"}),
+                        layer_from_config({"type": "QuantDense", "units": 10,
+                                           "input_quantizer": "ste_sign",
+                                           "kernel_quantizer": "ste_sign"})], (28, 28, 1), seed=0)
+    path = tmp_path / "opened.npz"
+    save_checkpoint(path, model, {"dataset": "digits", "seed": 0})
+    s = window.session
+    window.open_path(str(path))
+    qtbot.waitUntil(lambda: (window._refresh(), any(r.opened is not None and r.prepared is not None
+                                                    for r in s.runs))[1], timeout=120_000)
+
+
+def test_a_legend_names_only_runs_whose_curves_are_drawn(window, qtbot, tmp_path):
+    # A model opened from a file has no curves: it was listed in the legends all the same.
+    s = window.session
+    s.update_scene(epochs=1, limit_train=128, limit_test=32)
+    s.start()
+    qtbot.waitUntil(lambda: (window._refresh(), not s.busy)[1], timeout=120_000)
+    _open_small_model(window, qtbot, tmp_path)
+    window.tabs.setCurrentIndex(0)
+    window._push_current_tab()
+    dash = window.page("Training").panel
+    for legend in (dash.loss_legend, dash.acc_legend):
+        assert [label.text for _, label in legend.items] == [s.runs[0].title]
+    # The trained run hidden, no legend is left at all.
+    s.set_run_visible(s.runs[0], False)
+    window._refresh()
+    window._push_current_tab()
+    assert not dash.loss_legend.isVisible() and not dash.acc_legend.isVisible()
+
+
+def test_per_layer_plots_laid_out_ahead_of_training_show_no_key_without_curves(window, qtbot):
+    s = window.session
+    pages = {"Latent weights": lambda p: p.flip_plot, "Gradient gating": lambda p: p.fraction_plot}
+    for title, plot_of in pages.items():
+        window.tabs.setCurrentWidget(window.page(title))
+        panel = window.page(title).panel
+        qtbot.waitUntil(lambda: (window._refresh(), plot_of(panel) is not None)[1], timeout=10_000)
+        assert not plot_of(panel).legend.isVisible()  # laid out for the scene: no curves yet
+    s.update_scene(epochs=1, limit_train=128, limit_test=32)
+    s.start()
+    qtbot.waitUntil(lambda: (window._refresh(), not s.busy)[1], timeout=120_000)
+    for title, plot_of in pages.items():
+        window.tabs.setCurrentWidget(window.page(title))
+        panel = window.page(title).panel
+        qtbot.waitUntil(lambda: (window._refresh(), plot_of(panel).legend.isVisible())[1],
+                        timeout=10_000)
+
+
 def test_a_short_bar_chart_keeps_room_for_its_value_labels(qtbot):
     # Filters' "MACs saved" chart at 1024 x 640 is about 80 px high: 18 % of the range
     # above the tallest bar was less than its label, cut by the top.

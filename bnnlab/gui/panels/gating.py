@@ -129,6 +129,7 @@ class GatingPanel(PerLayerPanel):
                    "inputs with zero gradient (%)", legend=True)
         self.fraction_plot.enableAutoRange(enable=False)
         self.fraction_plot.setYRange(0, 100, padding=0.02)
+        self.fraction_plot.legend.setVisible(False)  # until there are curves to name
         for i in self.columns:
             curve = pg.PlotDataItem(pen=make_pen(palette_color(i), 2.0), name=specs[i][0])
             self.fraction_plot.addItem(curve)
@@ -172,3 +173,5 @@ class GatingPanel(PerLayerPanel):
         for curve, i in zip(self.fraction_curves, self.columns):
             if gated.ndim == 2 and gated.shape[0] == len(x) and i < gated.shape[1]:
                 curve.setData(x, 100 * gated[:, i], connect="finite")
+        if self.fraction_plot.legend is not None:  # a key means curves are drawn
+            self.fraction_plot.legend.setVisible(bool(len(h.step)))

@@ -500,8 +500,11 @@ class Dashboard(QWidget):
         for v in views:
             items = self._items_for(v)
             width = 3.0 if v.selected else 1.8
-            style = (v.title, v.color, v.visible, v.selected)
-            if self._drawn.get(v.number, (None,))[:4] != style:
+            s = v.snapshot
+            # A legend entry means a curve is drawn: a model opened from a file has none.
+            drawn = v.visible and s is not None and len(s.history.step) > 0
+            style = (v.title, v.color, v.visible, v.selected, drawn)
+            if self._drawn.get(v.number, (None,))[:len(style)] != style:
                 items["loss"].setPen(make_pen(v.color, width))
                 items["accuracy"].setPen(make_pen(v.color, width))
                 for key in ("val_loss", "val_accuracy"):
@@ -510,11 +513,10 @@ class Dashboard(QWidget):
                     items[key].setSymbolPen("w")
                 for legend, key in ((self.loss_legend, "loss"), (self.acc_legend, "accuracy")):
                     legend.removeItem(items[key])
-                    if v.visible:
+                    if drawn:
                         legend.addItem(items[key], legend_label(v.title))
                 for item in items.values():
                     item.setVisible(v.visible)
-            s = v.snapshot
             key = style + (None if s is None else (s.step, s.event),)
             if s is not None and self._drawn.get(v.number) != key:
                 h, bpe = s.history, s.batches_per_epoch

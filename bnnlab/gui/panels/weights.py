@@ -118,6 +118,7 @@ class WeightsPanel(PerLayerPanel):
                    "weights flipped (%)", legend=True)
         self._flip_note = corner_note(self.flip_plot)
         self.flip_plot.enableAutoRange(enable=False)
+        self.flip_plot.legend.setVisible(False)  # until there are curves to name
         for i, (name, _, _) in enumerate(specs):
             curve = pg.PlotDataItem(pen=make_pen(palette_color(i), 2.0), name=name)
             self.flip_plot.addItem(curve)
