@@ -223,6 +223,38 @@ def test_bits_fits_a_1024x640_view_without_scrolling(qtbot, tmp_path, tab):
     w.close()
 
 
+@pytest.mark.parametrize("preset", ["quickstart", "ablation-stochastic"])
+def test_tryit_fits_a_1024x640_view_without_scrolling(qtbot, preset):
+    # Its left column asked for ~520 px: at 1024 x 640 the page scrolled and the class axis
+    # of the chart was below the fold (with stochastic activations, the averaging controls
+    # too).
+    w = MainWindow(Session(warm_up=False))
+    qtbot.addWidget(w)
+    w.ask_unsaved = lambda what: "discard"
+    w.resize(1008, 592)  # a 1024 x 640 screen less the window's frame
+    w.show()
+    s = w.session
+    s.open_preset(preset)
+    s.update_scene(epochs=1, limit_train=128, limit_test=64)
+    s.start()
+    qtbot.waitUntil(lambda: (w._refresh(), not s.busy)[1], timeout=120_000)
+    page = w.page("Try it")
+    w.tabs.setCurrentWidget(page)
+    tryit = page.panel
+    qtbot.waitUntil(lambda: (w._refresh(), tryit.prob_chart.isVisible())[1], timeout=10_000)
+    if preset == "ablation-stochastic":
+        qtbot.waitUntil(lambda: "K=16" in tryit.passes_accuracy.text(), timeout=120_000)
+        assert tryit.passes.isVisible()
+    qtbot.wait(50)
+    assert not page.scroll.verticalScrollBar().isVisible()
+    view = page.scroll.viewport().rect()
+    for part in (tryit.prob_chart, tryit.canvas, tryit.passes_accuracy, tryit.source_label):
+        if part.isVisible():
+            corner = part.mapTo(page.scroll.viewport(), part.rect().bottomRight())
+            assert view.contains(corner), part
+    w.close()
+
+
 def test_export_model_suggests_the_scenes_name_and_adds_the_suffix(window, qtbot, tmp_path,
                                                                    monkeypatch):
     from PySide6.QtWidgets import QMessageBox

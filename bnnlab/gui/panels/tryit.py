@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from ...app.stochastic import accuracy_by_passes, averaged_proba, is_stochastic
 from ...core.model import model_from_state
+from ..panel import FitPage
 from ..views.background import LatestOnly
 from ..views.bars import BarChart
 from ..views.canvas import DrawingCanvas
@@ -230,7 +231,7 @@ class TryItPanel(QWidget):
         self.pages.addWidget(self._build_points_page())
 
     def _build_image_page(self) -> QWidget:
-        page = QWidget()
+        page = FitPage()  # its minimum height, not its preferred one, is the panel's
         grid = QGridLayout(page)
         left = QVBoxLayout()
         title = QLabel("<b>Draw a digit</b> (left button; right button clears)")
@@ -253,12 +254,6 @@ class TryItPanel(QWidget):
         self.source_label = QLabel("Input: your drawing")
         self.source_label.setWordWrap(True)
         left.addWidget(self.source_label)
-        how = QLabel("Like MNIST digits, a drawing is cropped, scaled to fit 20 × 20 pixels "
-                     "and placed in 28 × 28 with its centre of mass in the middle.")
-        how.setWordWrap(True)
-        how.setStyleSheet("color: #666;")
-        how.setMaximumWidth(280)
-        left.addWidget(how)
         left.addStretch(1)
         grid.addLayout(left, 0, 0, 2, 1)
 
@@ -267,6 +262,14 @@ class TryItPanel(QWidget):
         self.input_view.setFixedSize(250, 275)
         middle = QVBoxLayout()
         middle.addWidget(self.input_view)
+        # How the drawing on the left becomes the picture above: said beside the picture,
+        # which leaves the drawing's column short enough for a 1024 x 640 screen.
+        how = QLabel("Like MNIST digits, a drawing is cropped, scaled to fit 20 × 20 pixels "
+                     "and placed in 28 × 28 with its centre of mass in the middle.")
+        how.setWordWrap(True)
+        how.setStyleSheet("color: #666;")
+        how.setFixedWidth(250)
+        middle.addWidget(how)
         self.prediction = QLabel()
         self.prediction.setTextFormat(Qt.RichText)
         self.prediction.setWordWrap(True)
@@ -281,20 +284,23 @@ class TryItPanel(QWidget):
         self.passes.setToolTip("This network binarizes activations stochastically: average the "
                                "class probabilities of K passes")
         self.passes.valueChanged.connect(lambda _k: self._ask_image())
+        # Two lines broken by hand, not word-wrapped: a wrapped label would make the chart's
+        # preferred height the page's minimum.
         self.passes_accuracy = QLabel()
-        self.passes_accuracy.setWordWrap(True)
-        self.passes_accuracy.setFixedWidth(250)
         self.passes_accuracy.setStyleSheet("color: #444;")
-        for w in (self.passes, self.passes_accuracy):
-            w.setVisible(False)
-            middle.addWidget(w)
         middle.addStretch(1)
         grid.addLayout(middle, 0, 1)
         self.prob_chart = BarChart("Class probabilities", "class", "probability",
                                    [("binary network", BNN_COLOR),
                                     ("full-precision twin", TWIN_COLOR)], y_max=1.05)
         self.prob_chart.setMinimumSize(280, 300)
-        grid.addWidget(self.prob_chart, 0, 2)
+        right = QVBoxLayout()
+        right.addWidget(self.prob_chart, 1)
+        # Under the bars they average (the middle column has no room left at 1024 x 640).
+        for w in (self.passes, self.passes_accuracy):
+            w.setVisible(False)
+            right.addWidget(w, 0, Qt.AlignmentFlag.AlignLeft if w is self.passes else Qt.AlignmentFlag(0))
+        grid.addLayout(right, 0, 2)
         grid.setColumnStretch(2, 1)
         grid.setRowStretch(0, 1)
 
@@ -443,7 +449,7 @@ class TryItPanel(QWidget):
         elif kind == "passes":
             n, acc = result
             self.passes_accuracy.setText(
-                f"Accuracy on {n} test images, averaging K passes: "
+                f"Accuracy on {n} test images, averaging K passes:<br>"
                 + " · ".join(f"K={k}: <b>{a:.1%}</b>" for k, a in acc.items()))
         else:
             self._show_probabilities(*result)
