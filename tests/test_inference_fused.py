@@ -209,6 +209,101 @@ def test_stochastic_binarizers_draw_the_same_numbers_in_the_same_order():
         _check(model, x, rng_seed=seed)
 
 
+def _kept(model):
+    return dict(model._inference_plan[1].kernels)
+
+
+def _kept_stack():
+    """Binary convolutions with zero 'same' padding (a padding correction), 16 columns and
+    more (nibble panels), and binary dense layers of 16 and fewer units."""
+    q = {"input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign"}
+    return [{"type": "Conv2D", "filters": 16, "kernel_size": 3},
+            {"type": "MaxPool2D"}, {"type": "BatchNorm"},
+            {"type": "QuantConv2D", "filters": 32, "kernel_size": 3, "padding": "same", **q},
+            {"type": "BatchNorm"},
+            {"type": "QuantConv2D", "filters": 17, "kernel_size": 3, **q},
+            {"type": "MaxPool2D"}, {"type": "BatchNorm"}, {"type": "Flatten"},
+            {"type": "QuantDense", "units": 16, **q}, {"type": "BatchNorm"},
+            {"type": "QuantDense", "units": 5, **q}]
+
+
+def test_kept_kernels_are_reused_while_the_weights_keep_their_signs():
+    model = _build(_kept_stack(), (12, 12, 2), 11)
+    x = np.random.default_rng(1).normal(0, 1, (3, 12, 12, 2)).astype(np.float32)
+    _check(model, x)
+    kept = _kept(model)
+    assert sorted(kept) == [3, 5, 9, 11]
+    assert kept[3].corr is not None and kept[5].corr is None
+    assert kept[3].panels.size == (2 * kept[3].bt.size if K.POPCOUNT_MODE == "csa" else 0)
+    _check(model, x)
+    assert all(_kept(model)[i] is kept[i] for i in kept)
+    for i in kept:  # new magnitudes, the same signs: nothing to make again
+        model.layers[i].kernel.value[...] *= 3.0
+    _check(model, x)
+    assert all(_kept(model)[i] is kept[i] for i in kept)
+
+
+@pytest.mark.parametrize("change", ["in place", "optimizer step", "checkpoint", "new array"])
+def test_kept_kernels_follow_every_change_of_the_weights(change):
+    """The fused pass keeps each binary kernel and its panels between calls; when the
+    weights change between two evaluations, by any means, the next one must use them.
+    (Kept without a check, the second evaluation would give the first one's logits.)"""
+    from bnnlab.core.model import softmax_cross_entropy
+    from bnnlab.core.optimizers import Bop
+
+    model = _build(_kept_stack(), (12, 12, 2), 12)
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, (5, 12, 12, 2)).astype(np.float32)
+    for n in (1, 5):  # one image (short GEMM calls) and a few
+        _check(model, x[:n])
+    before = model.forward(x)
+    kept = _kept(model)
+    binary = [model.layers[i] for i in kept]
+    if change == "in place":
+        for q in binary:
+            w = q.kernel.value.reshape(-1, q.kernel.value.shape[-1])
+            w[: w.shape[0] // 2] *= -1
+    elif change == "optimizer step":
+        for q in binary:
+            q.kernel.value[...] = np.where(q.kernel.value >= 0, 1.0, -1.0)
+        y = rng.integers(0, 5, 5)
+        _, dlogits = softmax_cross_entropy(model.forward(x, training=True), y)
+        model.backward(dlogits)
+        Bop(threshold=0.0, gamma=1.0).step([p for _, p in model.params()])
+    elif change == "checkpoint":
+        model.load_state_dict(_build(_kept_stack(), (12, 12, 2), 13).state_dict())
+    else:
+        for q in binary:
+            q.kernel.value = -q.kernel.value
+    flipped = sum(not np.array_equal(kept[i].bt, K.pack_weights(
+        np.where(model.layers[i].kernel.value >= 0, 1.0, -1.0).reshape(-1, kept[i].bt.shape[1])))
+        for i in kept)
+    assert flipped >= 2, "the change must change some kernels' bits"
+    after = model.forward(x)
+    assert not _same_bits(after, before)
+    _check(model, x)
+    for n in (1, 2):
+        _check(model, x[:n])
+    fresh = _build(_kept_stack(), (12, 12, 2), 12)
+    fresh.load_state_dict(model.state_dict())
+    assert _same_bits(fresh.forward(x), after)
+    assert any(_kept(model)[i] is not kept[i] for i in kept)
+
+
+def test_stochastic_kernels_are_drawn_on_every_call():
+    layers = _kept_stack()
+    layers[3]["kernel_quantizer"] = "stochastic_sign"
+    layers[11]["input_quantizer"] = "stochastic_sign"
+    model = _build(layers, (12, 12, 2), 14)
+    x = np.random.default_rng(3).normal(0, 1, (4, 12, 12, 2)).astype(np.float32)
+    for seed in (1, 2, 3):
+        _check(model, x, rng_seed=seed)
+    assert 3 not in _kept(model)
+    a = model.forward(x, rng=np.random.default_rng(5))
+    b = model.forward(x, rng=np.random.default_rng(6))
+    assert not _same_bits(a, b)
+
+
 def test_batch_statistics_mode_and_float_models_take_the_plain_path():
     layers = _graph("add")
     model = _build(layers, (10, 10, 3), 2)

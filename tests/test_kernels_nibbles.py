@@ -64,10 +64,28 @@ def test_gemm_with_panels_made_beforehand_equals_twin(m, k, n):
         np.testing.assert_array_equal(made, xnor.nibble_panels_ref(bt, n // 16 * 16))
     else:
         assert made.size == 0
+    if made.size:
+        assert made.ctypes.data % 64 == 0  # each 32-byte load within one cache line
     for bp in (xnor.nibble_panels(bt, n // 16 * 16), made, np.zeros(0, np.uint64)):
         out = np.full((m, n), 7, np.int32)
         K.xnor_gemm_prepared(abits, bt, bp, np.int64(k), out)
         np.testing.assert_array_equal(out, want)
+        # Rows split over threads, and the public wrapper's either way.
+        out = np.full((m, n), 7, np.float32)
+        K.xnor_gemm_prepared_parallel(abits, bt, bp, np.int64(k), out, np.int64(3))
+        np.testing.assert_array_equal(out, want)
+        for parallel in (False, True):
+            np.testing.assert_array_equal(
+                K.xnor_gemm(abits, bt, k, parallel=parallel, threads=2, panels=bp), want)
+
+
+def test_aligned_words_start_on_a_cache_line():
+    assert K.aligned_words(0).shape == (0,)
+    for n in (1, 7, 8, 1000):
+        for _ in range(5):
+            w = K.aligned_words(n)
+            assert w.shape == (n,) and w.dtype == np.uint64 and not w.any()
+            assert w.ctypes.data % 64 == 0 and w.flags.c_contiguous
 
 
 @pytest.mark.parametrize("nibbles", [True, False])

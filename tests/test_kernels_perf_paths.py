@@ -60,6 +60,22 @@ def test_sign_pack_matches_sign_and_pack_rows(shape, paths):
     np.testing.assert_array_equal(bits, ref_bits)
 
 
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 7), (63, 5), (64, 16), (65, 17), (576, 64),
+                                 (130, 3)])
+def test_sign_bits_columns_match_the_packed_signs_of_each_column(k, n):
+    rng = np.random.default_rng(k * 100 + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    flat = w.reshape(-1)
+    flat[: min(5, flat.size)] = [0.0, -0.0, np.nan, -np.inf, np.inf][: min(5, flat.size)]
+    got = sign.sign_bits_columns(w)
+    np.testing.assert_array_equal(got, sign.sign_bits_columns_ref(w))
+    # what the layers pack for a plain sign: sign_pack of the transposed kernel
+    np.testing.assert_array_equal(got, K.sign_pack(np.ascontiguousarray(w.T))[1].T)
+    # a strided view is read as its values
+    np.testing.assert_array_equal(sign.sign_bits_columns(w[:, ::-1]),
+                                  sign.sign_bits_columns_ref(w[:, ::-1]))
+
+
 @pytest.mark.parametrize("case", [
     # n, h, w, c, kh, kw, stride, padding
     (1, 5, 5, 1, 3, 3, 1, "valid"),

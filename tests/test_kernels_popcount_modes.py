@@ -60,6 +60,10 @@ CHECK = textwrap.dedent("""
             xnor.xnor_gemm_prepared(abits, bt, bp, np.int64(k), out)
             if not np.array_equal(out, want):
                 bad.append([m, k, n, "prepared", int(bp.size)])
+            for parallel in (False, True):
+                got = K.xnor_gemm(abits, bt, k, parallel=parallel, threads=2, panels=bp)
+                if not np.array_equal(got, want):
+                    bad.append([m, k, n, "prepared", int(bp.size), parallel])
     # The fused inference pass (its binary chains call the GEMM on blocks of rows, short
     # and long) against the layer-by-layer one, in this mode.
     from bnnlab.core.model import Sequential
@@ -77,6 +81,15 @@ CHECK = textwrap.dedent("""
         x = rng.normal(0, 1, (n, 9, 9, 2)).astype(np.float32)
         if not np.array_equal(model.forward(x), model.forward(x, fused=False)):
             bad.append(["fused inference", n])
+    # The kernels it keeps follow the weights: every binary kernel's signs flipped in place
+    # between two evaluations.
+    first = model.forward(x)
+    for layer in model.layers:
+        if getattr(layer, "binary", False):
+            layer.kernel.value[...] *= -1
+    after = model.forward(x)
+    if np.array_equal(after, first) or not np.array_equal(after, model.forward(x, fused=False)):
+        bad.append(["kept kernels"])
     print(json.dumps({"mode": K.POPCOUNT_MODE, "bad": bad}))
 """)
 

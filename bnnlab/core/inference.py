@@ -19,6 +19,15 @@ the same order, and each layer draws from ``rng`` at its own turn, as before.
 
 The layers whose input is never made as floats do not update ``last_input`` (which the
 training telemetry reads from the last *training* batch).
+
+Each binary layer's kernel is packed and split into the GEMM's nibble panels
+(``kernels.gemm_panels``) once and kept in the plan, for every call until its bits
+change (:meth:`_Plan.kernel`): a kernel binarized by a plain sign is checked on every
+call by packing its latent weights' signs (``sign_bits_columns``) and comparing them
+with the bits the kept panels were made from. So a training step, an optimizer, a
+loaded checkpoint or any code that writes the weights is seen at the next call, with
+nothing to notify. A kernel with another binarizer (a stochastic one draws at its
+layer's turn) is packed, and its panels made, on every call.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels.chains import ChainGeometry, binary_conv_chain, chain_bits, float_conv_chain
-from .layers import QuantConv2D, QuantDense, _is_plain_sign
+from .kernels.sign import sign_bits_columns
+from .layers import PackedKernel, QuantConv2D, QuantDense, _is_plain_sign
 from .plain_layers import BatchNorm, Flatten, MaxPool2D
 
 __all__ = ["Chain", "find_chains", "fused_forward"]
@@ -89,6 +99,7 @@ class _Plan:
 
     def __init__(self, model):
         layers, sources = model.layers, model.sources
+        self.kernels: dict[int, PackedKernel] = {}  # see kernel()
         self.chains = find_chains(model)
         self.member = {j for c in self.chains.values() for j in c.members}
         self.fused_into = {c.source: c.consumer for c in self.chains.values() if c.fused}
@@ -134,6 +145,23 @@ class _Plan:
                       type(getattr(layer, "kernel_quantizer", None)))
                      for layer in model.layers)
 
+    def kernel(self, i: int, layer, rng) -> PackedKernel:
+        """Binary layer i's kernel with its nibble panels, at the layer's turn. Kept while
+        the latent weights' sign bits stay those it was made from (checked on every call:
+        the kept one is never stale); packed anew on every call, drawing from ``rng``,
+        unless the kernel's binarizer is a plain sign."""
+        if not _is_plain_sign(layer.kernel_quantizer):
+            return layer.product_kernel(*layer._packed_kernel(rng), panels=True)
+        w = layer.kernel.value
+        kept = self.kernels.get(i)
+        bits = sign_bits_columns(w.reshape(-1, w.shape[-1]))
+        if kept is None or not np.array_equal(kept.bt, bits):
+            # Made from the weights as they are now (if they changed since the check, the
+            # next call sees it); one assignment, so a concurrent call reads one or the other.
+            kept = self.kernels[i] = layer.product_kernel(*layer._packed_kernel(None),
+                                                          panels=True)
+        return kept
+
     def geometry(self, i: int) -> ChainGeometry:
         """Chain i's steps as kernel arguments, with the batch norm's current numbers."""
         shape, pool, stride, bn, rlen, ones, zeros = self.shapes[i]
@@ -174,15 +202,23 @@ def fused_forward(model, x: np.ndarray, rng=None) -> np.ndarray:
         if i in plan.fused_into:
             # Draw from rng now, at this layer's turn; the product runs with the chain.
             if layer.binary:
-                ready[i] = layer._packed_kernel(rng)
+                ready[i] = plan.kernel(i, layer, rng)
             else:
                 wq = layer.quantized_kernel(rng)
                 xq = np.ascontiguousarray(layer._quantize_input(outs[sources[i][0]], rng),
                                           dtype=np.float32)
                 ready[i] = (wq, xq)
         elif i in plan.chains:
-            wq_t, bt = layer._packed_kernel(rng)
-            z = layer.binary_product(bits.pop(i), n, wq_t, bt)
+            z = layer.binary_product(bits.pop(i), n, plan.kernel(i, layer, rng))
+            outs[i] = layer._epilogue(z.reshape(n, *layer.output_shape))
+        elif isinstance(layer, (QuantConv2D, QuantDense)) and layer.binary:
+            # A binarizer of its own on the input (stochastic, say): the layer's forward
+            # pass, drawing for its kernel and then its input, with the kept kernel.
+            x = outs[sources[i][0]]
+            kernel = plan.kernel(i, layer, rng)
+            layer.last_input = x
+            _, xbits = layer._sign_and_pack(x, rng)
+            z = layer.binary_product(xbits, n, kernel)
             outs[i] = layer._epilogue(z.reshape(n, *layer.output_shape))
         else:
             xs = [outs[s] for s in sources[i]]
@@ -201,12 +237,12 @@ def _chain_step(model, plan: _Plan, chain: Chain, outs, bits, ready, n) -> np.nd
     p = model.layers[chain.source]
     bias, relu = _bias_relu(p)
     if p.binary:
-        wq_t, bt = ready.pop(chain.source)
+        kernel = ready.pop(chain.source)
         kh, kw = p.kernel_size
         return binary_conv_chain(bits.pop(chain.source), n, p.input_shape, p.kernel_size,
-                                 p.strides, (p._pt, p._pl), p.pad_bit, bt,
-                                 kh * kw * p.input_shape[2], p.pad_correction(wq_t), bias, relu,
-                                 geo)
+                                 p.strides, (p._pt, p._pl), p.pad_bit, kernel.bt,
+                                 kh * kw * p.input_shape[2], kernel.corr, bias, relu, geo,
+                                 panels=kernel.panels)
     wq, xq = ready.pop(chain.source)
     return float_conv_chain(xq, np.ascontiguousarray(wq, dtype=np.float32), p.strides, p._pt,
                             p._pl, np.float32(p.pad_values), bias, relu, geo)

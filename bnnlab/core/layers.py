@@ -12,6 +12,7 @@ convolution and dense layers and makes any layer from its config.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from .shapes import conv_output_size
 __all__ = [
     "Param",
     "Layer",
+    "PackedKernel",
     "QuantConv2D",
     "Conv2D",
     "QuantDense",
@@ -56,6 +58,18 @@ def _is_plain_ste(q: Binarizer | None) -> bool:
     t = type(q)
     return (q is not None and isinstance(q, SteSign) and t.grad is SteSign.grad
             and t.backward is Binarizer.backward)
+
+
+@dataclass(frozen=True)
+class PackedKernel:
+    """A binary layer's kernel as its binary product reads it: the packed signs ``bt``
+    ((words_for(fan_in), units), the B of ``xnor_gemm``), their nibble ``panels``
+    (``kernels.gemm_panels``, made once for many products; None: the GEMM decides per
+    call) and, for a convolution with zero padding, the ``corr`` to subtract (else None)."""
+
+    bt: np.ndarray
+    panels: np.ndarray | None = None
+    corr: np.ndarray | None = None
 
 
 def _glorot_uniform(shape, fan_in, fan_out, rng):
@@ -153,6 +167,14 @@ class _QuantBase(Layer):
         wq = self.quantized_kernel(rng)
         wq_t = np.ascontiguousarray(wq.reshape(-1, units).T, dtype=np.float32)
         return wq_t, K.pack_weights(np.ascontiguousarray(wq_t.T))
+
+    def product_kernel(self, wq_t, bt, panels: bool = False) -> PackedKernel:
+        """:meth:`_packed_kernel`'s (wq_t, bt) as :meth:`binary_product` takes them, with
+        bt's nibble panels when ``panels`` (worth it for a kernel used more than once)."""
+        return PackedKernel(bt, K.gemm_panels(bt) if panels else None, self._correction(wq_t))
+
+    def _correction(self, wq_t):
+        return None
 
     def _input_grad(self, dxq):
         iq = self.input_quantizer
@@ -274,7 +296,7 @@ class QuantConv2D(_QuantBase):
         if self.binary:
             wq_t, bt = self._packed_kernel(rng)
             xq, pix = self._sign_and_pack(x, rng)
-            z = self.binary_product(pix, n, wq_t, bt)
+            z = self.binary_product(pix, n, self.product_kernel(wq_t, bt))
         else:
             # Direct convolution reading patches in place: no im2col copy and no BLAS.
             wq = self.quantized_kernel(rng)
@@ -294,23 +316,23 @@ class QuantConv2D(_QuantBase):
         """The packed value of a padded tap: 1 (-1) with ``pad_values=-1``, else 0 (+1)."""
         return 1 if self.pad_values == -1.0 else 0
 
-    def pad_correction(self, wq_t) -> np.ndarray | None:
-        """(Ho*Wo, F) to subtract from the packed product, or None: with zero padding the
-        packed path counts padded taps as +1 (see :meth:`_pad_correction`)."""
+    def _correction(self, wq_t) -> np.ndarray | None:
+        # (Ho*Wo, F) to subtract from the packed product, or None: with zero padding the
+        # packed path counts padded taps as +1 (see _pad_correction).
         if self.pad_values == 0.0 and self._has_padding():
             return self._pad_correction(wq_t.T)
         return None
 
-    def binary_product(self, pix, n, wq_t, bt) -> np.ndarray:
+    def binary_product(self, pix, n, kernel: PackedKernel) -> np.ndarray:
         """The binary convolution before the epilogue, (N*Ho*Wo, F) float32, from packed
-        input pixels ``pix`` (N*H*W, words_for(C)) and :meth:`_packed_kernel`'s output."""
+        input pixels ``pix`` (N*H*W, words_for(C)) and the kernel (:meth:`product_kernel`)."""
         h, w, c, ho, wo = self._geometry()
         kh, kw = self.kernel_size
         a = K.pack_patches_parallel(pix, n, h, w, c, kh, kw, self.strides, self._pt,
                                     self._pl, ho, wo, self.pad_bit)
         z = np.empty((n * ho * wo, self.filters), np.float32)
-        K.xnor_gemm(a, bt, kh * kw * c, out=z)
-        corr = self.pad_correction(wq_t)
+        K.xnor_gemm(a, kernel.bt, kh * kw * c, out=z, panels=kernel.panels)
+        corr = kernel.corr
         if corr is not None:
             z = z.reshape(n, ho * wo, self.filters)
             z -= corr[None]
@@ -400,7 +422,7 @@ class QuantDense(_QuantBase):
         if self.binary:
             wq_t, bt = self._packed_kernel(rng)
             xq, a = self._sign_and_pack(x, rng)
-            z = self.binary_product(a, x.shape[0], wq_t, bt)
+            z = self.binary_product(a, x.shape[0], self.product_kernel(wq_t, bt))
         else:
             wq = self.quantized_kernel(rng)
             wq_t = np.ascontiguousarray(np.transpose(wq), dtype=np.float32)
@@ -410,11 +432,11 @@ class QuantDense(_QuantBase):
         self._xq = xq
         return self._epilogue(z)
 
-    def binary_product(self, bits, n, wq_t, bt) -> np.ndarray:
+    def binary_product(self, bits, n, kernel: PackedKernel) -> np.ndarray:
         """The binary product before the epilogue, (N, units) float32, from the packed
-        input rows ``bits`` (N, words_for(in)) and :meth:`_packed_kernel`'s output."""
+        input rows ``bits`` (N, words_for(in)) and the kernel (:meth:`product_kernel`)."""
         z = np.empty((n, self.units), np.float32)
-        K.xnor_gemm(bits, bt, self.input_shape[0], out=z)
+        K.xnor_gemm(bits, kernel.bt, self.input_shape[0], out=z, panels=kernel.panels)
         return z
 
     def backward(self, dy):

@@ -25,7 +25,7 @@ import threading
 import numba as nb
 import numpy as np
 
-from ..core.kernels import pack_patches, xnor_gemm_prepared
+from ..core.kernels import ALIGN_WORDS, aligned_words, pack_patches, xnor_gemm_prepared
 from .limits import CHAIN_SCRATCH_BYTES
 from .runtime_kernels import _CHUNK_BYTES, _JIT, _conv_c1_pm1, _pool_only, _pool_threshold_pack
 
@@ -158,19 +158,6 @@ def _pad_pixels(pix8, g0, pt, pl, pad, xp):
                 xp[i, pt + y, pl + x] = pix8[g0 + i, y, x, 0]
 
 
-# The GEMM reads the nibble panels 32 bytes at a time: a load that straddles two cache
-# lines costs two (on Zen 3, 121x288x64 took 0.50-0.55 T binary ops/s with panels at
-# offsets that are not a multiple of 32 bytes against 0.59-0.61 at multiples of it).
-_ALIGN_WORDS = 8  # 64 bytes
-
-
-def _aligned_words(n: int) -> np.ndarray:
-    """n zeroed uint64 words starting on a 64-byte boundary."""
-    buf = np.zeros(n + _ALIGN_WORDS, np.uint64)
-    skip = (-(buf.ctypes.data // 8)) % _ALIGN_WORDS
-    return buf[skip:skip + n]
-
-
 class Chain:
     """The flat arrays of a stack model's binary blocks, and scratch for each thread.
 
@@ -227,7 +214,7 @@ class Chain:
             d[W_OFF] = n64
             w64.append(pb.wt.reshape(-1))
             n64 += pb.wt.size
-            nnib = -(-nnib // _ALIGN_WORDS) * _ALIGN_WORDS  # each block's panels aligned
+            nnib = -(-nnib // ALIGN_WORDS) * ALIGN_WORDS  # each block's panels on a cache line
             d[NIB_OFF], d[NIB_LEN] = nnib, pb.bp.size
             nib64.append((nnib, pb.bp))
             nnib += pb.bp.size
@@ -249,7 +236,7 @@ class Chain:
             rows.append(d)
         self.desc = np.stack(rows)
         self.w64 = np.concatenate(w64) if w64 else np.zeros(1, np.uint64)
-        self.nib64 = _aligned_words(max(nnib, 1))
+        self.nib64 = aligned_words(max(nnib, 1))
         for at, bp in nib64:
             self.nib64[at:at + bp.size] = bp
         self.i32c = np.concatenate(i32c) if i32c else np.zeros(1, np.int32)
@@ -273,7 +260,7 @@ class Chain:
 
     def __setstate__(self, state):
         self.__dict__.update(state, _scratch={}, _lock=threading.Lock())
-        nib = _aligned_words(self.nib64.size)  # a new process's copy, aligned again
+        nib = aligned_words(self.nib64.size)  # a new process's copy, aligned again
         nib[:] = self.nib64
         self.nib64 = nib
 

@@ -43,13 +43,15 @@ from .sign import sign_pack, ste_gate
 from .simd import POPCOUNT_MODE
 from .threads import tune_process
 from .warmup import compile_in_children, prepare_kernels, warm_up
-from .xnor import gemm_panels, xnor_gemm, xnor_gemm_parallel, xnor_gemm_prepared, xnor_gemm_serial
+from .xnor import (ALIGN_WORDS, aligned_words, gemm_panels, xnor_gemm, xnor_gemm_parallel,
+                   xnor_gemm_prepared, xnor_gemm_prepared_parallel, xnor_gemm_serial)
 
 __all__ = [
-    "POPCOUNT_MODE", "adam_update", "bn_backward_train", "bn_forward_train", "col2im",
+    "ALIGN_WORDS", "POPCOUNT_MODE", "aligned_words", "adam_update", "bn_backward_train", "bn_forward_train", "col2im",
     "conv_backward", "conv_forward_direct", "gemm_offsets", "gemm_panels", "histogram_uniform", "im2col", "matmul",
     "maxpool_backward", "maxpool_forward", "offset_tables", "pack_conv_input", "pack_patches",
     "pack_patches_parallel", "pack_rows", "pack_weights", "pad_input", "padded_extent", "compile_in_children", "prepare_kernels",
     "scale_shift", "sign_pack", "ste_gate", "tune_process", "warm_up", "words_for",
-    "xnor_gemm", "xnor_gemm_parallel", "xnor_gemm_prepared", "xnor_gemm_serial",
+    "xnor_gemm", "xnor_gemm_parallel", "xnor_gemm_prepared", "xnor_gemm_prepared_parallel",
+    "xnor_gemm_serial",
 ]

@@ -16,8 +16,9 @@ sign would make (only its bits):
   im2col and the XNOR GEMM), its padding correction, bias and ReLU, then the chain.
 
 Every step is the engine's own arithmetic in the same order: the products are computed
-by the same kernels (``gemm_offsets``, ``pack_patches``, ``xnor_gemm_serial``) on row
-blocks that start at multiples of four rows, pooling by the same row kernel, and the
+by the same kernels (``gemm_offsets``, ``pack_patches``, and the XNOR GEMM with the
+weights' nibble panels made beforehand, ``xnor_gemm_prepared``; integer counts, the
+same whatever the count) on row blocks that start at multiples of four rows, pooling by the same row kernel, and the
 float32 ``x * a`` and ``+ b`` round separately (no fused multiply-add, no fastmath), as
 :func:`~.batchnorm.scale_shift` does. So the bits equal those of the layer-by-layer
 pass. A sign bit is 1 where ``not (y >= 0)`` (negative or NaN), as ``binarizers.sign``.
@@ -43,7 +44,7 @@ from .float_gemm import gemm_offsets
 from .jit import JIT
 from .packing import pack_patches, pack_rows_ref, words_for
 from .pooling import _maxpool_forward_rows, maxpool_ref
-from .xnor import xnor_gemm_serial
+from .xnor import gemm_panels, xnor_gemm_prepared
 
 __all__ = ["ChainGeometry", "chain_bits", "float_conv_chain", "binary_conv_chain",
            "affine_sign_pack", "chain_block_images", "chain_bits_ref"]
@@ -298,8 +299,8 @@ def float_conv_chain(x, w, stride, pad_top, pad_left, pad_value, bias, relu, geo
 
 
 @nb.njit(**JIT)
-def _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, k,
-                        corr, bias, relu, i0, i1, bimg, h, w, c, pool, stride, ho, wo, a_row,
+def _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, bp,
+                        k, corr, bias, relu, i0, i1, bimg, h, w, c, pool, stride, ho, wo, a_row,
                         b_row, rows_img, out):
     npix = h * w
     f = bt.shape[1]
@@ -312,30 +313,31 @@ def _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad
         rows = (b1 - b0) * npix
         pack_patches(pix[b0 * ih * iw:b1 * ih * iw], b1 - b0, ih, iw, ic, kh, kw, cstride,
                      pad_top, pad_left, h, w, pad_bit, a[:rows])
-        xnor_gemm_serial(a[:rows], bt, k, z[:rows])
+        xnor_gemm_prepared(a[:rows], bt, bp, k, z[:rows])
         _epilogue(z.reshape(-1), rows, f, npix, corr, bias, relu)
         _chain_block(z, b1 - b0, h, w, c, pool, stride, ho, wo, a_row, b_row, pooled2, noarg,
                      out[b0 * rows_img:b1 * rows_img])
 
 
 @nb.njit(parallel=True, **JIT)
-def _binary_conv_par(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, k, corr,
-                     bias, relu, n, bimg, h, w, c, pool, stride, ho, wo, a_row, b_row, rows_img,
-                     out, nch):
+def _binary_conv_par(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, bp, k,
+                     corr, bias, relu, n, bimg, h, w, c, pool, stride, ho, wo, a_row, b_row,
+                     rows_img, out, nch):
     for ch in nb.prange(nch):
         i0, i1 = _span(ch, n, bimg, nch)
-        _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt, k,
-                            corr, bias, relu, i0, i1, bimg, h, w, c, pool, stride, ho, wo, a_row,
-                            b_row, rows_img, out)
+        _binary_conv_images(pix, ih, iw, ic, kh, kw, cstride, pad_top, pad_left, pad_bit, bt,
+                            bp, k, corr, bias, relu, i0, i1, bimg, h, w, c, pool, stride, ho, wo,
+                            a_row, b_row, rows_img, out)
 
 
 def binary_conv_chain(pix, n, in_shape, kernel_size, stride, pads, pad_bit, bt, k, corr, bias,
-                      relu, geo: ChainGeometry, threads=None) -> np.ndarray:
+                      relu, geo: ChainGeometry, threads=None, panels=None) -> np.ndarray:
     """Binary convolution of packed input pixels ``pix`` (n*H*W, words_for(C)), as a
     binary ``QuantConv2D`` computes it (``pack_patches``, then ``xnor_gemm`` against
     ``bt`` (words_for(k), F) with ``k = kh*kw*C``), output (N, geo.h, geo.w, F); then
     ``- corr`` (the (geo.h*geo.w, F) padding correction; None: none), ``+ bias`` (None:
-    none) and ReLU, then the chain of ``geo``. Returns the chain's bits."""
+    none) and ReLU, then the chain of ``geo``. Returns the chain's bits. ``panels``:
+    bt's :func:`~.xnor.gemm_panels` if kept from an earlier call (None: made here)."""
     ih, iw, ic = in_shape
     kh, kw = kernel_size
     f = bt.shape[1]
@@ -347,13 +349,14 @@ def binary_conv_chain(pix, n, in_shape, kernel_size, stride, pads, pad_bit, bt, 
     cr = np.empty(0, np.float32) if corr is None else np.ascontiguousarray(corr, np.float32).reshape(-1)
     b = np.empty(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
     bt = np.ascontiguousarray(bt, dtype=np.uint64)
+    bp = gemm_panels(bt) if panels is None else panels
     out = geo.bits(n)
     npix = geo.h * geo.w
     bimg = chain_block_images(npix, f, n)
     g = geo.args()
     r = geo.rows_per_image
     common = (np.ascontiguousarray(pix, dtype=np.uint64), ih, iw, ic, kh, kw, stride, pads[0],
-              pads[1], pad_bit, bt, np.int64(k), cr, b, bool(relu))
+              pads[1], pad_bit, bt, bp, np.int64(k), cr, b, bool(relu))
     _run(n, bimg, n * npix * f * words_for(k) * 8, threads,
          lambda: _binary_conv_images(*common, 0, n, bimg, *g, r, out),
          lambda nch: _binary_conv_par(*common, n, bimg, *g, r, out, nch))

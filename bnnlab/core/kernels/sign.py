@@ -12,7 +12,8 @@ from . import threads as _threads
 from .jit import JIT
 from .packing import pack_rows_ref, words_for
 
-__all__ = ["sign_pack", "ste_gate", "ste_gate_rows", "sign_ref", "sign_pack_ref", "ste_gate_ref"]
+__all__ = ["sign_pack", "sign_bits_columns", "ste_gate", "ste_gate_rows", "sign_ref",
+           "sign_pack_ref", "sign_bits_columns_ref", "ste_gate_ref"]
 
 
 # No fastmath for the comparisons below: it lets LLVM assume there are no NaNs, and
@@ -61,6 +62,31 @@ def sign_pack(x: np.ndarray, threads=None):
 
 
 @nb.njit(**JIT)
+def _sign_bits_columns(w, out):
+    # Row r of w sets bit r % 64 of row r // 64 of out, for all columns at once.
+    out[:] = 0
+    for r in range(w.shape[0]):
+        wd = r >> 6
+        sh = np.uint64(r & 63)
+        for j in range(w.shape[1]):
+            neg = not (w[r, j] >= 0)
+            out[wd, j] |= np.uint64(neg) << sh
+    return out
+
+
+def sign_bits_columns(w: np.ndarray) -> np.ndarray:
+    """The sign bits of each column of w (K, N) float32 in the (words_for(K), N) layout of
+    the GEMM's B: bit ``k % 64`` of ``out[k // 64, j]`` is 1 where ``not w[k, j] >= 0``
+    (NaN too). The bits of :func:`sign_pack` of ``w.T``, transposed, without the ±1
+    floats: a weight matrix's bits, cheaply enough to check on every call whether they
+    changed."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"sign_bits_columns: expected a matrix, got shape {w.shape}")
+    return _sign_bits_columns(w, np.empty((words_for(w.shape[0]), w.shape[1]), np.uint64))
+
+
+@nb.njit(**JIT)
 def ste_gate_rows(xs, ds, clip, os_):
     # os_[i] = ds[i] where |xs[i]| <= clip, else 0 (flat float32 arrays).
     for i in range(xs.shape[0]):
@@ -104,6 +130,11 @@ def sign_pack_ref(x):
     """(sign(x), packed sign bits of the last axis), as :func:`sign_pack`."""
     xq = sign_ref(x)
     return xq, pack_rows_ref(xq.reshape(-1, xq.shape[-1]))
+
+
+def sign_bits_columns_ref(w):
+    """What :func:`sign_bits_columns` returns: the packed signs of ``w.T``, transposed."""
+    return np.ascontiguousarray(sign_pack_ref(np.asarray(w, np.float32).T)[1].T)
 
 
 def ste_gate_ref(x, dy, clip):

@@ -20,8 +20,8 @@ from .simd import (POPCOUNT_MODE, popcount64, uadd, ubytesum, ucsa, ucsa_rest, u
                    uxor, uxor_popadd, uzero)
 
 __all__ = ["xnor_gemm", "xnor_gemm_serial", "xnor_gemm_parallel", "xnor_gemm_ref",
-           "xnor_gemm_prepared", "gemm_panels", "binary_dot_ref", "nibble_panels",
-           "nibble_panels_ref"]
+           "xnor_gemm_prepared", "xnor_gemm_prepared_parallel", "gemm_panels", "aligned_words",
+           "binary_dot_ref", "nibble_panels", "nibble_panels_ref"]
 
 
 @nb.njit(**JIT_INLINE)
@@ -222,8 +222,12 @@ def nibble_panels(bt, n16):
     nibbles of columns (0, 2, 4, 6), (1, 3, 5, 7), (8, .., 14), (9, .., 15) of the panel,
     then their high nibbles (shifted down), so that even and odd columns sit in separate
     vectors for :func:`.simd.ustore_dots8`."""
+    return _fill_nibble_panels(bt, n16, np.empty(n16 * bt.shape[0] * 2, np.uint64))
+
+
+@nb.njit(**JIT)
+def _fill_nibble_panels(bt, n16, bp):
     nw = bt.shape[0]
-    bp = np.empty(n16 * nw * 2, np.uint64)
     for s in range(n16 // 16):
         for w in range(nw):
             at = (s * nw + w) * 32
@@ -441,14 +445,29 @@ def xnor_gemm_serial(a, bt, k, out, csa=CSA, nib=NIB):
     return out
 
 
+# The GEMM reads the nibble panels 32 bytes at a time: a load that straddles two cache
+# lines costs two (on Zen 3, 121x288x64 took 0.50-0.55 T binary ops/s with panels at
+# offsets that are not a multiple of 32 bytes against 0.59-0.61 at multiples of it).
+ALIGN_WORDS = 8  # 64 bytes
+
+
+def aligned_words(n: int) -> np.ndarray:
+    """n zeroed uint64 words starting on a 64-byte boundary (a cache line)."""
+    buf = np.zeros(n + ALIGN_WORDS, np.uint64)
+    skip = (-(buf.ctypes.data // 8)) % ALIGN_WORDS
+    return buf[skip:skip + n]
+
+
 def gemm_panels(bt: np.ndarray) -> np.ndarray:
     """What :func:`xnor_gemm_prepared` needs of a B that many calls share (a model's
-    weights): its nibble panels when the split-nibble count is this process's choice
-    (the "csa" popcount mode) and B has at least 16 columns, else an empty array."""
+    weights): its nibble panels, starting on a 64-byte boundary, when the split-nibble
+    count is this process's choice (the "csa" popcount mode) and B has at least 16
+    columns, else an empty array."""
     bt = np.ascontiguousarray(bt, dtype=np.uint64)
     if NIB == 0 or bt.ndim != 2 or bt.shape[0] == 0 or bt.shape[1] < 16:
         return np.zeros(0, np.uint64)
-    return nibble_panels(bt, bt.shape[1] // 16 * 16)
+    n16 = bt.shape[1] // 16 * 16
+    return _fill_nibble_panels(bt, n16, aligned_words(n16 * bt.shape[0] * 2))
 
 
 @nb.njit(**JIT)
@@ -471,16 +490,12 @@ def xnor_gemm_prepared(a, bt, bp, k, out):
 
 
 @nb.njit(parallel=True, **JIT)
-def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA, nib=NIB):
-    """Same as :func:`xnor_gemm_serial`, rows split in ``nch`` near-equal even blocks."""
-    # The chunk count comes from the caller: asking Numba for the thread count inside a
-    # cached parallel function would make it uncacheable (a ctypes pointer).
+def _xnor_gemm_par(a, bt, bp, k, out, nch, csa):
+    # Rows split in nch near-equal even blocks; with B's nibble panels bp when not empty.
     m = a.shape[0]
     per = (m + nch - 1) // nch
     per += per % 2
-    use_nib = _nibbles(a, bt, nib)
-    # B's panels are split once, before the threads start, and shared.
-    bp = nibble_panels(bt, bt.shape[1] // 16 * 16 if use_nib else 0)
+    use_nib = bp.size > 0
     for c in nb.prange(nch):
         if use_nib:
             _xnor_gemm_rows_nibbles(a, bt, bp, k, out, min(m, c * per), min(m, c * per + per))
@@ -489,15 +504,34 @@ def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA, nib=NIB):
     return out
 
 
+@nb.njit(**JIT)
+def xnor_gemm_parallel(a, bt, k, out, nch, csa=CSA, nib=NIB):
+    """Same as :func:`xnor_gemm_serial`, rows split in ``nch`` near-equal even blocks."""
+    # The chunk count comes from the caller: asking Numba for the thread count inside a
+    # cached parallel function would make it uncacheable (a ctypes pointer).
+    # B's panels are split once, before the threads start, and shared.
+    bp = nibble_panels(bt, bt.shape[1] // 16 * 16 if _nibbles(a, bt, nib) else 0)
+    return _xnor_gemm_par(a, bt, bp, k, out, nch, csa)
+
+
+@nb.njit(**JIT)
+def xnor_gemm_prepared_parallel(a, bt, bp, k, out, nch):
+    """:func:`xnor_gemm_prepared` with the rows split in ``nch`` blocks over threads."""
+    return _xnor_gemm_par(a, bt, bp, k, out, nch, CSA)
+
+
 def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = None,
               parallel: bool | None = None, threads: int | None = None,
-              csa: bool | None = None, nibbles: bool | None = None) -> np.ndarray:
+              csa: bool | None = None, nibbles: bool | None = None,
+              panels: np.ndarray | None = None) -> np.ndarray:
     """Binary GEMM on packed operands; see :func:`xnor_gemm_serial` for shapes.
 
     ``parallel`` None: threads when there are enough rows and the machine is not busy;
     True splits the rows over ``threads`` chunks (default: Numba's thread count).
     ``nibbles``: the split-nibble count when there are enough rows, ``csa``: Harley-Seal
     counting for long rows otherwise (None: each if the popcount mode is "csa").
+    ``panels``: B's :func:`gemm_panels`, made once for many calls; they decide the count
+    (as in :func:`xnor_gemm_prepared`) and ``csa`` and ``nibbles`` are not used.
     """
     if a.shape[1] != bt.shape[0]:
         raise ValueError(f"packed widths differ: A has {a.shape[1]} words, B has {bt.shape[0]}")
@@ -513,8 +547,12 @@ def xnor_gemm(a: np.ndarray, bt: np.ndarray, k: int, out: np.ndarray | None = No
         parallel = (a.shape[0] >= _threads.PARALLEL_MIN_ROWS and nb.get_num_threads() > 1
                     and not _threads.contended())
     if parallel:
-        nch = max(1, int(threads or nb.get_num_threads()))
-        return xnor_gemm_parallel(a, bt, np.int64(k), out, np.int64(nch), csa, nib)
+        nch = np.int64(max(1, int(threads or nb.get_num_threads())))
+        if panels is not None:
+            return xnor_gemm_prepared_parallel(a, bt, panels, np.int64(k), out, nch)
+        return xnor_gemm_parallel(a, bt, np.int64(k), out, nch, csa, nib)
+    if panels is not None:
+        return xnor_gemm_prepared(a, bt, panels, np.int64(k), out)
     return xnor_gemm_serial(a, bt, np.int64(k), out, csa, nib)
 
 
