@@ -167,6 +167,58 @@ def test_a_short_bar_chart_keeps_room_for_its_value_labels(qtbot):
     assert vb.height() < 120 and room_px >= 18  # a 10 pt label and a margin
 
 
+def _scene_rects(chart):
+    """The scene rectangles of a grouped chart's shown value labels (their ink) and bars."""
+    from PySide6.QtCore import QRectF
+
+    vb = chart.getPlotItem().getViewBox()
+    labels = []
+    for row in chart._labels:
+        for t in row:
+            if t.isVisible():
+                box = t.textItem.boundingRect()
+                m = t.textItem.document().documentMargin()
+                labels.append(t.textItem.mapRectToScene(box.adjusted(m, m, -m, -m)))
+    bars = []
+    for bar in chart._bars:
+        if bar.isVisible():
+            o = bar.opts
+            for x, h, y0 in zip(o["x"], o["height"], o["y0"]):
+                r = QRectF(x - o["width"] / 2, y0, o["width"], h).normalized()
+                bars.append(vb.mapViewToScene(r).boundingRect())
+    return labels, bars, vb
+
+
+@pytest.mark.parametrize("width, shown", [(900, "level"), (470, "upright"), (150, "none")])
+def test_grouped_bar_labels_never_overlap_a_label_or_a_bar(qtbot, width, shown):
+    # Shortcuts' charts: side by side, a label wider than its bar covered the next bar and
+    # the next label ("0.0978" across conv3's orange bar).
+    from bnnlab.gui.views.bars import BarChart
+
+    chart = BarChart("t", "layer", "norm", [("with", "#1f77b4"), ("cut", "#ff7f0e")],
+                     value_format=lambda v: f"{v:.3g}", legend=False)
+    qtbot.addWidget(chart)
+    chart.resize(width, 240)
+    chart.show()
+    qtbot.waitExposed(chart)
+    chart.set_categories(["stem", "conv1", "conv2", "conv3", "dense"])
+    chart.set_values([[0.186, 0.137, 0.13, 0.0978, 0.107], [0.131, 0.14, 0.171, 0.18, 0.148]])
+    qtbot.wait(50)
+    labels, bars, vb = _scene_rects(chart)
+    assert len(bars) == 10
+    view = vb.sceneBoundingRect()
+    for i, a in enumerate(labels):
+        assert view.contains(a)  # not cut by the top of the plot
+        for b in labels[i + 1:]:
+            assert not a.intersects(b)
+        for bar in bars:
+            assert not a.intersects(bar)
+    assert len(labels) == (0 if shown == "none" else 10)
+    if labels:
+        upright = labels[0].height() > labels[0].width()
+        assert upright == (shown == "upright")
+
+
 def test_an_opened_bnn_is_not_offered_further_training(window, qtbot, tmp_path):
     # A .bnn keeps only the signs: Evaluate offers no Continue training for it, and the
     # dashboard's note said it did.

@@ -13,6 +13,7 @@ __all__ = ["BarChart"]
 
 
 LABEL_PX = 20  # height of a value label above a bar, with a margin
+GAP_PX = 3  # between two neighbouring labels, or a label and the next bar
 
 
 class BarChart(pg.PlotWidget):
@@ -52,7 +53,9 @@ class BarChart(pg.PlotWidget):
             self._bars.append(bar)
         self._labels: list[list[pg.TextItem]] = [[] for _ in series]
         self._top = 0.0  # the tallest bar
-        item.getViewBox().sigResized.connect(lambda *_: self._fit_y())
+        self._label_px = LABEL_PX  # room the value labels take above the bars
+        self._bar_width = 0.8  # of one bar, in categories
+        item.getViewBox().sigResized.connect(lambda *_: (self._place_labels(), self._fit_y()))
 
     def set_value_format(self, value_format: Callable[[float], str] | None) -> None:
         self._format = value_format
@@ -132,11 +135,43 @@ class BarChart(pg.PlotWidget):
             for t, xi, yi, v in zip(self._labels[s], xs, y0 + h, h):
                 t.setText(self._format(float(v)) if self._format else "")
                 # Stacked labels go inside their segment, grouped ones above the bar.
-                t.setAnchor((0.5, 0.5) if self._stacked else (0.5, 1.0))
                 t.setPos(float(xi), float(yi - v / 2) if self._stacked else float(yi))
-                t.setVisible(not self._stacked or bool(v > too_thin))
+                if self._stacked:
+                    t.setAnchor((0.5, 0.5))
+                    t.setVisible(bool(v > too_thin))
         self._top = top
+        self._bar_width = width
+        self._place_labels()
         self._fit_y()
+
+    def _place_labels(self) -> None:
+        """Grouped bars' labels: level above their bar when they fit its width, upright
+        when only their height does, hidden when neither would (side by side, a label wider
+        than its bar covered the next bar and its label)."""
+        if self._stacked or self._format is None:
+            return
+        shown = [s for s in range(len(self._bars)) if self._visible[s]]
+        labels = [t for s in shown for t in self._labels[s]]
+        vb = self.getPlotItem().getViewBox()
+        (x0, x1), _ = vb.viewRange()
+        bar_px = vb.width() * self._bar_width / max(x1 - x0, 1e-9)
+        sizes = [t.textItem.boundingRect() for t in labels]
+        # The text item's box has a margin of a few pixels on each side: measure the ink.
+        margin = 2 * labels[0].textItem.document().documentMargin() if labels else 0.0
+        wide = max((r.width() - margin for r in sizes), default=0.0)
+        tall = max((r.height() - margin for r in sizes), default=0.0)
+        if wide + GAP_PX <= bar_px:
+            angle, anchor, visible, room = 0, (0.5, 1.0), True, LABEL_PX
+        elif tall + GAP_PX <= bar_px:
+            angle, anchor, visible, room = 90, (0.0, 0.5), True, wide + margin + GAP_PX
+        else:
+            angle, anchor, visible, room = 0, (0.5, 1.0), False, 0.0
+        for t in labels:
+            if t.angle != angle:
+                t.setAngle(angle)
+            t.setAnchor(anchor)
+            t.setVisible(visible)
+        self._label_px = room
 
     def _fit_y(self) -> None:
         """The y range: the data, a legend's head-room, and above the tallest bar room for
@@ -149,7 +184,7 @@ class BarChart(pg.PlotWidget):
             head = 1.7 if self._legend is not None else 1.18
             height = self.getPlotItem().getViewBox().height()
             if self._format is not None and not self._stacked and height > 0:
-                # The label (about LABEL_PX tall) must fit between the bar and the top.
-                head = max(head, 1.0 / (1.0 - min(0.6, LABEL_PX / height)))
+                # The label must fit between the bar and the top.
+                head = max(head, 1.0 / (1.0 - min(0.6, self._label_px / height)))
             y_max = top * head
         self.getPlotItem().setYRange(0, y_max, padding=0)
