@@ -149,3 +149,83 @@ def test_bits_page_says_it_waits_for_the_runtime_kernels(qtbot, tmp_path):
     assert bits.pages.currentIndex() == 1 and bits.explanation.agrees
     np.testing.assert_array_equal(bits.probe.raw.shape, (28, 28, 1))
     w.close()
+
+
+def _window_before_the_runtime_kernels(qtbot, tmp_path):
+    """A window with a .bnn opened while the start-up warm-up still compiles the runtime's
+    kernels (3 of 9 steps done)."""
+    from bnnlab.app.session import Session
+    from bnnlab.gui.main_window import MainWindow
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_app_engineless import _files
+
+    normal, _ = _files(tmp_path)
+    s = Session(warm_up=False)
+    s.runtime_ready.clear()
+    s.runtime_progress = (3, 9)
+    w = MainWindow(s)
+    qtbot.addWidget(w)
+    w.ask_unsaved = lambda what: "discard"
+    w.show()
+    w.open_path(str(normal))
+    qtbot.waitUntil(lambda: (w._refresh(), bool(s.runs) and s.runs[0].prepared is not None)[1],
+                    timeout=120_000)
+    return w, s
+
+
+@pytest.mark.gui
+def test_try_it_waits_for_the_runtime_kernels_and_says_so(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    w, s = _window_before_the_runtime_kernels(qtbot, tmp_path)
+    page = w.page("Try it")
+    w.tabs.setCurrentWidget(page)
+    w._push_current_tab()
+    tryit = page.panel
+    qtbot.wait(300)
+    shown = tryit.pages.currentWidget()
+    assert shown in (tryit.placeholder, tryit.pages.widget(1))
+    text = (tryit.placeholder if shown is tryit.placeholder else tryit.prediction).text()
+    assert "runtime's kernels" in text and "3 of 9" in text
+    assert tryit._models._snapshot is None  # the runtime was never asked to compute
+    s.runtime_ready.set()
+    s.version += 1
+    qtbot.waitUntil(lambda: (w._push_current_tab(), tryit._probs is not None)[1], timeout=120_000)
+    assert "says" in tryit.prediction.text()
+    w.close()
+
+
+@pytest.mark.gui
+def test_evaluate_waits_for_the_runtime_kernels_and_says_so(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    w, s = _window_before_the_runtime_kernels(qtbot, tmp_path)
+    page = w.page("Evaluate")
+    w.tabs.setCurrentWidget(page)
+    w._push_current_tab()
+    ev = page.panel
+    assert ev.wait_note.isVisible() and "3 of 9" in ev.wait_note.text()
+    ev.run_button.click()
+    qtbot.waitUntil(lambda: (w._refresh(), s.evaluation_waits_on == "runtime")[1], timeout=10_000)
+    w._push_current_tab()
+    assert "starts as soon as they are ready" in ev.wait_note.text()
+    qtbot.wait(300)
+    w._refresh()
+    assert s.runs[0].evaluation is None and s.evaluating
+    s.runtime_ready.set()
+    qtbot.waitUntil(lambda: (w._refresh(), s.runs[0].evaluation is not None)[1], timeout=120_000)
+    w._push_current_tab()
+    assert not ev.wait_note.isVisible()
+    w.close()
+
+
+@pytest.mark.gui
+def test_cancelling_an_evaluation_that_waits_for_its_kernels_ends_it(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    w, s = _window_before_the_runtime_kernels(qtbot, tmp_path)
+    s.evaluate(s.runs[0], "digits")
+    qtbot.waitUntil(lambda: (w._refresh(), s.evaluation_waits_on == "runtime")[1], timeout=10_000)
+    s.cancel_evaluation()
+    qtbot.waitUntil(lambda: (w._refresh(), not s.evaluating)[1], timeout=10_000)
+    assert s.runs[0].evaluation is None
+    s.runtime_ready.set()
+    w.close()

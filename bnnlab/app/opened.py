@@ -86,15 +86,26 @@ class EvaluateJob(_Job):
     ``evaluated(evaluation)``, ``failed(message)``."""
 
     def __init__(self, tag: int, events, model, dataset: str, data_dir, download: bool,
-                 limit: int | None = None):
+                 limit: int | None = None, kernels: threading.Event | None = None):
         super().__init__(tag, events, "bnnlab-evaluate")
         self.model, self.dataset, self.data_dir, self.download = model, dataset, data_dir, download
         self.limit = limit
+        self.kernels = kernels  # set once the kernels the model computes with are compiled
+        self.waiting = False  # for them (the session's copy, set from the events)
         self.cancel = threading.Event()
 
     def run(self) -> None:
         from ..data import DatasetError
         from .models import IncompatibleModel
+
+        if self.kernels is not None and not self.kernels.is_set():
+            # The start-up warm-up compiles them: computing now would compile them again,
+            # here, for seconds. Wait for them (cancelling still works meanwhile).
+            self.post("waiting", True)
+            while not self.kernels.wait(0.1):
+                if self.cancel.is_set():
+                    return
+            self.post("waiting", False)
 
         try:
             result = self.model.evaluate(self.dataset, data_dir=self.data_dir,
@@ -174,10 +185,22 @@ class OpenedModels:
         model = run.opened if run.opened is not None else self._as_opened(run)
         if model is None:
             return
+        on = model.computes_on
         job = EvaluateJob(run.number, self._events, model, dataset, self.data_dir,
-                          self.allow_download, limit)
+                          self.allow_download, limit,
+                          self.runtime_ready if on == "runtime" else self.kernels_ready)
         self._evaluating = job
         job.start()
+
+    @property
+    def evaluation_waits_on(self) -> str:
+        """"runtime" or "engine" while the evaluation waits for those kernels, else ""."""
+        job = getattr(self, "_evaluating", None)
+        return job.model.computes_on if job is not None and job.alive and job.waiting else ""
+
+    def _on_EvaluateJob_waiting(self, job, waiting: bool) -> None:
+        job.waiting = waiting
+        self.version += 1
 
     def _as_opened(self, run: Run):
         """A trained run's latest weights as an opened model (to evaluate it like one)."""

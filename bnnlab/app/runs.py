@@ -131,4 +131,23 @@ class Focus:
     probe: Probe | None = None  # Try it's current input
     runtime_ready: bool = True  # the .bnn runtime's kernels are compiled (or loaded)
     runtime_progress: tuple[int, int] = (0, 0)  # (done, total) while they compile
+    engine_ready: bool = True  # the training engine's kernels are
+    engine_progress: tuple[int, int] = (0, 0)
+    evaluation_waits_on: str = ""  # "runtime" or "engine": an evaluation waits for its kernels
     version: int = 0
+
+    def kernels_wait(self, computes_on: str) -> str:
+        """"" when a model computed on ``computes_on`` ("runtime": a ``.bnn`` file's packed
+        integers, "engine") can run now; else what it waits for: the kernels the start-up
+        warm-up still compiles, and how far it is. Running it meanwhile would compile them
+        a second time, in this process, for seconds."""
+        if computes_on == "runtime":
+            ready, (done, total), what = (self.runtime_ready, self.runtime_progress,
+                                          "the packed runtime's kernels")
+        else:
+            ready, (done, total), what = (self.engine_ready, self.engine_progress,
+                                          "the engine's kernels")
+        if ready:
+            return ""
+        count = f" ({done} of {total} steps done)" if total else ""
+        return f"Waiting for {what} to compile{count}"

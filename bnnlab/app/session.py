@@ -62,6 +62,7 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
         self.kernels_ready = threading.Event()  # the engine's kernels (training waits for them)
         self.runtime_ready = threading.Event()  # the .bnn runtime's (the Bits panel waits)
         self.runtime_progress = (0, 0)  # (done, total) of compiling the runtime's kernels
+        self.kernels_progress = (0, 0)  # and the engine's
         self.preview_config: tuple | None = None  # (config, fp_config) of the current scene
         self._listeners: dict[str, list[Callable]] = {name: [] for name in EVENTS}
         self._events: queue.Queue = queue.Queue()
@@ -174,7 +175,10 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
     def _on_WarmUpJob_progress(self, job, what: str, done: int, total: int) -> None:
         if what == WarmUpJob.RUNTIME:
             self.runtime_progress = (done, total)
-            self.version += 1  # the Bits panel says how far it is
+            self.version += 1  # the pages that wait for them say how far it is
+        elif (done, total) != self.kernels_progress:
+            self.kernels_progress = (done, total)
+            self.version += 1
         self._emit("progress", what, done, total)
 
     def _on_WarmUpJob_failed(self, job, what: str, message: str) -> None:
@@ -454,7 +458,10 @@ class Session(SceneEditing, OpenedModels, SeedComparisons):
                      model_config=config, fp_config=fp, results=tuple(self.result_table()),
                      evaluating=self.evaluating, comparison=self.comparison, probe=self.probe,
                      runtime_ready=self.runtime_ready.is_set(),
-                     runtime_progress=self.runtime_progress, version=self.version)
+                     runtime_progress=self.runtime_progress,
+                     engine_ready=self.kernels_ready.is_set(),
+                     engine_progress=self.kernels_progress,
+                     evaluation_waits_on=self.evaluation_waits_on, version=self.version)
 
     def result_table(self) -> list[dict]:
         """The results table: every run, then every training of every comparison over seeds."""

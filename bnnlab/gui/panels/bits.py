@@ -225,13 +225,11 @@ class BitsPanel(NotedPanel):
             self.show_note("Waiting for the test images…")
             self._source = None
             return
-        if not focus.runtime_ready:
-            done, total = focus.runtime_progress
-            count = f" ({done} of {total} steps done)" if total else ""
-            self.show_note("Waiting for the packed runtime's kernels to compile" + count + ". "
-                          "bnnlab compiles them in the background when it starts, once after "
-                          "it is installed or updated; this page shows the model as soon as "
-                          "they are ready.")
+        wait = focus.kernels_wait("runtime")
+        if wait:
+            self.show_note(f"{wait}. bnnlab compiles them in the background when it starts, "
+                           "once after it is installed or updated; this page shows the model "
+                           "as soon as they are ready.")
             self._source = None
             return
         ds = prepared.dataset

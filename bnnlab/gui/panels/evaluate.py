@@ -59,6 +59,11 @@ class EvaluatePanel(QWidget):
         self.tune.setToolTip("Fine-tune this model file with the scene's training settings "
                              "(dataset, optimizer, learning rate, epochs), as a new run")
         self.tune.clicked.connect(self.fine_tune_requested)
+        # What an evaluation waits for while the start-up warm-up compiles the kernels.
+        self.wait_note = QLabel()
+        self.wait_note.setWordWrap(True)
+        self.wait_note.setStyleSheet("color: #8a5a00;")
+        self.wait_note.setVisible(False)
         self.result = QLabel()
         self.result.setWordWrap(True)
         self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -78,6 +83,7 @@ class EvaluatePanel(QWidget):
         layout.setContentsMargins(8, 8, 8, 8)
         layout.addWidget(self.heading)
         layout.addLayout(row)
+        layout.addWidget(self.wait_note)
         layout.addWidget(self.result)
         self.matrix_title = QLabel("<b>Confusion matrix</b> (rows: true class, columns: "
                                    "predicted)")
@@ -112,6 +118,7 @@ class EvaluatePanel(QWidget):
             what = run.opened.path if run.opened is not None else "its latest weights"
             self.heading.setText(f"<b style='color:{run.color}'>{run.title}</b>: {what}, "
                                  f"computed on {where}.")
+        self._show_wait(focus)
         can = run is not None and shape is not None and self.dataset.count() > 0
         self.run_button.setEnabled(can and not self.busy)
         self.cancel.setEnabled(self.busy)
@@ -125,6 +132,19 @@ class EvaluatePanel(QWidget):
         if evaluation is not self._shown:
             self._shown = evaluation
             self.show_evaluation(evaluation)
+
+    def _show_wait(self, focus) -> None:
+        run, on = focus.run, focus.evaluation_waits_on
+        if on:
+            text = focus.kernels_wait(on) + ": the evaluation starts as soon as they are ready."
+        elif run is not None and run.opened is not None and focus.kernels_wait(run.opened.computes_on):
+            text = (focus.kernels_wait(run.opened.computes_on) + " (bnnlab compiles them in the "
+                    "background when it starts): an evaluation started now begins once they "
+                    "are ready.")
+        else:
+            text = ""
+        self.wait_note.setText(text)
+        self.wait_note.setVisible(bool(text))
 
     def _fill_datasets(self, shape) -> None:
         self.dataset.clear()

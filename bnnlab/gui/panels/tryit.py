@@ -188,6 +188,14 @@ class TryItPanel(QWidget):
             self.clear("Train a run (Start), then try it here." if run is None else
                        f"{run.title}: {run.state}. Try it once the run has a snapshot.")
             return
+        wait = focus.kernels_wait(run.opened.computes_on) if run.opened is not None else ""
+        if wait:  # computing now would compile them a second time, here
+            text = (f"{wait}. bnnlab compiles them in the background when it starts; "
+                    f"{run.title} answers here as soon as they are ready.")
+            self.clear(text)
+            if self._kind is None:  # nothing tried yet: the page that shows is the placeholder
+                self.placeholder.setText(text)
+            return
         ds = prepared.dataset
         self._names = (_network_name(run), _network_name(focus.twin) if focus.twin else "")
         if run.opened is not None:  # the file's model reads the dataset's own inputs
