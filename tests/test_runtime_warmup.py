@@ -115,42 +115,6 @@ def test_the_runtime_warm_up_uses_the_packaged_presets(tmp_path, monkeypatch):
     assert seen and seen[-1][0] == seen[-1][1]
 
 
-@pytest.mark.gui
-def test_bits_page_says_it_waits_for_the_runtime_kernels(qtbot, tmp_path):
-    pytest.importorskip("pytestqt")
-    from bnnlab.app.session import Session
-    from bnnlab.gui.main_window import MainWindow
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from test_app_engineless import _files
-
-    normal, _ = _files(tmp_path)
-    s = Session(warm_up=False)
-    s.runtime_ready.clear()  # as while the start-up warm-up compiles them
-    s.runtime_progress = (3, 9)
-    w = MainWindow(s)
-    qtbot.addWidget(w)
-    w.ask_unsaved = lambda what: "discard"
-    w.show()
-    w.open_path(str(normal))
-    qtbot.waitUntil(lambda: (w._refresh(), bool(s.runs) and s.runs[0].prepared is not None)[1],
-                    timeout=120_000)
-    page = w.page("Bits")
-    w.tabs.setCurrentWidget(page)
-    w._push_current_tab()
-    bits = page.panel
-    text = bits.note.text()
-    assert bits.pages.currentIndex() == 0 and "runtime's kernels" in text and "3 of 9" in text
-    assert bits._worker.idle() and not bits.blocks  # nothing runs on the runtime meanwhile
-    s.runtime_ready.set()
-    s.version += 1
-    qtbot.waitUntil(lambda: (w._push_current_tab(), bits._worker.idle()
-                             and bits.explanation is not None)[1], timeout=120_000)
-    assert bits.pages.currentIndex() == 1 and bits.explanation.agrees
-    np.testing.assert_array_equal(bits.probe.raw.shape, (28, 28, 1))
-    w.close()
-
-
 def _window_before_the_runtime_kernels(qtbot, tmp_path):
     """A window with a .bnn opened while the start-up warm-up still compiles the runtime's
     kernels (3 of 9 steps done)."""
@@ -172,6 +136,26 @@ def _window_before_the_runtime_kernels(qtbot, tmp_path):
     qtbot.waitUntil(lambda: (w._refresh(), bool(s.runs) and s.runs[0].prepared is not None)[1],
                     timeout=120_000)
     return w, s
+
+
+@pytest.mark.gui
+def test_bits_page_says_it_waits_for_the_runtime_kernels(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    w, s = _window_before_the_runtime_kernels(qtbot, tmp_path)
+    page = w.page("Bits")
+    w.tabs.setCurrentWidget(page)
+    w._push_current_tab()
+    bits = page.panel
+    text = bits.note.text()
+    assert bits.pages.currentIndex() == 0 and "runtime's kernels" in text and "3 of 9" in text
+    assert bits._worker.idle() and not bits.blocks  # nothing runs on the runtime meanwhile
+    s.runtime_ready.set()
+    s.version += 1
+    qtbot.waitUntil(lambda: (w._push_current_tab(), bits._worker.idle()
+                             and bits.explanation is not None)[1], timeout=120_000)
+    assert bits.pages.currentIndex() == 1 and bits.explanation.agrees
+    np.testing.assert_array_equal(bits.probe.raw.shape, (28, 28, 1))
+    w.close()
 
 
 @pytest.mark.gui
