@@ -32,11 +32,11 @@ def test_a_long_scene_description_is_shown_whole_in_the_sidebar(window, qtbot, p
     window.dock.show()  # hidden at start on a narrow screen (the offscreen one is)
     qtbot.wait(50)
     window.session.open_preset(preset)
-    qtbot.wait(50)
     label = window.form.description
     assert label.text() == window.session.scene.description
-    assert label.width() > 100
-    assert label.height() >= label.heightForWidth(label.width())
+    # Laid out in a few posted steps (the settings' height, then the sidebar's layout).
+    qtbot.waitUntil(lambda: label.width() > 100
+                    and label.height() >= label.heightForWidth(label.width()), timeout=5_000)
     assert window.dock.width() < 400  # the sidebar keeps its width
 
 
