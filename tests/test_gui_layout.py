@@ -148,6 +148,22 @@ def test_per_layer_plots_laid_out_ahead_of_training_show_no_key_without_curves(w
                         timeout=10_000)
 
 
+def test_the_training_plots_fit_beside_the_sidebar_at_1024x640(window, qtbot):
+    window.resize(1008, 592)
+    window.dock.show()
+    window.tabs.setCurrentIndex(0)
+    window._push_current_tab()
+    qtbot.wait(100)
+    dash = window.page("Training").panel
+    shown = dash.plots.mapToScene(dash.plots.viewport().rect()).boundingRect()
+    loss, acc = dash.loss_plot.sceneBoundingRect(), dash.acc_plot.sceneBoundingRect()
+    assert shown.contains(loss) and shown.contains(acc)  # neither is cut off
+    labels = [p.getAxis("bottom").label.sceneBoundingRect() for p in (dash.loss_plot, dash.acc_plot)]
+    assert not labels[0].intersects(labels[1])
+    for plot, label in zip((loss, acc), labels):  # each label within its own plot's width
+        assert plot.left() <= label.left() and label.right() <= plot.right()
+
+
 def test_a_short_bar_chart_keeps_room_for_its_value_labels(qtbot):
     # Filters' "MACs saved" chart at 1024 x 640 is about 80 px high: 18 % of the range
     # above the tallest bar was less than its label, cut by the top.

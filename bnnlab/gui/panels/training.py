@@ -436,10 +436,13 @@ class Dashboard(QWidget):
         self.plots = pg.GraphicsLayoutWidget()
         self.loss_plot = self.plots.addPlot(row=0, col=0)
         self.acc_plot = self.plots.addPlot(row=0, col=1)
-        x_label = "epoch (train: moving average over about a quarter epoch)"
-        style_plot(self.loss_plot, "Loss (solid: train · dashed ○: validation)",
+        # Titles and labels short enough for two plots side by side beside the sidebar at
+        # 1024 px: a plot is at least as wide as its longest label, and the second one was
+        # cut off.
+        x_label = "epoch (solid: train, ¼-epoch average)"
+        style_plot(self.loss_plot, "Loss (dashed ○: validation)",
                    x_label, "cross-entropy", legend=True)
-        style_plot(self.acc_plot, "Accuracy (solid: train · dashed ○: validation)",
+        style_plot(self.acc_plot, "Accuracy (dashed ○: validation)",
                    x_label, "accuracy (%)", legend=True)
         self.loss_legend, self.acc_legend = self.loss_plot.legend, self.acc_plot.legend
         # Accuracy curves climb to the top right: their legend sits bottom right instead.
