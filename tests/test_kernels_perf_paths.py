@@ -62,18 +62,26 @@ def test_sign_pack_matches_sign_and_pack_rows(shape, paths):
 
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 7), (63, 5), (64, 16), (65, 17), (576, 64),
                                  (130, 3)])
-def test_sign_bits_columns_match_the_packed_signs_of_each_column(k, n):
+def test_signs_differ_finds_every_changed_sign(k, n):
     rng = np.random.default_rng(k * 100 + n)
     w = rng.standard_normal((k, n)).astype(np.float32)
     flat = w.reshape(-1)
     flat[: min(5, flat.size)] = [0.0, -0.0, np.nan, -np.inf, np.inf][: min(5, flat.size)]
-    got = sign.sign_bits_columns(w)
-    np.testing.assert_array_equal(got, sign.sign_bits_columns_ref(w))
+    bt = sign.sign_bits_columns_ref(w)
     # what the layers pack for a plain sign: sign_pack of the transposed kernel
-    np.testing.assert_array_equal(got, K.sign_pack(np.ascontiguousarray(w.T))[1].T)
-    # a strided view is read as its values
-    np.testing.assert_array_equal(sign.sign_bits_columns(w[:, ::-1]),
-                                  sign.sign_bits_columns_ref(w[:, ::-1]))
+    np.testing.assert_array_equal(bt, K.sign_pack(np.ascontiguousarray(w.T))[1].T)
+    assert not sign.signs_differ(w, bt)
+    assert not sign.signs_differ(w * 2.5, bt)  # magnitudes are not signs
+    assert not sign.signs_differ(w[:, ::-1], np.ascontiguousarray(bt[:, ::-1]))
+    for at in {0, flat.size // 2, flat.size - 1}:
+        for v in (-1.0, 1.0, np.nan, -0.0):
+            w2 = w.copy()
+            w2.reshape(-1)[at] = v
+            want = not np.array_equal(sign.sign_bits_columns_ref(w2), bt)
+            assert sign.signs_differ(w2, bt) == want
+            if v == -1.0 and w.reshape(-1)[at] >= 0:
+                assert want  # a flipped sign is always seen
+    assert sign.signs_differ(w[:, : n - 1], bt)  # another shape
 
 
 @pytest.mark.parametrize("case", [

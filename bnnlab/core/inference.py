@@ -23,8 +23,8 @@ training telemetry reads from the last *training* batch).
 Each binary layer's kernel is packed and split into the GEMM's nibble panels
 (``kernels.gemm_panels``) once and kept in the plan, for every call until its bits
 change (:meth:`_Plan.kernel`): a kernel binarized by a plain sign is checked on every
-call by packing its latent weights' signs (``sign_bits_columns``) and comparing them
-with the bits the kept panels were made from. So a training step, an optimizer, a
+call by comparing its latent weights' signs with the bits the kept panels were made
+from (``signs_differ``). So a training step, an optimizer, a
 loaded checkpoint or any code that writes the weights is seen at the next call, with
 nothing to notify. A kernel with another binarizer (a stochastic one draws at its
 layer's turn) is packed, and its panels made, on every call.
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels.chains import ChainGeometry, binary_conv_chain, chain_bits, float_conv_chain
-from .kernels.sign import sign_bits_columns
+from .kernels.sign import signs_differ
 from .layers import PackedKernel, QuantConv2D, QuantDense, _is_plain_sign
 from .plain_layers import BatchNorm, Flatten, MaxPool2D
 
@@ -154,8 +154,7 @@ class _Plan:
             return layer.product_kernel(*layer._packed_kernel(rng), panels=True)
         w = layer.kernel.value
         kept = self.kernels.get(i)
-        bits = sign_bits_columns(w.reshape(-1, w.shape[-1]))
-        if kept is None or not np.array_equal(kept.bt, bits):
+        if kept is None or signs_differ(w.reshape(-1, w.shape[-1]), kept.bt):
             # Made from the weights as they are now (if they changed since the check, the
             # next call sees it); one assignment, so a concurrent call reads one or the other.
             kept = self.kernels[i] = layer.product_kernel(*layer._packed_kernel(None),

@@ -12,7 +12,7 @@ from . import threads as _threads
 from .jit import JIT
 from .packing import pack_rows_ref, words_for
 
-__all__ = ["sign_pack", "sign_bits_columns", "ste_gate", "ste_gate_rows", "sign_ref",
+__all__ = ["sign_pack", "signs_differ", "ste_gate", "ste_gate_rows", "sign_ref",
            "sign_pack_ref", "sign_bits_columns_ref", "ste_gate_ref"]
 
 
@@ -62,28 +62,33 @@ def sign_pack(x: np.ndarray, threads=None):
 
 
 @nb.njit(**JIT)
-def _sign_bits_columns(w, out):
-    # Row r of w sets bit r % 64 of row r // 64 of out, for all columns at once.
-    out[:] = 0
-    for r in range(w.shape[0]):
-        wd = r >> 6
-        sh = np.uint64(r & 63)
-        for j in range(w.shape[1]):
-            neg = not (w[r, j] >= 0)
-            out[wd, j] |= np.uint64(neg) << sh
-    return out
+def _signs_differ(w, bt):
+    # The sign bits of w's columns, 64 rows at a time, against bt's words; the first
+    # difference ends the search.
+    k, n = w.shape
+    acc = np.empty(n, np.uint64)
+    for wd in range(bt.shape[0]):
+        acc[:] = 0
+        for r in range(wd * 64, min(k, wd * 64 + 64)):
+            sh = np.uint64(r & 63)
+            for j in range(n):
+                acc[j] |= np.uint64(not (w[r, j] >= 0)) << sh
+        for j in range(n):
+            if acc[j] != bt[wd, j]:
+                return True
+    return False
 
 
-def sign_bits_columns(w: np.ndarray) -> np.ndarray:
-    """The sign bits of each column of w (K, N) float32 in the (words_for(K), N) layout of
-    the GEMM's B: bit ``k % 64`` of ``out[k // 64, j]`` is 1 where ``not w[k, j] >= 0``
-    (NaN too). The bits of :func:`sign_pack` of ``w.T``, transposed, without the ±1
-    floats: a weight matrix's bits, cheaply enough to check on every call whether they
-    changed."""
+def signs_differ(w: np.ndarray, bt: np.ndarray) -> bool:
+    """Whether the sign bits of the columns of w (K, N) float32 differ from ``bt``, a
+    (words_for(K), N) uint64 matrix in the layout of the GEMM's B (bit ``k % 64`` of
+    ``bt[k // 64, j]`` is 1 where ``not w[k, j] >= 0``, NaN too, as :func:`sign_pack` of
+    ``w.T``). Reads w once and writes nothing: cheap enough to ask on every call whether
+    a weight matrix's bits changed."""
     w = np.ascontiguousarray(w, dtype=np.float32)
-    if w.ndim != 2:
-        raise ValueError(f"sign_bits_columns: expected a matrix, got shape {w.shape}")
-    return _sign_bits_columns(w, np.empty((words_for(w.shape[0]), w.shape[1]), np.uint64))
+    if w.ndim != 2 or bt.shape != (words_for(w.shape[0]), w.shape[1]):
+        return True
+    return bool(_signs_differ(w, np.ascontiguousarray(bt, dtype=np.uint64)))
 
 
 @nb.njit(**JIT)
@@ -133,7 +138,8 @@ def sign_pack_ref(x):
 
 
 def sign_bits_columns_ref(w):
-    """What :func:`sign_bits_columns` returns: the packed signs of ``w.T``, transposed."""
+    """The packed signs of the columns of w, (words_for(K), N): what
+    :func:`signs_differ` compares with; :func:`sign_pack` of ``w.T``, transposed."""
     return np.ascontiguousarray(sign_pack_ref(np.asarray(w, np.float32).T)[1].T)
 
 

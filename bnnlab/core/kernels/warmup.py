@@ -28,7 +28,7 @@ from .histogram import histogram_uniform
 from .optimizer import adam_update
 from .packing import pack_conv_input, pack_patches_parallel
 from .pooling import maxpool_backward, maxpool_forward
-from .sign import sign_bits_columns, sign_pack, ste_gate
+from .sign import sign_pack, signs_differ, ste_gate
 from .xnor import xnor_gemm
 
 __all__ = ["child_main", "compile_in_children", "prepare_kernels", "prepare_steps", "run_steps",
@@ -107,7 +107,7 @@ def _steps() -> list:
         steps.append(lambda parallel=parallel: xnor_gemm(
             a, bt, 9, out=np.empty((4, 3), np.float32), parallel=parallel,
             panels=np.zeros(0, np.uint64)))
-    steps.append(lambda: sign_bits_columns(np.zeros((9, 3), np.float32)))
+    steps.append(lambda: signs_differ(np.zeros((9, 3), np.float32), np.zeros((1, 3), np.uint64)))
     cols = np.empty((25, 27), np.float32)
     steps.append(lambda: im2col(x, 3, 3, 1, 1, 1, 5, 5, np.float32(0), cols))
     steps.append(lambda: col2im(cols, 1, 5, 5, 3, 3, 3, 1, 1, 1, 5, 5, np.empty_like(x)))
