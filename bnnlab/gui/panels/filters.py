@@ -140,7 +140,9 @@ class FiltersPanel(QWidget):
         grid.addWidget(self.histogram, 1, 1)
 
         self.top_view = pg.PlotWidget()
-        item = style_plot(self.top_view.getPlotItem(), "Most repeated patterns",
+        # The uses under each tile are bare numbers: "×12" beside "×13" ran into each other
+        # under tiles ~25 px wide (a 1024 x 640 screen).
+        item = style_plot(self.top_view.getPlotItem(), "Most repeated patterns, with their uses",
                           "", "", mouse=False, grid=(False, False))
         item.hideAxis("left")
         item.hideAxis("bottom")
@@ -157,7 +159,7 @@ class FiltersPanel(QWidget):
             self.top_counts.append(text)
         grid.addWidget(self.top_view, 2, 1)
 
-        self.ops_chart = BarChart("Binary MACs per inference", "", "binary MACs (k)",
+        self.ops_chart = BarChart("Binary MACs per inference", "", "MACs (k)",
                                   [("binary MACs", ["#868e96", "#2b8a3e"])],
                                   value_format=lambda k: _ops(int(k * 1000)))
         grid.addWidget(self.ops_chart, 3, 1)
@@ -264,7 +266,7 @@ class FiltersPanel(QWidget):
             self.top_view.getPlotItem().getViewBox().setRange(
                 xRange=(0, 4 * len(top) + 1), yRange=(0, 7), padding=0.02)
         for i, text in enumerate(self.top_counts):
-            text.setText(f"×{top[i][1]}" if i < len(top) else "")
+            text.setText(f"{top[i][1]}" if i < len(top) else "")
             text.setPos(1 + 4 * i + 1.5, 4.6)
         self.ops_chart.set_categories(["all", "distinct"])
         self.ops_chart.set_values([[r.ops_total / 1000, r.ops_dedup / 1000]])
